@@ -1,0 +1,52 @@
+# couponq — every target a developer runs is the one CI runs.
+GO        ?= go
+BIN       ?= bin/couponq
+PKGS      ?= ./...
+STATICCHECK_VERSION ?= v0.8.2
+GOBIN     ?= $(shell $(GO) env GOPATH)/bin
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+.PHONY: build
+build: ## Build the couponq binary into bin/
+	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN) ./cmd/couponq
+
+.PHONY: demo
+demo: ## Run the whole pipeline on embedded defaults (miniredis + fake WeChat Pay)
+	$(GO) run ./cmd/couponq demo
+
+.PHONY: test
+test: ## Run every test with the race detector (integration tests need redis-server)
+	$(GO) test -race -count=1 -timeout 15m $(PKGS)
+
+.PHONY: test-race
+test-race: test ## Alias of test: the suite always runs with -race
+
+.PHONY: test-short
+test-short: ## Run the unit tests only (no redis-server needed), without -race
+	$(GO) test -short -count=1 $(PKGS)
+
+.PHONY: bench
+bench: ## Run the benchmarks (real redis-server needed for the pipeline ones)
+	$(GO) test -run '^$$' -bench . -benchmem -benchtime 1x -timeout 30m $(PKGS)
+
+.PHONY: lint
+lint: $(GOBIN)/staticcheck ## gofmt, go vet and staticcheck
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+	$(GO) vet $(PKGS)
+	$(GOBIN)/staticcheck $(PKGS)
+
+$(GOBIN)/staticcheck:
+	$(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+
+.PHONY: compose-up
+compose-up: ## Start Redis, the mock API, a worker and asynqmon with docker compose
+	docker compose up --build
+
+.PHONY: clean
+clean: ## Remove build output
+	rm -rf bin

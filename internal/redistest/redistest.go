@@ -1,0 +1,187 @@
+// Package redistest starts a real redis-server for integration tests, on a
+// free loopback port with its own data directory, and stops it through
+// tb.Cleanup. It never touches port 6379 or data it did not create.
+//
+// Without redis-server on PATH the test is skipped with a clear message,
+// except under CI (CI=true), where a missing server fails the test: CI must
+// prove the integration paths.
+package redistest
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Server is one redis-server process.
+type Server struct {
+	tb      testing.TB
+	bin     string
+	dir     string
+	port    int
+	persist bool
+	cmd     *exec.Cmd
+	done    chan struct{}
+}
+
+// Option configures Start.
+type Option func(*Server)
+
+// WithPersistence turns on append-only persistence (fsync every write), so
+// a restart keeps every acknowledged write.
+func WithPersistence() Option { return func(s *Server) { s.persist = true } }
+
+// Available reports whether redis-server is on PATH.
+func Available() bool {
+	_, err := exec.LookPath("redis-server")
+	return err == nil
+}
+
+// Require skips tb (fails it under CI) when redis-server is missing and
+// returns its path otherwise.
+func Require(tb testing.TB) string {
+	tb.Helper()
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			tb.Fatalf("redis-server is not on PATH; CI must run the integration tests (install it: apt-get install -y redis-server)")
+		}
+		tb.Skip("integration test skipped: redis-server is not on PATH (apt-get install redis-server to run it)")
+	}
+	return bin
+}
+
+// Start starts a redis-server on a free loopback port and stops it when the
+// test ends.
+func Start(tb testing.TB, opts ...Option) *Server {
+	tb.Helper()
+	s := &Server{tb: tb, bin: Require(tb), dir: tb.TempDir()}
+	for _, o := range opts {
+		o(s)
+	}
+	s.port = freePort(tb)
+	s.start()
+	tb.Cleanup(s.Stop)
+	return s
+}
+
+func freePort(tb testing.TB) int {
+	tb.Helper()
+	for range 20 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			tb.Fatalf("redistest: find a free port: %v", err)
+		}
+		p := l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		if p != 6379 {
+			return p
+		}
+	}
+	tb.Fatalf("redistest: no free port")
+	return 0
+}
+
+func (s *Server) start() {
+	s.tb.Helper()
+	args := []string{
+		"--port", strconv.Itoa(s.port), "--bind", "127.0.0.1", "--dir", s.dir,
+		"--save", "", "--maxmemory-policy", "noeviction", "--protected-mode", "yes",
+		"--daemonize", "no", "--logfile", filepath.Join(s.dir, "redis.log"),
+	}
+	if s.persist {
+		args = append(args, "--appendonly", "yes", "--appendfsync", "always")
+	} else {
+		args = append(args, "--appendonly", "no")
+	}
+	s.cmd = exec.Command(s.bin, args...)
+	if err := s.cmd.Start(); err != nil {
+		s.tb.Fatalf("redistest: start redis-server: %v", err)
+	}
+	s.done = make(chan struct{})
+	go func(cmd *exec.Cmd, done chan struct{}) { _ = cmd.Wait(); close(done) }(s.cmd, s.done)
+	// Wait until it answers PING; bounded.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c, err := net.DialTimeout("tcp", s.Addr(), 200*time.Millisecond)
+		if err == nil {
+			fmt.Fprintf(c, "PING\r\n")
+			_ = c.SetReadDeadline(time.Now().Add(time.Second))
+			line, _ := bufio.NewReader(c).ReadString('\n')
+			c.Close()
+			if strings.HasPrefix(line, "+PONG") {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			log, _ := os.ReadFile(filepath.Join(s.dir, "redis.log"))
+			s.tb.Fatalf("redistest: redis-server did not answer on %s: %v\n%s", s.Addr(), err, log)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Addr is host:port of the server.
+func (s *Server) Addr() string { return "127.0.0.1:" + strconv.Itoa(s.port) }
+
+// URL is the redis:// URL of the server, database 0.
+func (s *Server) URL() string { return "redis://" + s.Addr() + "/0" }
+
+// Client returns a go-redis client closed at the end of the test.
+func (s *Server) Client() *redis.Client {
+	c := redis.NewClient(&redis.Options{Addr: s.Addr()})
+	s.tb.Cleanup(func() { c.Close() })
+	return c
+}
+
+// Stop stops the server (SIGTERM, then SIGKILL after 5 s) and waits for it.
+func (s *Server) Stop() {
+	if s.cmd == nil || s.cmd.Process == nil {
+		return
+	}
+	select {
+	case <-s.done:
+		return
+	default:
+	}
+	_ = s.cmd.Process.Signal(os.Interrupt)
+	select {
+	case <-s.done:
+	case <-time.After(5 * time.Second):
+		_ = s.cmd.Process.Kill()
+		<-s.done
+	}
+}
+
+// Kill stops the server at once with SIGKILL, as a crash would.
+func (s *Server) Kill() {
+	if s.cmd != nil && s.cmd.Process != nil {
+		_ = s.cmd.Process.Kill()
+		<-s.done
+	}
+}
+
+// Restart stops the server and starts it again on the same port and data
+// directory. With persistence, every acknowledged write survives.
+func (s *Server) Restart() {
+	s.tb.Helper()
+	s.Stop()
+	s.start()
+}
+
+// Flush deletes every key of the server's database 0 (the test owns it).
+func (s *Server) Flush(ctx context.Context) error {
+	c := redis.NewClient(&redis.Options{Addr: s.Addr()})
+	defer c.Close()
+	return c.FlushDB(ctx).Err()
+}

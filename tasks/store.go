@@ -1,0 +1,308 @@
+package tasks
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// DefaultResultTTL is how long result and batch keys live after their last
+// write (SPEC: --result-ttl, default 168h).
+const DefaultResultTTL = 168 * time.Hour
+
+// Store owns every write to result and batch keys. The producer records
+// accepted tasks through it and the worker records attempts and terminal
+// outcomes through it; each write is one Lua script, so a task reaches a
+// terminal status, and the batch counters move, exactly once.
+type Store struct {
+	rdb redis.UniversalClient
+	ttl time.Duration
+	now func() time.Time
+}
+
+// StoreOption configures a Store.
+type StoreOption func(*Store)
+
+// WithResultTTL sets how long result and batch keys live after each write.
+func WithResultTTL(d time.Duration) StoreOption {
+	return func(s *Store) {
+		if d > 0 {
+			s.ttl = d
+		}
+	}
+}
+
+// WithClock injects the clock used for timestamps (tests).
+func WithClock(now func() time.Time) StoreOption {
+	return func(s *Store) {
+		if now != nil {
+			s.now = now
+		}
+	}
+}
+
+// NewStore returns a Store over rdb. It does not take ownership of rdb.
+func NewStore(rdb redis.UniversalClient, opts ...StoreOption) *Store {
+	s := &Store{rdb: rdb, ttl: DefaultResultTTL, now: time.Now}
+	for _, o := range opts {
+		o(s)
+	}
+	return s
+}
+
+// Redis returns the client the store uses.
+func (s *Store) Redis() redis.UniversalClient { return s.rdb }
+
+// TTL returns the result TTL.
+func (s *Store) TTL() time.Duration { return s.ttl }
+
+func (s *Store) stamp() string { return s.now().UTC().Format(TimeFormat) }
+
+func (s *Store) ttlMillis() string { return strconv.FormatInt(s.ttl.Milliseconds(), 10) }
+
+// Identity names one task in its result hash.
+type Identity struct {
+	TaskID          string
+	Op              Op
+	BrandID         string
+	ProductCouponID string
+	OutRequestNo    string
+	Batch           string
+}
+
+// Lua helpers shared by the scripts below. A batch is done when it is sealed
+// (its producer finished enqueuing) and succeeded+failed reaches total.
+const luaFinishBatchIfDone = `
+local function finish_batch_if_done(bk, now)
+  local b = redis.call('HMGET', bk, 'total', 'succeeded', 'failed', 'finished_at', 'sealed')
+  if b[5] == '1' and not b[4] and tonumber(b[2] or '0') + tonumber(b[3] or '0') >= tonumber(b[1] or '0') then
+    redis.call('HSET', bk, 'finished_at', now)
+  end
+end
+`
+
+// OpenBatch creates the batch hash, or reopens an existing one for more
+// tasks (unsealing it), and refreshes its TTL.
+var openBatchScript = redis.NewScript(`
+redis.call('HSETNX', KEYS[1], 'created_at', ARGV[1])
+redis.call('HSETNX', KEYS[1], 'total', '0')
+redis.call('HSETNX', KEYS[1], 'duplicates', '0')
+redis.call('HSETNX', KEYS[1], 'succeeded', '0')
+redis.call('HSETNX', KEYS[1], 'failed', '0')
+redis.call('HSET', KEYS[1], 'sealed', '0')
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+`)
+
+// OpenBatch creates (or reopens) batch batchID before its first task is
+// accepted. Until SealBatch, the batch cannot finish.
+func (s *Store) OpenBatch(ctx context.Context, batchID string) error {
+	if err := openBatchScript.Run(ctx, s.rdb, []string{BatchKey(batchID)}, s.stamp(), s.ttlMillis()).Err(); err != nil {
+		return fmt.Errorf("couponq: open batch %s: %w", batchID, err)
+	}
+	return nil
+}
+
+var sealBatchScript = redis.NewScript(luaFinishBatchIfDone + `
+redis.call('HSET', KEYS[1], 'sealed', '1')
+finish_batch_if_done(KEYS[1], ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('PEXPIRE', KEYS[2], ARGV[2]) end
+return 1
+`)
+
+// SealBatch marks batch batchID complete on the producer side: no more tasks
+// will be accepted into it, so it finishes once every task is terminal (at
+// once if it accepted none).
+func (s *Store) SealBatch(ctx context.Context, batchID string) error {
+	keys := []string{BatchKey(batchID), BatchTasksKey(batchID)}
+	if err := sealBatchScript.Run(ctx, s.rdb, keys, s.stamp(), s.ttlMillis()).Err(); err != nil {
+		return fmt.Errorf("couponq: seal batch %s: %w", batchID, err)
+	}
+	return nil
+}
+
+// AcceptOutcome is what Accept did with a task.
+type AcceptOutcome string
+
+// Accept outcomes.
+const (
+	// Accepted: the result hash now says queued and the task counts in its batch.
+	Accepted AcceptOutcome = "accepted"
+	// Duplicate: a result with the same task ID and payload exists; nothing
+	// was written except the batch's duplicates counter.
+	Duplicate AcceptOutcome = "duplicate"
+	// Conflict: a result with the same task ID and another payload exists.
+	Conflict AcceptOutcome = "conflict"
+)
+
+var acceptScript = redis.NewScript(`
+local cur = redis.call('HGET', KEYS[1], 'payload_sha256')
+if cur or redis.call('EXISTS', KEYS[1]) == 1 then
+  if cur == ARGV[9] then
+    if ARGV[8] ~= '' then redis.call('HINCRBY', KEYS[2], 'duplicates', 1) end
+    return 'duplicate'
+  end
+  return 'conflict'
+end
+redis.call('HSET', KEYS[1], 'task_id', ARGV[3], 'op', ARGV[4], 'brand_id', ARGV[5],
+  'product_coupon_id', ARGV[6], 'out_request_no', ARGV[7], 'batch', ARGV[8],
+  'status', 'queued', 'attempts', '0', 'enqueued_at', ARGV[1], 'updated_at', ARGV[1],
+  'payload_sha256', ARGV[9])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+if ARGV[8] ~= '' then
+  redis.call('HINCRBY', KEYS[2], 'total', 1)
+  redis.call('HDEL', KEYS[2], 'finished_at')
+  redis.call('SADD', KEYS[3], ARGV[3])
+  redis.call('PEXPIRE', KEYS[3], ARGV[2])
+end
+return 'accepted'
+`)
+
+// Accept records a task about to be enqueued: if no result exists under its
+// ID, it writes the result hash with status queued, adds the task to its
+// batch (total and task set) and returns Accepted. An existing result with
+// the same payload hash is a Duplicate (counted in the batch), with another
+// payload a Conflict. payloadSHA256 is the hex SHA-256 of the task payload.
+func (s *Store) Accept(ctx context.Context, id Identity, payloadSHA256 string) (AcceptOutcome, error) {
+	keys := []string{ResultKey(id.TaskID), BatchKey(id.Batch), BatchTasksKey(id.Batch)}
+	res, err := acceptScript.Run(ctx, s.rdb, keys, s.stamp(), s.ttlMillis(), id.TaskID, string(id.Op),
+		id.BrandID, id.ProductCouponID, id.OutRequestNo, id.Batch, payloadSHA256).Text()
+	if err != nil {
+		return "", fmt.Errorf("couponq: accept %s: %w", id.TaskID, err)
+	}
+	return AcceptOutcome(res), nil
+}
+
+var unacceptScript = redis.NewScript(`
+if redis.call('HGET', KEYS[1], 'status') ~= 'queued' then return 0 end
+redis.call('DEL', KEYS[1])
+if ARGV[1] ~= '' then
+  redis.call('HINCRBY', KEYS[2], 'total', -1)
+  redis.call('SREM', KEYS[3], ARGV[2])
+  if ARGV[3] == '1' then redis.call('HINCRBY', KEYS[2], 'duplicates', 1) end
+end
+return 1
+`)
+
+// Unaccept undoes Accept when the task could not be enqueued after all (an
+// enqueue error, or asynq already holding the task ID). With duplicate set,
+// the task is counted as a duplicate of its batch instead. It does nothing
+// once a worker has touched the result.
+func (s *Store) Unaccept(ctx context.Context, id Identity, duplicate bool) error {
+	keys := []string{ResultKey(id.TaskID), BatchKey(id.Batch), BatchTasksKey(id.Batch)}
+	dup := "0"
+	if duplicate {
+		dup = "1"
+	}
+	if err := unacceptScript.Run(ctx, s.rdb, keys, id.Batch, id.TaskID, dup).Err(); err != nil {
+		return fmt.Errorf("couponq: unaccept %s: %w", id.TaskID, err)
+	}
+	return nil
+}
+
+var beginScript = redis.NewScript(`
+local st = redis.call('HGET', KEYS[1], 'status')
+if st == 'succeeded' or st == 'failed' then return st end
+if not st then
+  redis.call('HSET', KEYS[1], 'task_id', ARGV[3], 'op', ARGV[4], 'brand_id', ARGV[5],
+    'product_coupon_id', ARGV[6], 'out_request_no', ARGV[7], 'batch', '',
+    'attempts', '0', 'enqueued_at', ARGV[1])
+end
+redis.call('HSET', KEYS[1], 'status', 'running', 'updated_at', ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 'running'
+`)
+
+// Begin marks a task running as a worker picks it up and returns the status
+// it now has. A terminal status means the task already finished (asynq
+// re-delivered it after a crash): the caller must not call the API again.
+// A task enqueued by other means than the Producer gets its result hash here.
+func (s *Store) Begin(ctx context.Context, id Identity) (Status, error) {
+	res, err := beginScript.Run(ctx, s.rdb, []string{ResultKey(id.TaskID)}, s.stamp(), s.ttlMillis(),
+		id.TaskID, string(id.Op), id.BrandID, id.ProductCouponID, id.OutRequestNo).Text()
+	if err != nil {
+		return "", fmt.Errorf("couponq: begin %s: %w", id.TaskID, err)
+	}
+	return Status(res), nil
+}
+
+// Attempt is what a handler run learned from the API: the calls it made
+// and the last answer.
+type Attempt struct {
+	Calls        int    // API calls made in this run, added to attempts
+	HTTPStatus   int    // 0 when no answer arrived
+	ErrorCode    string // WeChat Pay's code, or couponq's (e.g. NETWORK_ERROR)
+	ErrorMessage string
+	RequestID    string
+	Coupon       []byte // on success: the ProductCoupon JSON as received
+	CouponState  string // on success
+}
+
+func (a *Attempt) args() []any {
+	hs := ""
+	if a.HTTPStatus != 0 {
+		hs = strconv.Itoa(a.HTTPStatus)
+	}
+	return []any{strconv.Itoa(a.Calls), hs, a.ErrorCode, a.ErrorMessage, a.RequestID}
+}
+
+var retryingScript = redis.NewScript(`
+local st = redis.call('HGET', KEYS[1], 'status')
+if st == 'succeeded' or st == 'failed' then return 0 end
+redis.call('HINCRBY', KEYS[1], 'attempts', ARGV[3])
+redis.call('HSET', KEYS[1], 'status', 'retrying', 'updated_at', ARGV[1], 'http_status', ARGV[4],
+  'error_code', ARGV[5], 'error_message', ARGV[6], 'request_id', ARGV[7])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+`)
+
+// Retrying records a failed attempt that will be retried. It does nothing
+// to a terminal result.
+func (s *Store) Retrying(ctx context.Context, taskID string, a Attempt) error {
+	args := append([]any{s.stamp(), s.ttlMillis()}, a.args()...)
+	if err := retryingScript.Run(ctx, s.rdb, []string{ResultKey(taskID)}, args...).Err(); err != nil {
+		return fmt.Errorf("couponq: record retry of %s: %w", taskID, err)
+	}
+	return nil
+}
+
+var finishScript = redis.NewScript(luaFinishBatchIfDone + `
+local st = redis.call('HGET', KEYS[1], 'status')
+if st == 'succeeded' or st == 'failed' then return 0 end
+redis.call('HINCRBY', KEYS[1], 'attempts', ARGV[3])
+redis.call('HSET', KEYS[1], 'status', ARGV[8], 'updated_at', ARGV[1], 'finished_at', ARGV[1],
+  'http_status', ARGV[4], 'error_code', ARGV[5], 'error_message', ARGV[6], 'request_id', ARGV[7],
+  'coupon', ARGV[9], 'coupon_state', ARGV[10])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+local batch = redis.call('HGET', KEYS[1], 'batch')
+if batch and batch ~= '' then
+  local bk = ARGV[11] .. batch
+  if redis.call('EXISTS', bk) == 1 then
+    redis.call('HINCRBY', bk, ARGV[8], 1)
+    finish_batch_if_done(bk, ARGV[1])
+    redis.call('PEXPIRE', bk, ARGV[2])
+  end
+end
+return 1
+`)
+
+// Finish moves a task to its terminal status (succeeded or failed) with the
+// last attempt's details, and counts it in its batch, finishing the batch
+// when it was the last. It is atomic and happens at most once per task:
+// a second call returns false and changes nothing.
+func (s *Store) Finish(ctx context.Context, taskID string, status Status, a Attempt) (bool, error) {
+	if !status.Terminal() {
+		return false, fmt.Errorf("couponq: finish %s: status %q is not terminal", taskID, status)
+	}
+	args := append([]any{s.stamp(), s.ttlMillis()}, a.args()...)
+	args = append(args, string(status), string(a.Coupon), a.CouponState, batchKeyPrefix)
+	n, err := finishScript.Run(ctx, s.rdb, []string{ResultKey(taskID)}, args...).Int()
+	if err != nil {
+		return false, fmt.Errorf("couponq: finish %s: %w", taskID, err)
+	}
+	return n == 1, nil
+}
