@@ -1,0 +1,164 @@
+package worker
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/hibiken/asynq"
+
+	"github.com/couponq/couponq/tasks"
+)
+
+// Defaults of Config.
+const (
+	DefaultQueue           = "couponq"
+	DefaultConcurrency     = 20
+	DefaultMaxRetry        = 10
+	DefaultRetryBase       = time.Second
+	DefaultRetryCap        = 5 * time.Minute
+	DefaultShutdownTimeout = 30 * time.Second
+	DefaultLimiterMaxWait  = 2 * time.Second
+	// DefaultTaskCheckInterval is how long an idle processor sleeps between
+	// polls of empty queues (asynq's default is 1 s; lower means less
+	// latency for a new task and more Redis traffic).
+	DefaultTaskCheckInterval = 100 * time.Millisecond
+	// DefaultDelayedTaskCheckInterval is how often due retries are moved to
+	// pending (asynq's default is 5 s).
+	DefaultDelayedTaskCheckInterval = time.Second
+	// DefaultArchiveSweepInterval is how often archived tasks are checked
+	// for results that never became terminal.
+	DefaultArchiveSweepInterval = time.Minute
+)
+
+// Config configures a Worker. Zero values take the defaults; New rejects
+// values that cannot work, naming the field.
+type Config struct {
+	// Redis is where the queues and results live (a *tasks.RedisConn).
+	// Required.
+	Redis asynq.RedisConnOpt
+	// Queues to serve with their priorities. Default {"couponq": 1}.
+	Queues map[string]int
+	// Concurrency is the number of tasks processed at once. Default 20.
+	Concurrency int
+	// MaxRetry: a task whose call still fails with a retryable error after
+	// min(MaxRetry, the task's asynq max retry) retries is failed. Default 10.
+	MaxRetry int
+	// RetryBase and RetryCap shape the retry delay: full jitter over
+	// min(RetryBase·2^n, RetryCap). Defaults 1 s and 5 min.
+	RetryBase, RetryCap time.Duration
+	// ResultTTL is how long result and batch keys live after their last
+	// write. Default 168h.
+	ResultTTL time.Duration
+	// ShutdownTimeout is how long Run waits for in-flight tasks once its
+	// context is done before handing them back to the queue. Default 30 s.
+	ShutdownTimeout time.Duration
+	// Identity is the rate-limit bucket identity (Client.Identity()).
+	// Required when Rate > 0 and Limiter is nil.
+	Identity string
+	// Rate is the API calls per second per endpoint per identity used to
+	// build a Limiter when Limiter is nil; 0 = unlimited.
+	Rate int
+	// LimiterMaxWait is the longest a handler holds its task waiting for a
+	// rate-limit slot; a slot further away hands the task back to the queue
+	// without counting a failure. Default 2 s.
+	LimiterMaxWait time.Duration
+	// Logger receives the worker's and asynq's logs. Default: discarded.
+	Logger *slog.Logger
+	// Metrics receives call, retry, limiter and outcome observations
+	// (a *Metrics). nil = none.
+	Metrics metricsSink
+	// Limiter is the shared rate limiter (a *Limiter). nil = built from
+	// Rate and Identity, or unlimited when Rate is 0.
+	Limiter rateLimiter
+}
+
+// withDefaults returns cfg with zero values replaced by defaults.
+func (cfg Config) withDefaults() Config {
+	if len(cfg.Queues) == 0 {
+		cfg.Queues = map[string]int{DefaultQueue: 1}
+	}
+	if cfg.Concurrency == 0 {
+		cfg.Concurrency = DefaultConcurrency
+	}
+	if cfg.MaxRetry == 0 {
+		cfg.MaxRetry = DefaultMaxRetry
+	}
+	if cfg.RetryBase == 0 {
+		cfg.RetryBase = DefaultRetryBase
+	}
+	if cfg.RetryCap == 0 {
+		cfg.RetryCap = max(DefaultRetryCap, cfg.RetryBase)
+	}
+	if cfg.ResultTTL == 0 {
+		cfg.ResultTTL = tasks.DefaultResultTTL
+	}
+	if cfg.ShutdownTimeout == 0 {
+		cfg.ShutdownTimeout = DefaultShutdownTimeout
+	}
+	if cfg.LimiterMaxWait == 0 {
+		cfg.LimiterMaxWait = DefaultLimiterMaxWait
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	return cfg
+}
+
+// Validate reports every setting of cfg (after defaults) that cannot work,
+// each naming its field.
+func (cfg Config) Validate() error {
+	var errs []error
+	bad := func(field, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("worker: Config.%s %s", field, fmt.Sprintf(format, args...)))
+	}
+	if isNil(cfg.Redis) {
+		bad("Redis", "is required (a *tasks.RedisConn from tasks.ParseRedisURL)")
+	}
+	for q, p := range cfg.Queues {
+		switch {
+		case strings.TrimSpace(q) == "":
+			bad("Queues", "has a blank queue name")
+		case strings.ContainsAny(q, "{}"):
+			bad("Queues", "queue %q contains { or }, which breaks asynq's Redis Cluster hash tag", q)
+		}
+		if p <= 0 {
+			bad("Queues", "queue %q has priority %d: must be ≥ 1", q, p)
+		}
+	}
+	if cfg.Concurrency < 0 {
+		bad("Concurrency", "is %d: must be ≥ 1 (0 for the default %d)", cfg.Concurrency, DefaultConcurrency)
+	}
+	if cfg.MaxRetry < 0 {
+		bad("MaxRetry", "is %d: must be ≥ 1 (0 for the default %d)", cfg.MaxRetry, DefaultMaxRetry)
+	}
+	if cfg.RetryBase < 0 {
+		bad("RetryBase", "is %v: must be positive", cfg.RetryBase)
+	}
+	if cfg.RetryCap < 0 {
+		bad("RetryCap", "is %v: must be positive", cfg.RetryCap)
+	}
+	if cfg.RetryBase > 0 && cfg.RetryCap > 0 && cfg.RetryCap < cfg.RetryBase {
+		bad("RetryCap", "(%v) is below Config.RetryBase (%v)", cfg.RetryCap, cfg.RetryBase)
+	}
+	if cfg.ResultTTL < 0 {
+		bad("ResultTTL", "is %v: must be positive", cfg.ResultTTL)
+	} else if cfg.ResultTTL > 0 && cfg.ResultTTL < time.Second {
+		bad("ResultTTL", "is %v: must be at least 1s", cfg.ResultTTL)
+	}
+	if cfg.ShutdownTimeout < 0 {
+		bad("ShutdownTimeout", "is %v: must be positive", cfg.ShutdownTimeout)
+	}
+	if cfg.LimiterMaxWait < 0 {
+		bad("LimiterMaxWait", "is %v: must be positive", cfg.LimiterMaxWait)
+	}
+	if cfg.Rate < 0 {
+		bad("Rate", "is %d: must be ≥ 0 (0 = unlimited)", cfg.Rate)
+	}
+	if cfg.Rate > 0 && isNil(cfg.Limiter) && cfg.Identity == "" {
+		bad("Identity", "is required when Config.Rate > 0 (the mchid, or brand_id in brand mode)")
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,272 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/couponq/couponq/tasks"
+)
+
+// Worker is couponq's asynq server: it applies coupon changes through the
+// API and records every outcome in the result hashes of package tasks.
+type Worker struct {
+	cfg     Config
+	api     API
+	rdb     redis.UniversalClient
+	store   *tasks.Store
+	log     *slog.Logger
+	limiter rateLimiter
+	metrics metricsSink
+	policy  RetryPolicy
+	mux     *asynq.ServeMux
+
+	// asynq's view of the task being handled; replaced in tests, where
+	// ProcessTask runs without asynq's context.
+	retryCount func(context.Context) (int, bool)
+	maxRetry   func(context.Context) (int, bool)
+
+	sweepInterval time.Duration
+	health        atomic.Pointer[healthState]
+	closeOnce     sync.Once
+}
+
+type healthState struct{ err error }
+
+var errNotRunning = errors.New("worker: not running")
+
+// New validates cfg, fills in its defaults and returns a Worker that calls
+// api. It opens a Redis client for results (closed by Close); Run starts
+// the asynq server.
+func New(cfg Config, api API) (*Worker, error) {
+	if isNil(api) {
+		return nil, errors.New("worker: New: api is nil")
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg = cfg.withDefaults()
+	rdb, ok := cfg.Redis.MakeRedisClient().(redis.UniversalClient)
+	if !ok {
+		return nil, fmt.Errorf("worker: Config.Redis (%T) does not make a go-redis v9 client", cfg.Redis)
+	}
+	w := &Worker{
+		cfg:           cfg,
+		api:           api,
+		rdb:           rdb,
+		store:         tasks.NewStore(rdb, tasks.WithResultTTL(cfg.ResultTTL)),
+		log:           cfg.Logger,
+		limiter:       noLimiter{},
+		metrics:       noMetrics{},
+		policy:        RetryPolicy{Base: cfg.RetryBase, Cap: cfg.RetryCap},
+		retryCount:    asynq.GetRetryCount,
+		maxRetry:      asynq.GetMaxRetry,
+		sweepInterval: DefaultArchiveSweepInterval,
+	}
+	switch {
+	case !isNil(cfg.Limiter):
+		w.limiter = cfg.Limiter
+	case cfg.Rate > 0 && newDefaultLimiter != nil:
+		w.limiter = newDefaultLimiter(rdb, cfg.Identity, cfg.Rate)
+	case cfg.Rate > 0:
+		rdb.Close()
+		return nil, errors.New("worker: Config.Rate is set but no Config.Limiter was given")
+	}
+	if !isNil(cfg.Metrics) {
+		w.metrics = cfg.Metrics
+	}
+	w.health.Store(&healthState{err: errNotRunning})
+	w.mux = asynq.NewServeMux()
+	w.mux.HandleFunc(tasks.TypeUpdate, w.process)
+	w.mux.HandleFunc(tasks.TypeDeactivate, w.process)
+	w.mux.HandleFunc(tasks.TypeGet, w.process)
+	return w, nil
+}
+
+// Handler returns the asynq handler of the three task types (a ServeMux).
+// Tests call its ProcessTask directly.
+func (w *Worker) Handler() asynq.Handler { return w.mux }
+
+// Config returns the configuration in effect, defaults filled in.
+func (w *Worker) Config() Config { return w.cfg }
+
+// Ready reports whether Run is serving and its last Redis health check
+// passed.
+func (w *Worker) Ready(context.Context) error { return w.health.Load().err }
+
+// Close releases the worker's Redis client. Call it after Run returns.
+func (w *Worker) Close() error {
+	var err error
+	w.closeOnce.Do(func() { err = w.rdb.Close() })
+	return err
+}
+
+// asynqConfig is the asynq server configuration: low pickup latency, the
+// retry policy, and logs through slog.
+func (w *Worker) asynqConfig() asynq.Config {
+	return asynq.Config{
+		Concurrency:              w.cfg.Concurrency,
+		Queues:                   w.cfg.Queues,
+		TaskCheckInterval:        DefaultTaskCheckInterval,
+		DelayedTaskCheckInterval: DefaultDelayedTaskCheckInterval,
+		ShutdownTimeout:          w.cfg.ShutdownTimeout,
+		RetryDelayFunc:           w.policy.RetryDelayFunc,
+		IsFailure:                IsFailure,
+		ErrorHandler:             asynq.ErrorHandlerFunc(w.handleError),
+		HealthCheckFunc:          w.healthCheck,
+		Logger:                   slogAdapter{w.log.With("component", "asynq")},
+		LogLevel:                 asynqLogLevel(w.log),
+	}
+}
+
+func (w *Worker) handleError(ctx context.Context, t *asynq.Task, err error) {
+	id, _ := asynq.GetTaskID(ctx)
+	level := slog.LevelWarn
+	if !IsFailure(err) || errors.Is(err, asynq.SkipRetry) {
+		level = slog.LevelDebug // deferrals and recorded terminal failures
+	}
+	w.log.Log(ctx, level, "task returned an error", "task_id", id, "type", t.Type(), "err", err)
+}
+
+func (w *Worker) healthCheck(err error) {
+	if err != nil {
+		w.log.Error("redis health check failed", "err", err)
+		w.health.Store(&healthState{err: fmt.Errorf("worker: redis: %w", err)})
+		return
+	}
+	w.health.Store(&healthState{})
+}
+
+// Run checks Redis, starts the asynq server and serves until ctx is done;
+// then it stops taking tasks, lets in-flight ones finish for up to
+// ShutdownTimeout and hands the rest back to their queue. A Redis too old
+// for asynq is an error; an evicting one is logged loudly.
+func (w *Worker) Run(ctx context.Context) error {
+	warnings, err := CheckRedis(ctx, w.rdb)
+	if err != nil {
+		return err
+	}
+	for _, msg := range warnings {
+		w.log.Error("REDIS MISCONFIGURED: " + msg)
+	}
+	srv := asynq.NewServer(w.cfg.Redis, w.asynqConfig())
+	if err := srv.Start(w.mux); err != nil {
+		return fmt.Errorf("worker: start asynq server: %w", err)
+	}
+	w.health.Store(&healthState{})
+	w.log.Info("worker started", "queues", w.cfg.Queues, "concurrency", w.cfg.Concurrency, "max_retry", w.cfg.MaxRetry)
+
+	sweepCtx, stopSweep := context.WithCancel(ctx)
+	swept := make(chan struct{})
+	go func() {
+		defer close(swept)
+		w.sweepLoop(sweepCtx)
+	}()
+
+	<-ctx.Done()
+	w.log.Info("worker shutting down", "timeout", w.cfg.ShutdownTimeout)
+	w.health.Store(&healthState{err: errNotRunning})
+	stopSweep()
+	<-swept
+	srv.Shutdown()
+	w.log.Info("worker stopped")
+	return nil
+}
+
+func (w *Worker) sweepLoop(ctx context.Context) {
+	t := time.NewTicker(w.sweepInterval)
+	defer t.Stop()
+	for {
+		if n, err := w.SweepArchived(ctx); err != nil && ctx.Err() == nil {
+			w.log.Warn("archive sweep failed", "err", err)
+		} else if n > 0 {
+			w.log.Warn("archived tasks recorded as failed", "count", n)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+const sweepPageSize = 100
+
+// SweepArchived records as failed (error_code ARCHIVED, with asynq's last
+// error) every archived couponq task of the served queues whose result is
+// not terminal. asynq archives without calling the handler when a crashed
+// worker's lease expires at the last retry; this keeps such tasks from
+// leaving their batch unfinished. It returns how many it finished. Run
+// calls it at start and every minute.
+func (w *Worker) SweepArchived(ctx context.Context) (int, error) {
+	insp := asynq.NewInspectorFromRedisClient(w.rdb)
+	finished := 0
+	for q := range w.cfg.Queues {
+		for page := 1; ; page++ {
+			infos, err := insp.ListArchivedTasks(q, asynq.Page(page), asynq.PageSize(sweepPageSize))
+			if errors.Is(err, asynq.ErrQueueNotFound) {
+				break
+			}
+			if err != nil {
+				return finished, fmt.Errorf("worker: list archived tasks of %s: %w", q, err)
+			}
+			n, err := w.sweepPage(ctx, infos)
+			finished += n
+			if err != nil {
+				return finished, err
+			}
+			if len(infos) < sweepPageSize {
+				break
+			}
+		}
+	}
+	return finished, nil
+}
+
+func (w *Worker) sweepPage(ctx context.Context, infos []*asynq.TaskInfo) (int, error) {
+	var mine []*asynq.TaskInfo
+	for _, ti := range infos {
+		if tasks.OpOfType(ti.Type) != "" {
+			mine = append(mine, ti)
+		}
+	}
+	if len(mine) == 0 {
+		return 0, nil
+	}
+	pipe := w.rdb.Pipeline()
+	cmds := make([]*redis.StringCmd, len(mine))
+	for i, ti := range mine {
+		cmds[i] = pipe.HGet(ctx, tasks.ResultKey(ti.ID), tasks.FieldStatus)
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return 0, fmt.Errorf("worker: read archived results: %w", err)
+	}
+	n := 0
+	for i, ti := range mine {
+		st, err := cmds[i].Result()
+		if err != nil || st == "" || tasks.Status(st).Terminal() {
+			continue // no result (expired or foreign) or already final
+		}
+		msg := "archived by asynq without a final answer"
+		if ti.LastErr != "" {
+			msg += ": " + ti.LastErr
+		}
+		done, err := w.store.Finish(ctx, ti.ID, tasks.StatusFailed, tasks.Attempt{ErrorCode: CodeArchived, ErrorMessage: clip(msg)})
+		if err != nil {
+			return n, err
+		}
+		if done {
+			n++
+			w.metrics.ObserveTerminal(string(tasks.OpOfType(ti.Type)), tasks.StatusFailed)
+			w.log.Warn("archived task recorded as failed", "task_id", ti.ID, "queue", ti.Queue, "last_err", ti.LastErr)
+		}
+	}
+	return n, nil
+}
