@@ -69,7 +69,9 @@ type clientConfig struct {
 }
 
 // WithBaseURL sets the API base URL (default DefaultBaseURL). HTTPS is
-// required unless the host is a loopback address (a local fake).
+// required unless the host is a loopback address (a local fake). A path
+// prefix (a gateway that strips it before WeChat Pay) is sent but not
+// signed: the signature covers the API path only.
 func WithBaseURL(u string) Option {
 	return func(c *clientConfig) error {
 		p, err := url.Parse(strings.TrimSuffix(u, "/"))
