@@ -1,0 +1,252 @@
+package wechatpay
+
+import (
+	"context"
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+)
+
+// CertificatesPath is where WeChat Pay serves its platform certificates.
+const CertificatesPath = "/v3/certificates"
+
+// ErrNoCertificates means the client holds no usable platform certificate.
+var ErrNoCertificates = errors.New("wechatpay: no usable platform certificate")
+
+// certMaxAge is how old a downloaded set may be before Ready downloads again.
+const certMaxAge = 12 * time.Hour
+
+// certificatesAnswer is the JSON of GET /v3/certificates.
+type certificatesAnswer struct {
+	Data []struct {
+		SerialNo           string `json:"serial_no"`
+		EffectiveTime      string `json:"effective_time"`
+		ExpireTime         string `json:"expire_time"`
+		EncryptCertificate struct {
+			Algorithm      string `json:"algorithm"`
+			Nonce          string `json:"nonce"`
+			AssociatedData string `json:"associated_data"`
+			Ciphertext     string `json:"ciphertext"`
+		} `json:"encrypt_certificate"`
+	} `json:"data"`
+}
+
+// certManager downloads and refreshes platform certificates into the
+// client's key ring.
+type certManager struct {
+	c        *Client
+	apiV3Key []byte
+	every    time.Duration
+
+	mu          sync.Mutex // serialises downloads
+	lastAttempt time.Time  // of a download triggered by an unknown serial
+
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+func newCertManager(c *Client, apiV3Key []byte, every time.Duration) *certManager {
+	ctx, cancel := context.WithCancel(context.Background())
+	m := &certManager{c: c, apiV3Key: apiV3Key, every: every, cancel: cancel, done: make(chan struct{})}
+	go m.loop(ctx)
+	return m
+}
+
+// loop refreshes the certificates every m.every until close.
+func (m *certManager) loop(ctx context.Context) {
+	defer close(m.done)
+	t := time.NewTicker(m.every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			dctx, cancel := context.WithTimeout(ctx, time.Minute)
+			m.mu.Lock()
+			err := m.download(dctx)
+			m.mu.Unlock()
+			cancel()
+			if err != nil && ctx.Err() == nil {
+				m.c.log.Warn("wechatpay: refreshing platform certificates failed", "error", err)
+			}
+		}
+	}
+}
+
+func (m *certManager) close() {
+	m.cancel()
+	<-m.done
+}
+
+func (m *certManager) newestSerial() string {
+	s, _, _ := m.c.keys.certState()
+	return s
+}
+
+// ensure downloads the certificates unless some are held. With a public key
+// configured as well (a migration), a failed download does not block calls.
+func (m *certManager) ensure(ctx context.Context) error {
+	if _, n, _ := m.c.keys.certState(); n > 0 {
+		return nil
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if _, n, _ := m.c.keys.certState(); n > 0 {
+		return nil
+	}
+	err := m.download(ctx)
+	if err != nil && m.c.pubKeyID != "" {
+		m.c.log.WarnContext(ctx, "wechatpay: platform certificates unavailable; verifying with the public key", "error", err)
+		return nil
+	}
+	return err
+}
+
+// ready downloads the certificates when none are held or the set is older
+// than 12 hours.
+func (m *certManager) ready(ctx context.Context) error {
+	if _, n, at := m.c.keys.certState(); n > 0 && m.c.now().Sub(at) < certMaxAge {
+		return nil
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if _, n, at := m.c.keys.certState(); n > 0 && m.c.now().Sub(at) < certMaxAge {
+		return nil
+	}
+	return m.download(ctx)
+}
+
+// refreshForUnknown downloads the certificates again because an answer
+// named an unknown serial, at most once a minute. It reports whether a
+// download succeeded.
+func (m *certManager) refreshForUnknown(ctx context.Context) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	now := m.c.now()
+	if !m.lastAttempt.IsZero() && now.Sub(m.lastAttempt) < minUnknownSerialGap {
+		return false
+	}
+	m.lastAttempt = now
+	if err := m.download(ctx); err != nil {
+		m.c.log.WarnContext(ctx, "wechatpay: re-downloading platform certificates failed", "error", err)
+		return false
+	}
+	return true
+}
+
+// download fetches, decrypts and verifies the certificate set and installs
+// it. The answer is verified with the keys already trusted or, on the first
+// download, with the certificates it carries (their decryption with the
+// APIv3 key authenticates them). m.mu must be held.
+func (m *certManager) download(ctx context.Context) error {
+	var fresh map[string]platformCert
+	verify := func(ctx context.Context, h http.Header, body []byte) error {
+		var err error
+		if fresh, err = m.decode(body); err != nil {
+			return err
+		}
+		now := m.c.now()
+		return verifyResponse(h, body, now, func(serial string) *rsa.PublicKey {
+			if k := m.c.keys.lookup(serial, now); k != nil {
+				return k
+			}
+			if c, ok := fresh[strings.ToUpper(serial)]; ok {
+				return c.key
+			}
+			return nil
+		})
+	}
+	if _, err := m.c.attempt(ctx, http.MethodGet, CertificatesPath, "", nil, 1, verify); err != nil {
+		return fmt.Errorf("wechatpay: downloading platform certificates: %w", err)
+	}
+	m.c.keys.setCerts(fresh, m.c.now())
+	return nil
+}
+
+// decode decrypts every certificate of the answer and keeps those valid now.
+func (m *certManager) decode(body []byte) (map[string]platformCert, error) {
+	var ans certificatesAnswer
+	if err := json.Unmarshal(body, &ans); err != nil {
+		return nil, fmt.Errorf("%w: decoding the certificate list: %v", ErrNoCertificates, err)
+	}
+	now := m.c.now()
+	out := make(map[string]platformCert, len(ans.Data))
+	for _, d := range ans.Data {
+		ec := d.EncryptCertificate
+		if ec.Algorithm != "AEAD_AES_256_GCM" {
+			return nil, fmt.Errorf("%w: certificate %.64s: algorithm %.32q", ErrNoCertificates, d.SerialNo, ec.Algorithm)
+		}
+		pemBytes, err := DecryptAES256GCM(m.apiV3Key, ec.Nonce, ec.AssociatedData, ec.Ciphertext)
+		if err != nil {
+			return nil, fmt.Errorf("%w: certificate %.64s: %v", ErrNoCertificates, d.SerialNo, err)
+		}
+		pc, err := parsePlatformCert(pemBytes)
+		if err != nil {
+			return nil, fmt.Errorf("%w: certificate %.64s: %v", ErrNoCertificates, d.SerialNo, err)
+		}
+		if !strings.EqualFold(pc.serial, d.SerialNo) {
+			return nil, fmt.Errorf("%w: serial_no %.64s does not match the certificate's %s", ErrNoCertificates, d.SerialNo, pc.serial)
+		}
+		if now.After(pc.notAfter) {
+			continue
+		}
+		out[pc.serial] = pc
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("%w: the answer holds no certificate valid now", ErrNoCertificates)
+	}
+	return out, nil
+}
+
+func parsePlatformCert(pemBytes []byte) (platformCert, error) {
+	b, _ := pem.Decode(pemBytes)
+	if b == nil || b.Type != "CERTIFICATE" {
+		return platformCert{}, errors.New("not a PEM certificate")
+	}
+	cert, err := x509.ParseCertificate(b.Bytes)
+	if err != nil {
+		return platformCert{}, err
+	}
+	k, ok := cert.PublicKey.(*rsa.PublicKey)
+	if !ok {
+		return platformCert{}, fmt.Errorf("a %T key, want RSA", cert.PublicKey)
+	}
+	return platformCert{serial: fmt.Sprintf("%X", cert.SerialNumber), key: k, notBefore: cert.NotBefore, notAfter: cert.NotAfter}, nil
+}
+
+// DecryptAES256GCM decrypts a resource WeChat Pay encrypted with the APIv3
+// key (AEAD_AES_256_GCM): ciphertext is standard Base64 with the 16-byte tag
+// appended, nonce and associatedData are used as given.
+func DecryptAES256GCM(apiV3Key []byte, nonce, associatedData, ciphertext string) ([]byte, error) {
+	if len(apiV3Key) != 32 {
+		return nil, fmt.Errorf("the APIv3 key must be 32 bytes, got %d", len(apiV3Key))
+	}
+	ct, err := base64.StdEncoding.DecodeString(ciphertext)
+	if err != nil {
+		return nil, errors.New("ciphertext is not Base64")
+	}
+	block, err := aes.NewCipher(apiV3Key)
+	if err != nil {
+		return nil, err
+	}
+	aead, err := cipher.NewGCMWithNonceSize(block, len(nonce))
+	if err != nil || len(nonce) == 0 {
+		return nil, fmt.Errorf("bad nonce length %d", len(nonce))
+	}
+	pt, err := aead.Open(nil, []byte(nonce), ct, []byte(associatedData))
+	if err != nil {
+		return nil, errors.New("decryption failed (wrong APIv3 key?)")
+	}
+	return pt, nil
+}

@@ -1,0 +1,140 @@
+package wechatpay
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/url"
+)
+
+// Path prefixes of the product-coupon endpoints in each access mode.
+const (
+	PartnerProductCouponsPath = "/v3/marketing/partner/product-coupon/product-coupons"
+	BrandProductCouponsPath   = "/brand/marketing/product-coupon/product-coupons"
+)
+
+// couponPath returns the path of one coupon (plus suffix) in c's mode.
+func (c *Client) couponPath(id, suffix string) string {
+	base := PartnerProductCouponsPath
+	if c.mode == ModeBrand {
+		base = BrandProductCouponsPath
+	}
+	return base + "/" + url.PathEscape(id) + suffix
+}
+
+// checkBrand refuses, in brand mode, a request for another brand than the
+// client's: the header names the brand, so such a call could only fail.
+func (c *Client) checkBrand(brandID string) error {
+	if c.mode == ModeBrand && brandID != c.identity {
+		return &ValidationError{Field: "brand_id", Reason: fmt.Sprintf("must be the client's brand %q in brand mode, got %q", c.identity, brandID)}
+	}
+	return nil
+}
+
+// brandField is brand_id in partner mode and omitted in brand mode.
+func (c *Client) brandField(brandID string) string {
+	if c.mode == ModeBrand {
+		return ""
+	}
+	return brandID
+}
+
+type updateBody struct {
+	BrandID      string       `json:"brand_id,omitempty"`
+	OutRequestNo string       `json:"out_request_no"`
+	DisplayInfo  *DisplayInfo `json:"display_info"`
+}
+
+type deactivateBody struct {
+	BrandID          string `json:"brand_id,omitempty"`
+	OutRequestNo     string `json:"out_request_no"`
+	DeactivateReason string `json:"deactivate_reason"`
+}
+
+// UpdateProductCoupon changes a coupon's display information.
+//
+// Partner mode: PATCH /v3/marketing/partner/product-coupon/product-coupons/{product_coupon_id}.
+// Brand mode: PATCH /brand/marketing/product-coupon/product-coupons/{product_coupon_id}.
+//
+// The request is validated before any I/O. The change applies to coupons
+// issued after it. Retrying with the same OutRequestNo and the same data is
+// safe; it is never retried by the client itself.
+func (c *Client) UpdateProductCoupon(ctx context.Context, req *UpdateProductCouponRequest) (*ProductCoupon, error) {
+	if req == nil {
+		return nil, &ValidationError{Field: "request", Reason: "required"}
+	}
+	if err := req.Validate(); err != nil {
+		return nil, err
+	}
+	if err := c.checkBrand(req.BrandID); err != nil {
+		return nil, err
+	}
+	body, err := json.Marshal(updateBody{BrandID: c.brandField(req.BrandID), OutRequestNo: req.OutRequestNo, DisplayInfo: req.DisplayInfo})
+	if err != nil {
+		return nil, fmt.Errorf("wechatpay: encoding update: %w", err)
+	}
+	return c.coupon(ctx, http.MethodPatch, c.couponPath(req.ProductCouponID, ""), "", body)
+}
+
+// DeactivateProductCoupon ends every batch and channel of a coupon; coupons
+// already in users' hands stay valid. The coupon must be EFFECTIVE.
+//
+// Partner mode: POST /v3/marketing/partner/product-coupon/product-coupons/{product_coupon_id}/deactivate.
+// Brand mode: POST /brand/marketing/product-coupon/product-coupons/{product_coupon_id}/deactivate.
+//
+// After an ambiguous outcome, a GET shows deactivate_request_no: equal to
+// OutRequestNo means this deactivation took effect.
+func (c *Client) DeactivateProductCoupon(ctx context.Context, req *DeactivateProductCouponRequest) (*ProductCoupon, error) {
+	if req == nil {
+		return nil, &ValidationError{Field: "request", Reason: "required"}
+	}
+	if err := req.Validate(); err != nil {
+		return nil, err
+	}
+	if err := c.checkBrand(req.BrandID); err != nil {
+		return nil, err
+	}
+	body, err := json.Marshal(deactivateBody{BrandID: c.brandField(req.BrandID), OutRequestNo: req.OutRequestNo, DeactivateReason: req.DeactivateReason})
+	if err != nil {
+		return nil, fmt.Errorf("wechatpay: encoding deactivate: %w", err)
+	}
+	return c.coupon(ctx, http.MethodPost, c.couponPath(req.ProductCouponID, "/deactivate"), "", body)
+}
+
+// GetProductCoupon reads a coupon.
+//
+// Partner mode: GET /v3/marketing/partner/product-coupon/product-coupons/{product_coupon_id}?brand_id={brand_id}.
+// Brand mode: GET /brand/marketing/product-coupon/product-coupons/{product_coupon_id}.
+//
+// A failed GET is retried once, quickly, when the error is retryable.
+func (c *Client) GetProductCoupon(ctx context.Context, req *GetProductCouponRequest) (*ProductCoupon, error) {
+	if req == nil {
+		return nil, &ValidationError{Field: "request", Reason: "required"}
+	}
+	if err := req.Validate(); err != nil {
+		return nil, err
+	}
+	if err := c.checkBrand(req.BrandID); err != nil {
+		return nil, err
+	}
+	query := ""
+	if c.mode == ModePartner {
+		query = "brand_id=" + url.QueryEscape(req.BrandID)
+	}
+	return c.coupon(ctx, http.MethodGet, c.couponPath(req.ProductCouponID, ""), query, nil)
+}
+
+// coupon makes the call and decodes the verified ProductCoupon.
+func (c *Client) coupon(ctx context.Context, method, path, query string, body []byte) (*ProductCoupon, error) {
+	resp, err := c.do(ctx, method, path, query, body)
+	if err != nil {
+		return nil, err
+	}
+	var pc ProductCoupon
+	if err := json.Unmarshal(resp.body, &pc); err != nil {
+		return nil, fmt.Errorf("wechatpay: %s %s: decoding the verified answer (request_id=%s): %w", method, path, resp.requestID, err)
+	}
+	pc.Raw = json.RawMessage(resp.body)
+	return &pc, nil
+}
