@@ -177,13 +177,14 @@ func (s *Store) Accept(ctx context.Context, id Identity, payloadSHA256 string) (
 	return AcceptOutcome(res), nil
 }
 
-var unacceptScript = redis.NewScript(`
+var unacceptScript = redis.NewScript(luaFinishBatchIfDone + `
 if redis.call('HGET', KEYS[1], 'status') ~= 'queued' then return 0 end
 redis.call('DEL', KEYS[1])
 if ARGV[1] ~= '' then
   redis.call('HINCRBY', KEYS[2], 'total', -1)
   redis.call('SREM', KEYS[3], ARGV[2])
   if ARGV[3] == '1' then redis.call('HINCRBY', KEYS[2], 'duplicates', 1) end
+  finish_batch_if_done(KEYS[2], ARGV[4])
 end
 return 1
 `)
@@ -193,15 +194,24 @@ return 1
 // the task is counted as a duplicate of its batch instead. It does nothing
 // once a worker has touched the result.
 func (s *Store) Unaccept(ctx context.Context, id Identity, duplicate bool) error {
+	_, err := s.unaccept(ctx, id, duplicate)
+	return err
+}
+
+// unaccept is Unaccept, also reporting whether it undid anything: false
+// means a worker already runs the task under this result (asynq held the
+// task ID and delivered it), so the task stays counted in the batch.
+func (s *Store) unaccept(ctx context.Context, id Identity, duplicate bool) (bool, error) {
 	keys := []string{ResultKey(id.TaskID), BatchKey(id.Batch), BatchTasksKey(id.Batch)}
 	dup := "0"
 	if duplicate {
 		dup = "1"
 	}
-	if err := unacceptScript.Run(ctx, s.rdb, keys, id.Batch, id.TaskID, dup).Err(); err != nil {
-		return fmt.Errorf("couponq: unaccept %s: %w", id.TaskID, err)
+	n, err := unacceptScript.Run(ctx, s.rdb, keys, id.Batch, id.TaskID, dup, s.stamp()).Int()
+	if err != nil {
+		return false, fmt.Errorf("couponq: unaccept %s: %w", id.TaskID, err)
 	}
-	return nil
+	return n == 1, nil
 }
 
 var beginScript = redis.NewScript(`
