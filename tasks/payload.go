@@ -270,13 +270,15 @@ func jsonError(err error) error {
 	switch {
 	case errors.Is(err, io.EOF):
 		return errors.New("empty input, want a JSON object")
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return errors.New("truncated JSON")
 	case errors.As(err, &se):
 		return fmt.Errorf("malformed JSON at byte %d: %w", se.Offset, err)
 	case errors.As(err, &te):
 		if te.Field != "" {
-			return fmt.Errorf("%s: must be a JSON %s, got %s: %w", te.Field, jsonKind(te.Type.Kind().String()), te.Value, err)
+			return fmt.Errorf("%s: must be a JSON %s, got %s", te.Field, jsonKind(te.Type.Kind().String()), te.Value)
 		}
-		return fmt.Errorf("must be a JSON object, got %s: %w", te.Value, err)
+		return fmt.Errorf("must be a JSON object, got %s", te.Value)
 	}
 	return err
 }
