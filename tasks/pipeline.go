@@ -27,7 +27,8 @@ type pipelinedClient struct {
 	redis.UniversalClient
 	reqs     chan *pipeReq
 	closed   chan struct{}
-	once     sync.Once
+	mu       sync.RWMutex // held for reading while sending to reqs
+	isClosed bool
 	wg       sync.WaitGroup
 	maxBatch int
 }
@@ -67,7 +68,12 @@ func (c *pipelinedClient) Eval(ctx context.Context, script string, keys []string
 // Close stops the flushers. It does not close the wrapped client, which
 // belongs to the caller.
 func (c *pipelinedClient) Close() error {
-	c.once.Do(func() { close(c.closed) })
+	c.mu.Lock()
+	if !c.isClosed {
+		c.isClosed = true
+		close(c.closed) // every send has completed: the flushers drain reqs
+	}
+	c.mu.Unlock()
 	c.wg.Wait()
 	return nil
 }
@@ -84,13 +90,18 @@ func scriptArgs(name, script string, keys []string, args []any) []any {
 func (c *pipelinedClient) do(ctx context.Context, args []any) *redis.Cmd {
 	cmd := redis.NewCmd(ctx, args...)
 	req := &pipeReq{cmd: cmd, done: make(chan struct{})}
+	c.mu.RLock()
+	if c.isClosed {
+		c.mu.RUnlock()
+		cmd.SetErr(errPipelineClosed)
+		return cmd
+	}
 	select {
 	case c.reqs <- req:
+		c.mu.RUnlock()
 	case <-ctx.Done():
+		c.mu.RUnlock()
 		cmd.SetErr(ctx.Err())
-		return cmd
-	case <-c.closed:
-		cmd.SetErr(errPipelineClosed)
 		return cmd
 	}
 	select {
@@ -129,16 +140,23 @@ func (c *pipelinedClient) flush() {
 	}
 }
 
-// drain fails the calls still queued at Close.
+// drain runs the calls still queued at Close.
 func (c *pipelinedClient) drain() {
 	for {
-		select {
-		case r := <-c.reqs:
-			r.cmd.SetErr(errPipelineClosed)
-			close(r.done)
-		default:
+		batch := make([]*pipeReq, 0, c.maxBatch)
+	fill:
+		for len(batch) < c.maxBatch {
+			select {
+			case r := <-c.reqs:
+				batch = append(batch, r)
+			default:
+				break fill
+			}
+		}
+		if len(batch) == 0 {
 			return
 		}
+		c.exec(batch)
 	}
 }
 
