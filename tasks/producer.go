@@ -77,6 +77,7 @@ type Producer struct {
 	client      *asynq.Client
 	inspector   *asynq.Inspector
 	store       *Store
+	groupStore  *Store // over rdb: acceptGroup batches by itself
 	queue       string
 	concurrency int
 	maxRetry    int
@@ -198,6 +199,7 @@ func NewProducer(rdb redis.UniversalClient, opts ...ProducerOption) (*Producer, 
 	p.client = asynq.NewClientFromRedisClient(p.pc)
 	p.inspector = asynq.NewInspectorFromRedisClient(rdb)
 	p.store = NewStore(p.pc, WithResultTTL(p.ttl), WithClock(p.now))
+	p.groupStore = NewStore(rdb, WithResultTTL(p.ttl), WithClock(p.now))
 	return p, nil
 }
 
@@ -220,10 +222,15 @@ type EnqueueResult struct {
 // Outcome Duplicate and no new task; with another payload, a
 // *ConflictError. A get without out_request_no is given a fresh one.
 func (p *Producer) Enqueue(ctx context.Context, c Change) (*EnqueueResult, error) {
-	return p.enqueue(ctx, c, "")
+	return p.enqueue(ctx, c, "", nil)
 }
 
-func (p *Producer) enqueue(ctx context.Context, c Change, batch string) (*EnqueueResult, error) {
+// enqueue enqueues one change into batch, accepting it through g when
+// given. ctx only decides whether the change starts: once its result may
+// be written, the enqueue runs to its end (bounded by the Redis client's
+// timeouts), so a cancelled batch leaves no accepted change without its
+// task.
+func (p *Producer) enqueue(ctx context.Context, c Change, batch string, g *acceptGroup) (*EnqueueResult, error) {
 	if c.Op == OpGet && c.OutRequestNo == "" {
 		c.OutRequestNo = NewGetOutRequestNo()
 	}
@@ -237,7 +244,17 @@ func (p *Producer) enqueue(ctx context.Context, c Change, batch string) (*Enqueu
 	taskID := c.TaskID()
 	res := &EnqueueResult{TaskID: taskID, Change: c}
 	id := Identity{TaskID: taskID, Op: c.Op, BrandID: c.BrandID, ProductCouponID: c.ProductCouponID, OutRequestNo: c.OutRequestNo, Batch: batch}
-	out, err := p.store.Accept(ctx, id, PayloadSHA256(payload))
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	sum := PayloadSHA256(payload)
+	var out AcceptOutcome
+	if g != nil {
+		out, err = g.accept(ctx, id, sum)
+	} else {
+		out, err = p.store.Accept(context.WithoutCancel(ctx), id, sum)
+	}
+	ctx = context.WithoutCancel(ctx)
 	switch {
 	case err != nil:
 		return nil, err
@@ -269,7 +286,7 @@ func (p *Producer) enqueue(ctx context.Context, c Change, batch string) (*Enqueu
 			break
 		}
 		dup := info.Type == task.Type() && bytes.Equal(info.Payload, payload)
-		undone, uerr := p.store.unaccept(context.WithoutCancel(ctx), id, dup)
+		undone, uerr := p.store.unaccept(ctx, id, dup)
 		switch {
 		case uerr != nil:
 			p.log.Warn("couponq: could not undo a refused task's result; its batch may count it", "task_id", taskID, "err", uerr)
@@ -285,7 +302,7 @@ func (p *Producer) enqueue(ctx context.Context, c Change, batch string) (*Enqueu
 		}
 		return nil, &ConflictError{TaskID: taskID, Where: "queue"}
 	}
-	if _, uerr := p.store.unaccept(context.WithoutCancel(ctx), id, false); uerr != nil {
+	if _, uerr := p.store.unaccept(ctx, id, false); uerr != nil {
 		p.log.Warn("couponq: could not undo a failed task's result; its batch may never finish", "task_id", taskID, "err", uerr)
 		err = errors.Join(err, uerr)
 	}
@@ -404,6 +421,7 @@ func (p *Producer) EnqueueBatch(ctx context.Context, changes iter.Seq2[Change, e
 		}
 	}
 
+	group := newAcceptGroup(p.groupStore, id, 2, 128)
 	type job struct {
 		index int
 		c     Change
@@ -419,7 +437,7 @@ func (p *Producer) EnqueueBatch(ctx context.Context, changes iter.Seq2[Change, e
 					settle(j.index, nil, ctx.Err())
 					continue
 				}
-				res, err := p.enqueue(ctx, j.c, id)
+				res, err := p.enqueue(ctx, j.c, id, group)
 				if err != nil && res == nil && j.c.OutRequestNo != "" {
 					res = &EnqueueResult{TaskID: j.c.TaskID()}
 				}
@@ -448,6 +466,7 @@ func (p *Producer) EnqueueBatch(ctx context.Context, changes iter.Seq2[Change, e
 	}
 	close(jobs)
 	wg.Wait()
+	group.close()
 	rep.Read = read
 	if stop == nil && ctx.Err() != nil {
 		stop = context.Cause(ctx)
@@ -478,6 +497,88 @@ func Changes(cs []Change) iter.Seq2[Change, error] {
 			if !yield(c, nil) {
 				return
 			}
+		}
+	}
+}
+
+// acceptGroup coalesces the Accepts of one batch's concurrent enqueues
+// into Store.AcceptMany calls: while one call runs, the Accepts arriving
+// meanwhile queue up and go together in the next. Redis then runs one
+// script per group instead of one per task, and moves the batch counters
+// once per group.
+type acceptGroup struct {
+	store *Store
+	batch string
+	reqs  chan *acceptReq
+	max   int
+	wg    sync.WaitGroup
+}
+
+type acceptReq struct {
+	item AcceptItem
+	out  AcceptOutcome
+	err  error
+	done chan struct{}
+}
+
+func newAcceptGroup(store *Store, batch string, flushers, maxGroup int) *acceptGroup {
+	g := &acceptGroup{store: store, batch: batch, reqs: make(chan *acceptReq, maxGroup), max: maxGroup}
+	g.wg.Add(flushers)
+	for range flushers {
+		go g.flush()
+	}
+	return g
+}
+
+// accept is Store.Accept through the group. Once queued, it waits for the
+// outcome whatever ctx does: the caller must know whether it was accepted.
+func (g *acceptGroup) accept(ctx context.Context, id Identity, sha string) (AcceptOutcome, error) {
+	r := &acceptReq{item: AcceptItem{Identity: id, PayloadSHA256: sha}, done: make(chan struct{})}
+	select {
+	case g.reqs <- r:
+	case <-ctx.Done():
+		return "", ctx.Err()
+	}
+	<-r.done
+	return r.out, r.err
+}
+
+// close stops the flushers once no accept can come any more.
+func (g *acceptGroup) close() {
+	close(g.reqs)
+	g.wg.Wait()
+}
+
+func (g *acceptGroup) flush() {
+	defer g.wg.Done()
+	group := make([]*acceptReq, 0, g.max)
+	items := make([]AcceptItem, 0, g.max)
+	for r := range g.reqs {
+		group = append(group[:0], r)
+	fill:
+		for len(group) < g.max {
+			select {
+			case r, ok := <-g.reqs:
+				if !ok {
+					break fill
+				}
+				group = append(group, r)
+			default:
+				break fill
+			}
+		}
+		items = items[:0]
+		for _, r := range group {
+			items = append(items, r.item)
+		}
+		outs, err := g.store.AcceptMany(context.Background(), g.batch, items)
+		for i, r := range group {
+			if err != nil {
+				r.err = err
+			} else {
+				r.out = outs[i]
+			}
+			close(r.done)
 		}
 	}
 }

@@ -1,6 +1,7 @@
 package tasks
 
 import (
+	"fmt"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -184,5 +185,79 @@ func mustSeal(t *testing.T, s *Store) {
 	t.Helper()
 	if err := s.SealBatch(t.Context(), "x"); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// AcceptMany gives the outcomes a sequence of Accepts would, and moves the
+// batch counters the same way.
+func TestStoreAcceptManyMatchesAccept(t *testing.T) {
+	t.Parallel()
+	item := func(n, sha string) AcceptItem {
+		return AcceptItem{Identity: Identity{TaskID: "get:b:" + n, Op: OpGet, BrandID: "b", ProductCouponID: "1", OutRequestNo: n, Batch: "x"}, PayloadSHA256: sha}
+	}
+	// t0 exists beforehand (same payload), t9 was made by a worker's Begin alone.
+	items := []AcceptItem{item("t1", "a"), item("t1", "a"), item("t2", "b"), item("t2", "c"), item("t0", "z"), item("t0", "other"), item("t9", "q"), item("t3", "d")}
+	var results [2][]AcceptOutcome
+	var states [2]*BatchStatus
+	var members [2]int
+	for i, many := range []bool{false, true} {
+		b := setup(t)
+		s := b.store
+		if err := s.OpenBatch(t.Context(), "x"); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := s.Accept(t.Context(), item("t0", "z").Identity, "z"); err != nil || out != Accepted {
+			t.Fatal(out, err)
+		}
+		mustBegin(t, s, item("t9", "").Identity, StatusRunning)
+		if many {
+			out, err := s.AcceptMany(t.Context(), "x", items)
+			if err != nil {
+				t.Fatal(err)
+			}
+			results[i] = out
+		} else {
+			for _, it := range items {
+				out, err := s.Accept(t.Context(), it.Identity, it.PayloadSHA256)
+				if err != nil {
+					t.Fatal(err)
+				}
+				results[i] = append(results[i], out)
+			}
+		}
+		states[i], members[i] = b.batch(t, "x"), b.members(t, "x")
+		if r, err := b.reader.Result(t.Context(), "get:b:t3"); err != nil || r.Status != StatusQueued || r.Batch != "x" || r.PayloadSHA256 != "d" {
+			t.Errorf("many=%v: result t3 = %+v, %v", many, r, err)
+		}
+	}
+	want := []AcceptOutcome{Accepted, Duplicate, Accepted, Conflict, Duplicate, Conflict, Conflict, Accepted}
+	if diff := cmp.Diff(want, results[0]); diff != "" {
+		t.Errorf("Accept outcomes (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff(results[0], results[1]); diff != "" {
+		t.Errorf("AcceptMany differs from Accept (-Accept +AcceptMany):\n%s", diff)
+	}
+	if diff := cmp.Diff(states[0], states[1]); diff != "" || members[0] != members[1] || states[1].Total != 4 || states[1].Duplicates != 2 {
+		t.Errorf("batch after Accept %+v (%d members), after AcceptMany %+v (%d members)", states[0], members[0], states[1], members[1])
+	}
+}
+
+func TestStoreAcceptManyChunks(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	if err := b.store.OpenBatch(t.Context(), "x"); err != nil {
+		t.Fatal(err)
+	}
+	items := make([]AcceptItem, maxAcceptMany+3)
+	for i := range items {
+		n := fmt.Sprintf("t%04d", i%(maxAcceptMany+1)) // the last two repeat the first two
+		items[i] = AcceptItem{Identity: Identity{TaskID: "get:b:" + n, Op: OpGet, BrandID: "b", ProductCouponID: "1", OutRequestNo: n}, PayloadSHA256: "s"}
+	}
+	out, err := b.store.AcceptMany(t.Context(), "x", items)
+	if err != nil || len(out) != len(items) || out[len(out)-1] != Duplicate || out[maxAcceptMany] != Accepted {
+		t.Fatalf("AcceptMany = %v…, %v", len(out), err)
+	}
+	if s := b.batch(t, "x"); s.Total != maxAcceptMany+1 || s.Duplicates != 2 {
+		t.Errorf("batch = %+v", s)
 	}
 }
