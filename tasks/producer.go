@@ -21,6 +21,11 @@ const (
 	DefaultConcurrency = 32
 	DefaultMaxRetry    = 100
 	DefaultTaskTimeout = 2 * time.Minute
+	// acceptGroupSize is how many changes EnqueueBatch accepts in one
+	// script call.
+	acceptGroupSize = 64
+	// acceptWorkers is how many groups may be being accepted at once.
+	acceptWorkers = 4
 	// DefaultMaxFailures is how many changes of a batch may fail to enqueue
 	// before EnqueueBatch gives up (ErrTooManyFailures).
 	DefaultMaxFailures = 100
@@ -77,7 +82,7 @@ type Producer struct {
 	client      *asynq.Client
 	inspector   *asynq.Inspector
 	store       *Store
-	groupStore  *Store // over rdb: acceptGroup batches by itself
+	batchStore  *Store // over rdb directly: groups are pipelined enough
 	queue       string
 	concurrency int
 	maxRetry    int
@@ -199,7 +204,7 @@ func NewProducer(rdb redis.UniversalClient, opts ...ProducerOption) (*Producer, 
 	p.client = asynq.NewClientFromRedisClient(p.pc)
 	p.inspector = asynq.NewInspectorFromRedisClient(rdb)
 	p.store = NewStore(p.pc, WithResultTTL(p.ttl), WithClock(p.now))
-	p.groupStore = NewStore(rdb, WithResultTTL(p.ttl), WithClock(p.now))
+	p.batchStore = NewStore(rdb, WithResultTTL(p.ttl), WithClock(p.now))
 	return p, nil
 }
 
@@ -222,15 +227,19 @@ type EnqueueResult struct {
 // Outcome Duplicate and no new task; with another payload, a
 // *ConflictError. A get without out_request_no is given a fresh one.
 func (p *Producer) Enqueue(ctx context.Context, c Change) (*EnqueueResult, error) {
-	return p.enqueue(ctx, c, "", nil)
+	return p.enqueue(ctx, c, "")
 }
 
-// enqueue enqueues one change into batch, accepting it through g when
-// given. ctx only decides whether the change starts: once its result may
-// be written, the enqueue runs to its end (bounded by the Redis client's
-// timeouts), so a cancelled batch leaves no accepted change without its
-// task.
-func (p *Producer) enqueue(ctx context.Context, c Change, batch string, g *acceptGroup) (*EnqueueResult, error) {
+// prepared is a valid change ready to be accepted.
+type prepared struct {
+	c       Change
+	id      Identity
+	payload []byte
+	sha     string
+}
+
+// prepare names a get that has none, validates and encodes c.
+func prepare(c Change, batch string) (*prepared, error) {
 	if c.Op == OpGet && c.OutRequestNo == "" {
 		c.OutRequestNo = NewGetOutRequestNo()
 	}
@@ -241,30 +250,43 @@ func (p *Producer) enqueue(ctx context.Context, c Change, batch string, g *accep
 	if err != nil {
 		return nil, err
 	}
-	taskID := c.TaskID()
-	res := &EnqueueResult{TaskID: taskID, Change: c}
-	id := Identity{TaskID: taskID, Op: c.Op, BrandID: c.BrandID, ProductCouponID: c.ProductCouponID, OutRequestNo: c.OutRequestNo, Batch: batch}
+	id := Identity{TaskID: c.TaskID(), Op: c.Op, BrandID: c.BrandID, ProductCouponID: c.ProductCouponID, OutRequestNo: c.OutRequestNo, Batch: batch}
+	return &prepared{c: c, id: id, payload: payload, sha: PayloadSHA256(payload)}, nil
+}
+
+// enqueue enqueues one change into batch. ctx only decides whether the
+// change starts: once its result may be written, the enqueue runs to its
+// end (bounded by the Redis client's timeouts), so cancelling leaves no
+// accepted change without its task.
+func (p *Producer) enqueue(ctx context.Context, c Change, batch string) (*EnqueueResult, error) {
+	pr, err := prepare(c, batch)
+	if err != nil {
+		return nil, err
+	}
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	sum := PayloadSHA256(payload)
-	var out AcceptOutcome
-	if g != nil {
-		out, err = g.accept(ctx, id, sum)
-	} else {
-		out, err = p.store.Accept(context.WithoutCancel(ctx), id, sum)
-	}
-	ctx = context.WithoutCancel(ctx)
-	switch {
-	case err != nil:
+	out, err := p.store.Accept(context.WithoutCancel(ctx), pr.id, pr.sha)
+	if err != nil {
 		return nil, err
-	case out == Duplicate:
+	}
+	return p.afterAccept(context.WithoutCancel(ctx), pr, out)
+}
+
+// afterAccept settles an accepted change: a duplicate or conflict is
+// reported, an accepted one gets its asynq task (or is undone).
+func (p *Producer) afterAccept(ctx context.Context, pr *prepared, out AcceptOutcome) (*EnqueueResult, error) {
+	c, id, payload, taskID := pr.c, pr.id, pr.payload, pr.id.TaskID
+	res := &EnqueueResult{TaskID: taskID, Change: c}
+	switch out {
+	case Duplicate:
 		res.Outcome = Duplicate
 		return res, nil
-	case out == Conflict:
+	case Conflict:
 		return nil, &ConflictError{TaskID: taskID, Where: "result"}
 	}
 
+	var err error
 	task := asynq.NewTask(c.Op.TaskType(), payload, asynq.TaskID(taskID))
 	for attempt := 1; ; attempt++ {
 		_, err = p.client.EnqueueContext(ctx, task, asynq.Queue(p.queue), asynq.MaxRetry(p.maxRetry), asynq.Timeout(p.timeout))
@@ -349,19 +371,24 @@ func (r *BatchReport) Err() error {
 	return errors.Join(append(r.Conflicts[:len(r.Conflicts):len(r.Conflicts)], r.Failed...)...)
 }
 
-// EnqueueBatch enqueues changes as batch opts.ID with up to the producer's
-// concurrency at once, reading the input as it goes (never holding it).
+// EnqueueBatch enqueues changes as batch opts.ID, reading the input as it
+// goes (it never holds it): changes are validated, accepted in groups (one
+// script call per group, see Store.AcceptMany) and enqueued into asynq by
+// up to the producer's concurrency of goroutines. The input is iterated on
+// a goroutine of its own; it is not used after EnqueueBatch returns.
 //
-// The batch hash is opened before the first change is accepted, so no task
-// can finish before it counts, and sealed at the end, also when the batch
-// stops early, so the batch finishes once the tasks it did enqueue are
-// done. Duplicates are counted and skipped; conflicts and failures are
+// The batch hash is opened before the first change is accepted, and every
+// accepted change counts in it before its task exists, so no task can
+// finish uncounted. It is sealed at the end, also when the batch stops
+// early, so it finishes once the tasks it did enqueue are done (at once if
+// none). Duplicates are counted and skipped; conflicts and failures are
 // listed in the report (see BatchReport.Err) and do not stop the batch.
 //
 // The returned error is non-nil when the batch stopped early: the input
 // yielded an error, ctx ended, more than MaxFailures changes failed, or
-// Redis refused to open or seal the batch. The report is returned in every
-// case where the batch was opened.
+// Redis refused to open or seal the batch. A change already accepted when
+// ctx ends is still enqueued (or undone). The report is returned whenever
+// the batch was opened.
 func (p *Producer) EnqueueBatch(ctx context.Context, changes iter.Seq2[Change, error], opts BatchOptions) (*BatchReport, error) {
 	id := opts.ID
 	if id == "" {
@@ -421,10 +448,14 @@ func (p *Producer) EnqueueBatch(ctx context.Context, changes iter.Seq2[Change, e
 		}
 	}
 
-	group := newAcceptGroup(p.groupStore, id, 2, 128)
+	// The reading loop prepares changes and accepts them in groups (one
+	// script call for up to acceptGroupSize changes, see Store.AcceptMany);
+	// the workers enqueue the accepted ones into asynq. An accepted change
+	// is always enqueued (or undone), whatever ctx does.
 	type job struct {
 		index int
-		c     Change
+		pr    *prepared
+		out   AcceptOutcome
 	}
 	jobs := make(chan job, p.concurrency)
 	var wg sync.WaitGroup
@@ -433,40 +464,120 @@ func (p *Producer) EnqueueBatch(ctx context.Context, changes iter.Seq2[Change, e
 		go func() {
 			defer wg.Done()
 			for j := range jobs {
-				if ctx.Err() != nil {
-					settle(j.index, nil, ctx.Err())
-					continue
-				}
-				res, err := p.enqueue(ctx, j.c, id, group)
-				if err != nil && res == nil && j.c.OutRequestNo != "" {
-					res = &EnqueueResult{TaskID: j.c.TaskID()}
+				res, err := p.afterAccept(context.WithoutCancel(ctx), j.pr, j.out)
+				if err != nil && res == nil {
+					res = &EnqueueResult{TaskID: j.pr.id.TaskID, Change: j.pr.c}
 				}
 				settle(j.index, res, err)
 			}
 		}()
 	}
 
-	var stop error
-	read := 0
-	for c, err := range changes {
-		if err != nil {
-			stop = fmt.Errorf("couponq: batch %s: reading change #%d: %w", id, read+1, err)
+	var (
+		stop  error
+		read  int
+		group = make([]job, 0, acceptGroupSize)
+	)
+	// Groups are accepted by their own goroutines, so reading and
+	// preparing go on during a group's round trip.
+	groups := make(chan []job, acceptWorkers)
+	var accepting sync.WaitGroup
+	for range acceptWorkers {
+		accepting.Go(func() {
+			items := make([]AcceptItem, 0, acceptGroupSize)
+			for group := range groups {
+				items = items[:0]
+				for _, j := range group {
+					items = append(items, AcceptItem{Identity: j.pr.id, PayloadSHA256: j.pr.sha})
+				}
+				outs, err := p.batchStore.AcceptMany(context.WithoutCancel(ctx), id, items)
+				for i, j := range group {
+					if err != nil {
+						settle(j.index, &EnqueueResult{TaskID: j.pr.id.TaskID, Change: j.pr.c}, err)
+						continue
+					}
+					j.out = outs[i]
+					jobs <- j
+				}
+			}
+		})
+	}
+	acceptGroup := func() {
+		if len(group) == 0 {
+			return
+		}
+		if err := ctx.Err(); err != nil {
+			for _, j := range group {
+				settle(j.index, nil, err)
+			}
+		} else {
+			groups <- group
+		}
+		group = make([]job, 0, acceptGroupSize)
+	}
+	// The input is read by its own goroutine so the loop can tell a fast
+	// input (accept in big groups) from a slow one (accept what it has at
+	// once): a group is accepted when full or when no change is waiting.
+	type item struct {
+		c   Change
+		err error
+	}
+	feed, quit, fed := make(chan item, acceptGroupSize), make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(fed)
+		defer close(feed)
+		for c, err := range changes {
+			select {
+			case feed <- item{c, err}:
+			case <-quit:
+				return
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	defer func() { <-fed }() // the input is not used after EnqueueBatch returns
+	defer close(quit)
+read:
+	for {
+		var it item
+		select {
+		case got, ok := <-feed:
+			if !ok {
+				break read
+			}
+			it = got
+		case <-ctx.Done():
+			break read
+		}
+		if it.err != nil {
+			stop = fmt.Errorf("couponq: batch %s: reading change #%d: %w", id, read+1, it.err)
 			break
 		}
-		select {
-		case jobs <- job{index: read, c: c}:
-			read++
-			mu.Lock()
-			prog.Read = read
-			mu.Unlock()
-			continue
-		case <-ctx.Done():
+		index := read
+		read++
+		mu.Lock()
+		prog.Read = read
+		mu.Unlock()
+		if pr, err := prepare(it.c, id); err != nil {
+			var res *EnqueueResult
+			if it.c.OutRequestNo != "" {
+				res = &EnqueueResult{TaskID: it.c.TaskID(), Change: it.c}
+			}
+			settle(index, res, err)
+		} else {
+			group = append(group, job{index: index, pr: pr})
 		}
-		break
+		if len(group) == acceptGroupSize || len(feed) == 0 {
+			acceptGroup()
+		}
 	}
+	acceptGroup()
+	close(groups)
+	accepting.Wait()
 	close(jobs)
 	wg.Wait()
-	group.close()
 	rep.Read = read
 	if stop == nil && ctx.Err() != nil {
 		stop = context.Cause(ctx)
@@ -497,88 +608,6 @@ func Changes(cs []Change) iter.Seq2[Change, error] {
 			if !yield(c, nil) {
 				return
 			}
-		}
-	}
-}
-
-// acceptGroup coalesces the Accepts of one batch's concurrent enqueues
-// into Store.AcceptMany calls: while one call runs, the Accepts arriving
-// meanwhile queue up and go together in the next. Redis then runs one
-// script per group instead of one per task, and moves the batch counters
-// once per group.
-type acceptGroup struct {
-	store *Store
-	batch string
-	reqs  chan *acceptReq
-	max   int
-	wg    sync.WaitGroup
-}
-
-type acceptReq struct {
-	item AcceptItem
-	out  AcceptOutcome
-	err  error
-	done chan struct{}
-}
-
-func newAcceptGroup(store *Store, batch string, flushers, maxGroup int) *acceptGroup {
-	g := &acceptGroup{store: store, batch: batch, reqs: make(chan *acceptReq, maxGroup), max: maxGroup}
-	g.wg.Add(flushers)
-	for range flushers {
-		go g.flush()
-	}
-	return g
-}
-
-// accept is Store.Accept through the group. Once queued, it waits for the
-// outcome whatever ctx does: the caller must know whether it was accepted.
-func (g *acceptGroup) accept(ctx context.Context, id Identity, sha string) (AcceptOutcome, error) {
-	r := &acceptReq{item: AcceptItem{Identity: id, PayloadSHA256: sha}, done: make(chan struct{})}
-	select {
-	case g.reqs <- r:
-	case <-ctx.Done():
-		return "", ctx.Err()
-	}
-	<-r.done
-	return r.out, r.err
-}
-
-// close stops the flushers once no accept can come any more.
-func (g *acceptGroup) close() {
-	close(g.reqs)
-	g.wg.Wait()
-}
-
-func (g *acceptGroup) flush() {
-	defer g.wg.Done()
-	group := make([]*acceptReq, 0, g.max)
-	items := make([]AcceptItem, 0, g.max)
-	for r := range g.reqs {
-		group = append(group[:0], r)
-	fill:
-		for len(group) < g.max {
-			select {
-			case r, ok := <-g.reqs:
-				if !ok {
-					break fill
-				}
-				group = append(group, r)
-			default:
-				break fill
-			}
-		}
-		items = items[:0]
-		for _, r := range group {
-			items = append(items, r.item)
-		}
-		outs, err := g.store.AcceptMany(context.Background(), g.batch, items)
-		for i, r := range group {
-			if err != nil {
-				r.err = err
-			} else {
-				r.out = outs[i]
-			}
-			close(r.done)
 		}
 	}
 }
