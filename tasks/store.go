@@ -177,13 +177,97 @@ func (s *Store) Accept(ctx context.Context, id Identity, payloadSHA256 string) (
 	return AcceptOutcome(res), nil
 }
 
-var unacceptScript = redis.NewScript(`
+// acceptManyScript is acceptScript for many tasks of one batch in one
+// call: the per-task logic is the same, the batch counters move once.
+// KEYS: batch hash, batch task set, then one result key per task.
+// ARGV: now, ttl ms, batch, then per task: task_id, op, brand_id,
+// product_coupon_id, out_request_no, payload_sha256.
+var acceptManyScript = redis.NewScript(`
+local now, ttl, batch = ARGV[1], ARGV[2], ARGV[3]
+local out, added, dups = {}, {}, 0
+for i = 3, #KEYS do
+  local a = 4 + (i - 3) * 6
+  local sha = ARGV[a + 5]
+  -- every result hash has a task_id: one HMGET tells new from taken
+  local cur = redis.call('HMGET', KEYS[i], 'payload_sha256', 'task_id')
+  if cur[1] or cur[2] then
+    if cur[1] == sha then
+      out[#out + 1] = 'duplicate'
+      dups = dups + 1
+    else
+      out[#out + 1] = 'conflict'
+    end
+  else
+    redis.call('HSET', KEYS[i], 'task_id', ARGV[a], 'op', ARGV[a + 1], 'brand_id', ARGV[a + 2],
+      'product_coupon_id', ARGV[a + 3], 'out_request_no', ARGV[a + 4], 'batch', batch,
+      'status', 'queued', 'attempts', '0', 'enqueued_at', now, 'updated_at', now,
+      'payload_sha256', sha)
+    redis.call('PEXPIRE', KEYS[i], ttl)
+    added[#added + 1] = ARGV[a]
+    out[#out + 1] = 'accepted'
+  end
+end
+if batch ~= '' then
+  if dups > 0 then redis.call('HINCRBY', KEYS[1], 'duplicates', dups) end
+  if #added > 0 then
+    redis.call('HINCRBY', KEYS[1], 'total', #added)
+    redis.call('HDEL', KEYS[1], 'finished_at')
+    redis.call('SADD', KEYS[2], unpack(added))
+    redis.call('PEXPIRE', KEYS[2], ttl)
+  end
+end
+return out
+`)
+
+// AcceptItem is one task of AcceptMany.
+type AcceptItem struct {
+	Identity      Identity // its Batch is ignored: AcceptMany's batch applies
+	PayloadSHA256 string
+}
+
+// maxAcceptMany bounds one AcceptMany script call (Lua's unpack and the
+// time Redis is blocked in one script).
+const maxAcceptMany = 512
+
+// AcceptMany is Accept for many tasks of batch batchID ("" = none) in one
+// atomic script call: outcomes[i] is what Accept would have returned for
+// items[i] had the items been accepted one after another.
+func (s *Store) AcceptMany(ctx context.Context, batchID string, items []AcceptItem) ([]AcceptOutcome, error) {
+	out := make([]AcceptOutcome, 0, len(items))
+	for len(items) > 0 {
+		chunk := items[:min(len(items), maxAcceptMany)]
+		items = items[len(chunk):]
+		keys := make([]string, 0, 2+len(chunk))
+		keys = append(keys, BatchKey(batchID), BatchTasksKey(batchID))
+		args := make([]any, 0, 3+6*len(chunk))
+		args = append(args, s.stamp(), s.ttlMillis(), batchID)
+		for _, it := range chunk {
+			id := it.Identity
+			keys = append(keys, ResultKey(id.TaskID))
+			args = append(args, id.TaskID, string(id.Op), id.BrandID, id.ProductCouponID, id.OutRequestNo, it.PayloadSHA256)
+		}
+		res, err := acceptManyScript.Run(ctx, s.rdb, keys, args...).StringSlice()
+		if err != nil {
+			return nil, fmt.Errorf("couponq: accept %d tasks into batch %q: %w", len(chunk), batchID, err)
+		}
+		if len(res) != len(chunk) {
+			return nil, fmt.Errorf("couponq: accept %d tasks into batch %q: %d outcomes", len(chunk), batchID, len(res))
+		}
+		for _, r := range res {
+			out = append(out, AcceptOutcome(r))
+		}
+	}
+	return out, nil
+}
+
+var unacceptScript = redis.NewScript(luaFinishBatchIfDone + `
 if redis.call('HGET', KEYS[1], 'status') ~= 'queued' then return 0 end
 redis.call('DEL', KEYS[1])
 if ARGV[1] ~= '' then
   redis.call('HINCRBY', KEYS[2], 'total', -1)
   redis.call('SREM', KEYS[3], ARGV[2])
   if ARGV[3] == '1' then redis.call('HINCRBY', KEYS[2], 'duplicates', 1) end
+  finish_batch_if_done(KEYS[2], ARGV[4])
 end
 return 1
 `)
@@ -193,15 +277,24 @@ return 1
 // the task is counted as a duplicate of its batch instead. It does nothing
 // once a worker has touched the result.
 func (s *Store) Unaccept(ctx context.Context, id Identity, duplicate bool) error {
+	_, err := s.unaccept(ctx, id, duplicate)
+	return err
+}
+
+// unaccept is Unaccept, also reporting whether it undid anything: false
+// means a worker already runs the task under this result (asynq held the
+// task ID and delivered it), so the task stays counted in the batch.
+func (s *Store) unaccept(ctx context.Context, id Identity, duplicate bool) (bool, error) {
 	keys := []string{ResultKey(id.TaskID), BatchKey(id.Batch), BatchTasksKey(id.Batch)}
 	dup := "0"
 	if duplicate {
 		dup = "1"
 	}
-	if err := unacceptScript.Run(ctx, s.rdb, keys, id.Batch, id.TaskID, dup).Err(); err != nil {
-		return fmt.Errorf("couponq: unaccept %s: %w", id.TaskID, err)
+	n, err := unacceptScript.Run(ctx, s.rdb, keys, id.Batch, id.TaskID, dup, s.stamp()).Int()
+	if err != nil {
+		return false, fmt.Errorf("couponq: unaccept %s: %w", id.TaskID, err)
 	}
-	return nil
+	return n == 1, nil
 }
 
 var beginScript = redis.NewScript(`

@@ -1,0 +1,38 @@
+// Package tasks is what producers import to enqueue coupon changes and to
+// poll their outcomes: task type names, payloads and their validation, the
+// change file reader, the Producer and the result Reader. It owns the Redis
+// key schema of results and batches (keys.go); the worker writes results
+// through its Store.
+//
+// # Producing
+//
+// A Change is one line of a change file (JSON Lines or CSV, read by
+// ChangeReader). Producer.Enqueue enqueues one; Producer.EnqueueBatch
+// streams any number of them as one batch with bounded concurrency. Each
+// accepted change gets its result hash (status queued) before its asynq
+// task exists, so it can be polled at once.
+//
+// # Task IDs, duplicates and conflicts
+//
+// A change's asynq task ID is "<op>:<brand_id>:<out_request_no>". A change
+// whose task ID is already taken, by a result hash or by a task in asynq,
+// is a duplicate when its payload is byte-identical (counted and skipped)
+// and a conflict otherwise (a *ConflictError; nothing is written). The
+// result hash keeps the payload's SHA-256, so detection holds after asynq
+// dropped a completed task.
+//
+// # Polling
+//
+// Reader.Result reads one task's result, Reader.Batch a batch's counters,
+// Reader.FailedTasks the failed tasks of a batch, and Reader.Wait polls a
+// batch until it is done.
+//
+// # Errors and retries
+//
+// Validation errors are *wechatpay.ValidationError values naming the field;
+// a bad change file line is a *LineError; a bad task payload seen by the
+// worker is a *PayloadError. The producer does not retry: a change that
+// fails to enqueue is undone (its result removed) and reported in
+// BatchReport.Failed; retries of the API calls are the worker's business,
+// up to the asynq ceiling set by WithMaxRetry.
+package tasks

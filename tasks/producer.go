@@ -1,0 +1,613 @@
+package tasks
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"iter"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/redis/go-redis/v9"
+)
+
+// Producer defaults.
+const (
+	DefaultQueue       = "couponq"
+	DefaultConcurrency = 32
+	DefaultMaxRetry    = 100
+	DefaultTaskTimeout = 2 * time.Minute
+	// acceptGroupSize is how many changes EnqueueBatch accepts in one
+	// script call.
+	acceptGroupSize = 64
+	// acceptWorkers is how many groups may be being accepted at once.
+	acceptWorkers = 4
+	// DefaultMaxFailures is how many changes of a batch may fail to enqueue
+	// before EnqueueBatch gives up (ErrTooManyFailures).
+	DefaultMaxFailures = 100
+)
+
+// Errors of the producer. Test with errors.Is.
+var (
+	// ErrConflict: a task with the same ID and another payload exists. The
+	// error is a *ConflictError.
+	ErrConflict = errors.New("task ID already used with another payload")
+	// ErrTooManyFailures: EnqueueBatch stopped after BatchOptions.MaxFailures
+	// changes failed to enqueue.
+	ErrTooManyFailures = errors.New("too many changes failed to enqueue")
+)
+
+// ConflictError is a change whose task ID is taken, in asynq or by a result
+// hash, by a task with another payload. Nothing was written for it.
+type ConflictError struct {
+	TaskID string
+	Where  string // "result" (a result hash) or "queue" (a task in asynq)
+}
+
+func (e *ConflictError) Error() string {
+	return fmt.Sprintf("couponq: task %s: %v (found in the %s); reuse an out_request_no only for the identical change", e.TaskID, ErrConflict, e.Where)
+}
+
+// Is makes errors.Is(err, ErrConflict) true.
+func (e *ConflictError) Is(target error) bool { return target == ErrConflict }
+
+// ChangeError is one change of a batch that could not be enqueued: invalid,
+// or refused by Redis.
+type ChangeError struct {
+	Index  int    // 0-based position in the batch's input
+	TaskID string // "" when the change was too invalid to name one
+	Err    error
+}
+
+func (e *ChangeError) Error() string {
+	if e.TaskID == "" {
+		return fmt.Sprintf("change #%d: %v", e.Index+1, e.Err)
+	}
+	return fmt.Sprintf("change #%d (task %s): %v", e.Index+1, e.TaskID, e.Err)
+}
+
+// Unwrap returns the reason.
+func (e *ChangeError) Unwrap() error { return e.Err }
+
+// Producer enqueues coupon changes: it records each accepted change's
+// result hash (status queued) and then enqueues its asynq task. It is safe
+// for concurrent use.
+type Producer struct {
+	rdb         redis.UniversalClient
+	pc          *pipelinedClient
+	client      *asynq.Client
+	inspector   *asynq.Inspector
+	store       *Store
+	batchStore  *Store // over rdb directly: groups are pipelined enough
+	queue       string
+	concurrency int
+	maxRetry    int
+	timeout     time.Duration
+	ttl         time.Duration
+	now         func() time.Time
+	log         *slog.Logger
+}
+
+// ProducerOption configures a Producer. Each one validates its value.
+type ProducerOption func(*Producer) error
+
+// WithQueue sets the asynq queue tasks go to (default "couponq").
+func WithQueue(q string) ProducerOption {
+	return func(p *Producer) error {
+		if strings.TrimSpace(q) == "" {
+			return errors.New("queue: must not be blank")
+		}
+		if strings.ContainsAny(q, "{}") {
+			return fmt.Errorf("queue %q: must not contain { or } (they break asynq's Redis Cluster hash tag)", q)
+		}
+		p.queue = q
+		return nil
+	}
+}
+
+// WithProducerResultTTL sets how long result and batch keys live (default
+// 168h).
+func WithProducerResultTTL(d time.Duration) ProducerOption {
+	return func(p *Producer) error {
+		if d < time.Second {
+			return fmt.Errorf("result TTL: must be at least 1s, got %v", d)
+		}
+		p.ttl = d
+		return nil
+	}
+}
+
+// WithConcurrency sets how many changes of a batch are enqueued at once
+// (default 32).
+func WithConcurrency(n int) ProducerOption {
+	return func(p *Producer) error {
+		if n < 1 || n > 4096 {
+			return fmt.Errorf("concurrency: must be 1–4096, got %d", n)
+		}
+		p.concurrency = n
+		return nil
+	}
+}
+
+// WithLogger sets the logger (default: discard).
+func WithLogger(l *slog.Logger) ProducerOption {
+	return func(p *Producer) error {
+		if l == nil {
+			return errors.New("logger: must not be nil")
+		}
+		p.log = l
+		return nil
+	}
+}
+
+// WithTaskTimeout sets asynq's per-attempt timeout of each task (default 2m).
+func WithTaskTimeout(d time.Duration) ProducerOption {
+	return func(p *Producer) error {
+		if d <= 0 {
+			return fmt.Errorf("task timeout: must be positive, got %v", d)
+		}
+		p.timeout = d
+		return nil
+	}
+}
+
+// WithMaxRetry sets asynq's retry ceiling of each task (default 100). The
+// worker's own --max-retry decides when a task fails, up to this ceiling.
+func WithMaxRetry(n int) ProducerOption {
+	return func(p *Producer) error {
+		if n < 0 {
+			return fmt.Errorf("max retry: must not be negative, got %d", n)
+		}
+		p.maxRetry = n
+		return nil
+	}
+}
+
+// WithProducerClock injects the clock of enqueued_at and batch timestamps
+// (tests).
+func WithProducerClock(now func() time.Time) ProducerOption {
+	return func(p *Producer) error {
+		if now == nil {
+			return errors.New("clock: must not be nil")
+		}
+		p.now = now
+		return nil
+	}
+}
+
+// NewProducer returns a producer over rdb. It does not take ownership of
+// rdb: Close leaves it open.
+func NewProducer(rdb redis.UniversalClient, opts ...ProducerOption) (*Producer, error) {
+	if rdb == nil {
+		return nil, errors.New("couponq: NewProducer: nil Redis client")
+	}
+	p := &Producer{
+		rdb:         rdb,
+		queue:       DefaultQueue,
+		concurrency: DefaultConcurrency,
+		maxRetry:    DefaultMaxRetry,
+		timeout:     DefaultTaskTimeout,
+		ttl:         DefaultResultTTL,
+		now:         time.Now,
+		log:         slog.New(slog.DiscardHandler),
+	}
+	for _, o := range opts {
+		if err := o(p); err != nil {
+			return nil, fmt.Errorf("couponq: producer option %w", err)
+		}
+	}
+	p.pc = newPipelinedClient(rdb, 2, 256)
+	p.client = asynq.NewClientFromRedisClient(p.pc)
+	p.inspector = asynq.NewInspectorFromRedisClient(rdb)
+	p.store = NewStore(p.pc, WithResultTTL(p.ttl), WithClock(p.now))
+	p.batchStore = NewStore(rdb, WithResultTTL(p.ttl), WithClock(p.now))
+	return p, nil
+}
+
+// Queue returns the asynq queue the producer enqueues to.
+func (p *Producer) Queue() string { return p.queue }
+
+// Close stops the producer's background goroutines. The Redis client stays
+// open.
+func (p *Producer) Close() error { return p.pc.Close() }
+
+// EnqueueResult is the outcome of one accepted or duplicate change.
+type EnqueueResult struct {
+	TaskID  string
+	Outcome AcceptOutcome // Accepted or Duplicate
+	Change  Change        // as enqueued (a get has its out_request_no now)
+}
+
+// Enqueue validates c, records its result hash (status queued) and
+// enqueues its task. A change already enqueued with the same payload gives
+// Outcome Duplicate and no new task; with another payload, a
+// *ConflictError. A get without out_request_no is given a fresh one.
+func (p *Producer) Enqueue(ctx context.Context, c Change) (*EnqueueResult, error) {
+	return p.enqueue(ctx, c, "")
+}
+
+// prepared is a valid change ready to be accepted.
+type prepared struct {
+	c       Change
+	id      Identity
+	payload []byte
+	sha     string
+}
+
+// prepare names a get that has none, validates and encodes c.
+func prepare(c Change, batch string) (*prepared, error) {
+	if c.Op == OpGet && c.OutRequestNo == "" {
+		c.OutRequestNo = NewGetOutRequestNo()
+	}
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	payload, err := c.Payload()
+	if err != nil {
+		return nil, err
+	}
+	id := Identity{TaskID: c.TaskID(), Op: c.Op, BrandID: c.BrandID, ProductCouponID: c.ProductCouponID, OutRequestNo: c.OutRequestNo, Batch: batch}
+	return &prepared{c: c, id: id, payload: payload, sha: PayloadSHA256(payload)}, nil
+}
+
+// enqueue enqueues one change into batch. ctx only decides whether the
+// change starts: once its result may be written, the enqueue runs to its
+// end (bounded by the Redis client's timeouts), so cancelling leaves no
+// accepted change without its task.
+func (p *Producer) enqueue(ctx context.Context, c Change, batch string) (*EnqueueResult, error) {
+	pr, err := prepare(c, batch)
+	if err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	out, err := p.store.Accept(context.WithoutCancel(ctx), pr.id, pr.sha)
+	if err != nil {
+		return nil, err
+	}
+	return p.afterAccept(context.WithoutCancel(ctx), pr, out)
+}
+
+// afterAccept settles an accepted change: a duplicate or conflict is
+// reported, an accepted one gets its asynq task (or is undone).
+func (p *Producer) afterAccept(ctx context.Context, pr *prepared, out AcceptOutcome) (*EnqueueResult, error) {
+	c, id, payload, taskID := pr.c, pr.id, pr.payload, pr.id.TaskID
+	res := &EnqueueResult{TaskID: taskID, Change: c}
+	switch out {
+	case Duplicate:
+		res.Outcome = Duplicate
+		return res, nil
+	case Conflict:
+		return nil, &ConflictError{TaskID: taskID, Where: "result"}
+	}
+
+	var err error
+	task := asynq.NewTask(c.Op.TaskType(), payload, asynq.TaskID(taskID))
+	for attempt := 1; ; attempt++ {
+		_, err = p.client.EnqueueContext(ctx, task, asynq.Queue(p.queue), asynq.MaxRetry(p.maxRetry), asynq.Timeout(p.timeout))
+		if err == nil {
+			res.Outcome = Accepted
+			return res, nil
+		}
+		if !errors.Is(err, asynq.ErrTaskIDConflict) {
+			break
+		}
+		// asynq holds the ID but no result hash did: a task enqueued by
+		// other means, or whose result expired. Compare payloads.
+		info, ierr := p.inspector.GetTaskInfo(p.queue, taskID)
+		if errors.Is(ierr, asynq.ErrTaskNotFound) && attempt < 3 {
+			continue // it completed and was deleted meanwhile: enqueue again
+		}
+		if ierr != nil {
+			err = fmt.Errorf("couponq: enqueue %s: %w; inspecting the existing task: %w", taskID, err, ierr)
+			break
+		}
+		dup := info.Type == task.Type() && bytes.Equal(info.Payload, payload)
+		undone, uerr := p.store.unaccept(ctx, id, dup)
+		switch {
+		case uerr != nil:
+			p.log.Warn("couponq: could not undo a refused task's result; its batch may count it", "task_id", taskID, "err", uerr)
+		case !undone:
+			// A worker took the existing task and runs it under this
+			// result: it is enqueued, and counted in this batch.
+			res.Outcome = Accepted
+			return res, nil
+		}
+		if dup {
+			res.Outcome = Duplicate
+			return res, nil
+		}
+		return nil, &ConflictError{TaskID: taskID, Where: "queue"}
+	}
+	if _, uerr := p.store.unaccept(ctx, id, false); uerr != nil {
+		p.log.Warn("couponq: could not undo a failed task's result; its batch may never finish", "task_id", taskID, "err", uerr)
+		err = errors.Join(err, uerr)
+	}
+	return nil, fmt.Errorf("couponq: enqueue %s: %w", taskID, err)
+}
+
+// BatchOptions configures EnqueueBatch.
+type BatchOptions struct {
+	// ID names the batch; empty: a new ULID. 1–128 characters of
+	// [0-9A-Za-z_.-]. Enqueuing into an existing batch adds to it.
+	ID string
+	// OnProgress, when set, is called after each change is settled and once
+	// at the end; never concurrently.
+	OnProgress func(BatchProgress)
+	// MaxFailures stops the batch after this many changes failed to
+	// enqueue (invalid, or refused by Redis); 0 means DefaultMaxFailures,
+	// a negative value never stops. Conflicts do not count.
+	MaxFailures int
+}
+
+// BatchProgress is a batch's progress so far.
+type BatchProgress struct {
+	BatchID    string
+	Read       int // changes taken from the input
+	Settled    int // changes enqueued, skipped or refused
+	Enqueued   int
+	Duplicates int
+	Conflicts  int
+	Failed     int
+}
+
+// BatchReport is what EnqueueBatch did.
+type BatchReport struct {
+	BatchID    string
+	Read       int // changes taken from the input
+	Total      int // tasks enqueued by this call
+	Duplicates int // changes skipped as already enqueued
+	Conflicts  []error
+	Failed     []error
+}
+
+// Err joins the conflicts and failures, nil if there were none.
+func (r *BatchReport) Err() error {
+	return errors.Join(append(r.Conflicts[:len(r.Conflicts):len(r.Conflicts)], r.Failed...)...)
+}
+
+// EnqueueBatch enqueues changes as batch opts.ID, reading the input as it
+// goes (it never holds it): changes are validated, accepted in groups (one
+// script call per group, see Store.AcceptMany) and enqueued into asynq by
+// up to the producer's concurrency of goroutines. The input is iterated on
+// a goroutine of its own; it is not used after EnqueueBatch returns.
+//
+// The batch hash is opened before the first change is accepted, and every
+// accepted change counts in it before its task exists, so no task can
+// finish uncounted. It is sealed at the end, also when the batch stops
+// early, so it finishes once the tasks it did enqueue are done (at once if
+// none). Duplicates are counted and skipped; conflicts and failures are
+// listed in the report (see BatchReport.Err) and do not stop the batch.
+//
+// The returned error is non-nil when the batch stopped early: the input
+// yielded an error, ctx ended, more than MaxFailures changes failed, or
+// Redis refused to open or seal the batch. A change already accepted when
+// ctx ends is still enqueued (or undone). The report is returned whenever
+// the batch was opened.
+func (p *Producer) EnqueueBatch(ctx context.Context, changes iter.Seq2[Change, error], opts BatchOptions) (*BatchReport, error) {
+	id := opts.ID
+	if id == "" {
+		id = NewBatchID()
+	}
+	if err := ValidateBatchID(id); err != nil {
+		return nil, err
+	}
+	maxFail := opts.MaxFailures
+	if maxFail == 0 {
+		maxFail = DefaultMaxFailures
+	}
+	if err := p.store.OpenBatch(ctx, id); err != nil {
+		return nil, err
+	}
+	p.log.Debug("couponq: batch opened", "batch", id)
+
+	rep := &BatchReport{BatchID: id}
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+
+	var (
+		mu   sync.Mutex
+		prog = BatchProgress{BatchID: id}
+	)
+	settle := func(index int, res *EnqueueResult, err error) {
+		mu.Lock()
+		defer mu.Unlock()
+		prog.Settled++
+		var ce *ConflictError
+		switch {
+		case err == nil && res.Outcome == Duplicate:
+			rep.Duplicates++
+			prog.Duplicates++
+		case err == nil:
+			rep.Total++
+			prog.Enqueued++
+		case errors.As(err, &ce):
+			rep.Conflicts = append(rep.Conflicts, &ChangeError{Index: index, TaskID: ce.TaskID, Err: err})
+			prog.Conflicts++
+		case ctx.Err() != nil:
+			// Stopping: the change was not enqueued; the cause is reported once.
+			prog.Failed++
+		default:
+			taskID := ""
+			if res != nil {
+				taskID = res.TaskID
+			}
+			rep.Failed = append(rep.Failed, &ChangeError{Index: index, TaskID: taskID, Err: err})
+			prog.Failed++
+			if maxFail > 0 && len(rep.Failed) >= maxFail {
+				cancel(fmt.Errorf("couponq: batch %s: %w (%d)", id, ErrTooManyFailures, len(rep.Failed)))
+			}
+		}
+		if opts.OnProgress != nil {
+			opts.OnProgress(prog)
+		}
+	}
+
+	// The reading loop prepares changes and accepts them in groups (one
+	// script call for up to acceptGroupSize changes, see Store.AcceptMany);
+	// the workers enqueue the accepted ones into asynq. An accepted change
+	// is always enqueued (or undone), whatever ctx does.
+	type job struct {
+		index int
+		pr    *prepared
+		out   AcceptOutcome
+	}
+	jobs := make(chan job, p.concurrency)
+	var wg sync.WaitGroup
+	wg.Add(p.concurrency)
+	for range p.concurrency {
+		go func() {
+			defer wg.Done()
+			for j := range jobs {
+				res, err := p.afterAccept(context.WithoutCancel(ctx), j.pr, j.out)
+				if err != nil && res == nil {
+					res = &EnqueueResult{TaskID: j.pr.id.TaskID, Change: j.pr.c}
+				}
+				settle(j.index, res, err)
+			}
+		}()
+	}
+
+	var (
+		stop  error
+		read  int
+		group = make([]job, 0, acceptGroupSize)
+	)
+	// Groups are accepted by their own goroutines, so reading and
+	// preparing go on during a group's round trip.
+	groups := make(chan []job, acceptWorkers)
+	var accepting sync.WaitGroup
+	for range acceptWorkers {
+		accepting.Go(func() {
+			items := make([]AcceptItem, 0, acceptGroupSize)
+			for group := range groups {
+				items = items[:0]
+				for _, j := range group {
+					items = append(items, AcceptItem{Identity: j.pr.id, PayloadSHA256: j.pr.sha})
+				}
+				outs, err := p.batchStore.AcceptMany(context.WithoutCancel(ctx), id, items)
+				for i, j := range group {
+					if err != nil {
+						settle(j.index, &EnqueueResult{TaskID: j.pr.id.TaskID, Change: j.pr.c}, err)
+						continue
+					}
+					j.out = outs[i]
+					jobs <- j
+				}
+			}
+		})
+	}
+	acceptGroup := func() {
+		if len(group) == 0 {
+			return
+		}
+		if err := ctx.Err(); err != nil {
+			for _, j := range group {
+				settle(j.index, nil, err)
+			}
+		} else {
+			groups <- group
+		}
+		group = make([]job, 0, acceptGroupSize)
+	}
+	// The input is read by its own goroutine so the loop can tell a fast
+	// input (accept in big groups) from a slow one (accept what it has at
+	// once): a group is accepted when full or when no change is waiting.
+	type item struct {
+		c   Change
+		err error
+	}
+	feed, quit, fed := make(chan item, acceptGroupSize), make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(fed)
+		defer close(feed)
+		for c, err := range changes {
+			select {
+			case feed <- item{c, err}:
+			case <-quit:
+				return
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	defer func() { <-fed }() // the input is not used after EnqueueBatch returns
+	defer close(quit)
+read:
+	for {
+		var it item
+		select {
+		case got, ok := <-feed:
+			if !ok {
+				break read
+			}
+			it = got
+		case <-ctx.Done():
+			break read
+		}
+		if it.err != nil {
+			stop = fmt.Errorf("couponq: batch %s: reading change #%d: %w", id, read+1, it.err)
+			break
+		}
+		index := read
+		read++
+		mu.Lock()
+		prog.Read = read
+		mu.Unlock()
+		if pr, err := prepare(it.c, id); err != nil {
+			var res *EnqueueResult
+			if it.c.OutRequestNo != "" {
+				res = &EnqueueResult{TaskID: it.c.TaskID(), Change: it.c}
+			}
+			settle(index, res, err)
+		} else {
+			group = append(group, job{index: index, pr: pr})
+		}
+		if len(group) == acceptGroupSize || len(feed) == 0 {
+			acceptGroup()
+		}
+	}
+	acceptGroup()
+	close(groups)
+	accepting.Wait()
+	close(jobs)
+	wg.Wait()
+	rep.Read = read
+	if stop == nil && ctx.Err() != nil {
+		stop = context.Cause(ctx)
+		if errors.Is(stop, context.Canceled) || errors.Is(stop, context.DeadlineExceeded) {
+			stop = fmt.Errorf("couponq: batch %s stopped after %d changes: %w", id, read, stop)
+		}
+	}
+
+	sealCtx, cancelSeal := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancelSeal()
+	if err := p.store.SealBatch(sealCtx, id); err != nil {
+		stop = errors.Join(stop, err)
+	}
+	if opts.OnProgress != nil {
+		mu.Lock()
+		opts.OnProgress(prog)
+		mu.Unlock()
+	}
+	p.log.Info("couponq: batch enqueued", "batch", id, "read", rep.Read, "total", rep.Total,
+		"duplicates", rep.Duplicates, "conflicts", len(rep.Conflicts), "failed", len(rep.Failed))
+	return rep, stop
+}
+
+// Changes adapts a slice to EnqueueBatch's input.
+func Changes(cs []Change) iter.Seq2[Change, error] {
+	return func(yield func(Change, error) bool) {
+		for _, c := range cs {
+			if !yield(c, nil) {
+				return
+			}
+		}
+	}
+}

@@ -1,0 +1,230 @@
+package tasks
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"strconv"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// ErrNotFound is returned for a task or batch with no hash in Redis: never
+// enqueued, or expired after the result TTL.
+var ErrNotFound = errors.New("not found")
+
+// Result is one task's result hash (SPEC "Results in Redis"), typed.
+type Result struct {
+	TaskID          string          `json:"task_id"`
+	Op              Op              `json:"op"`
+	BrandID         string          `json:"brand_id"`
+	ProductCouponID string          `json:"product_coupon_id"`
+	OutRequestNo    string          `json:"out_request_no"`
+	Batch           string          `json:"batch,omitempty"`
+	Status          Status          `json:"status"`
+	Attempts        int             `json:"attempts"`
+	HTTPStatus      int             `json:"http_status,omitempty"`
+	ErrorCode       string          `json:"error_code,omitempty"`
+	ErrorMessage    string          `json:"error_message,omitempty"`
+	RequestID       string          `json:"request_id,omitempty"`
+	Coupon          json.RawMessage `json:"coupon,omitempty"` // the ProductCoupon JSON, on success
+	CouponState     string          `json:"coupon_state,omitempty"`
+	EnqueuedAt      time.Time       `json:"enqueued_at,omitzero"`
+	UpdatedAt       time.Time       `json:"updated_at,omitzero"`
+	FinishedAt      time.Time       `json:"finished_at,omitzero"`
+	PayloadSHA256   string          `json:"payload_sha256,omitempty"`
+}
+
+// parseResult types a result hash; malformed numbers and times are an error
+// naming the field.
+func parseResult(m map[string]string) (*Result, error) {
+	r := &Result{
+		TaskID:          m[FieldTaskID],
+		Op:              Op(m[FieldOp]),
+		BrandID:         m[FieldBrandID],
+		ProductCouponID: m[FieldProductCouponID],
+		OutRequestNo:    m[FieldOutRequestNo],
+		Batch:           m[FieldBatch],
+		Status:          Status(m[FieldStatus]),
+		ErrorCode:       m[FieldErrorCode],
+		ErrorMessage:    m[FieldErrorMessage],
+		RequestID:       m[FieldRequestID],
+		CouponState:     m[FieldCouponState],
+		PayloadSHA256:   m[FieldPayloadSHA256],
+	}
+	if c := m[FieldCoupon]; c != "" {
+		r.Coupon = json.RawMessage(c)
+	}
+	var errs []error
+	errs = append(errs, atoi(m, FieldAttempts, &r.Attempts), atoi(m, FieldHTTPStatus, &r.HTTPStatus),
+		parseTime(m, FieldEnqueuedAt, &r.EnqueuedAt), parseTime(m, FieldUpdatedAt, &r.UpdatedAt),
+		parseTime(m, FieldFinishedAt, &r.FinishedAt))
+	if err := errors.Join(errs...); err != nil {
+		return r, fmt.Errorf("couponq: result %s: %w", r.TaskID, err)
+	}
+	return r, nil
+}
+
+func atoi(m map[string]string, field string, dst *int) error {
+	v := m[field]
+	if v == "" {
+		return nil
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil {
+		return fmt.Errorf("field %s: %w", field, err)
+	}
+	*dst = n
+	return nil
+}
+
+func parseTime(m map[string]string, field string, dst *time.Time) error {
+	v := m[field]
+	if v == "" {
+		return nil
+	}
+	t, err := time.Parse(time.RFC3339Nano, v)
+	if err != nil {
+		return fmt.Errorf("field %s: %w", field, err)
+	}
+	*dst = t
+	return nil
+}
+
+// BatchStatus is one batch's counters and state.
+type BatchStatus struct {
+	ID         string    `json:"batch_id"`
+	Total      int       `json:"total"`
+	Duplicates int       `json:"duplicates"`
+	Succeeded  int       `json:"succeeded"`
+	Failed     int       `json:"failed"`
+	Pending    int       `json:"pending"` // total − succeeded − failed
+	Sealed     bool      `json:"sealed"`  // its producer finished enqueuing
+	CreatedAt  time.Time `json:"created_at,omitzero"`
+	FinishedAt time.Time `json:"finished_at,omitzero"`
+}
+
+// Done reports whether the batch finished: sealed, and every task it
+// enqueued terminal.
+func (b *BatchStatus) Done() bool { return !b.FinishedAt.IsZero() }
+
+// Reader reads results and batches for polling. It is safe for concurrent
+// use and does not own its Redis client.
+type Reader struct {
+	rdb redis.UniversalClient
+}
+
+// NewReader returns a reader over rdb.
+func NewReader(rdb redis.UniversalClient) *Reader { return &Reader{rdb: rdb} }
+
+// Result returns one task's result, or ErrNotFound.
+func (r *Reader) Result(ctx context.Context, taskID string) (*Result, error) {
+	m, err := r.rdb.HGetAll(ctx, ResultKey(taskID)).Result()
+	if err != nil {
+		return nil, fmt.Errorf("couponq: read result %s: %w", taskID, err)
+	}
+	if len(m) == 0 {
+		return nil, fmt.Errorf("couponq: result %s: %w", taskID, ErrNotFound)
+	}
+	return parseResult(m)
+}
+
+// Batch returns one batch's counters and state, or ErrNotFound.
+func (r *Reader) Batch(ctx context.Context, batchID string) (*BatchStatus, error) {
+	m, err := r.rdb.HGetAll(ctx, BatchKey(batchID)).Result()
+	if err != nil {
+		return nil, fmt.Errorf("couponq: read batch %s: %w", batchID, err)
+	}
+	if len(m) == 0 {
+		return nil, fmt.Errorf("couponq: batch %s: %w", batchID, ErrNotFound)
+	}
+	b := &BatchStatus{ID: batchID, Sealed: m[BatchFieldSealed] == "1"}
+	errs := []error{
+		atoi(m, BatchFieldTotal, &b.Total), atoi(m, BatchFieldDuplicates, &b.Duplicates),
+		atoi(m, BatchFieldSucceeded, &b.Succeeded), atoi(m, BatchFieldFailed, &b.Failed),
+		parseTime(m, BatchFieldCreatedAt, &b.CreatedAt), parseTime(m, BatchFieldFinishedAt, &b.FinishedAt),
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, fmt.Errorf("couponq: batch %s: %w", batchID, err)
+	}
+	b.Pending = b.Total - b.Succeeded - b.Failed
+	return b, nil
+}
+
+// FailedTasks returns up to limit failed tasks of a batch (all of them when
+// limit ≤ 0), sorted by task ID. It scans the batch's task set, reading the
+// results a page at a time in one pipeline each.
+func (r *Reader) FailedTasks(ctx context.Context, batchID string, limit int) ([]*Result, error) {
+	var (
+		out    []*Result
+		cursor uint64
+	)
+	for {
+		ids, next, err := r.rdb.SScan(ctx, BatchTasksKey(batchID), cursor, "", 500).Result()
+		if err != nil {
+			return nil, fmt.Errorf("couponq: scan batch %s: %w", batchID, err)
+		}
+		if len(ids) > 0 {
+			cmds := make([]*redis.MapStringStringCmd, len(ids))
+			_, err := r.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+				for i, id := range ids {
+					cmds[i] = p.HGetAll(ctx, ResultKey(id))
+				}
+				return nil
+			})
+			if err != nil {
+				return nil, fmt.Errorf("couponq: read results of batch %s: %w", batchID, err)
+			}
+			for _, c := range cmds {
+				m := c.Val()
+				if m[FieldStatus] != string(StatusFailed) {
+					continue
+				}
+				res, err := parseResult(m)
+				if err != nil {
+					return nil, err
+				}
+				out = append(out, res)
+			}
+		}
+		cursor = next
+		if cursor == 0 || (limit > 0 && len(out) >= limit) {
+			break
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].TaskID < out[j].TaskID })
+	if limit > 0 && len(out) > limit {
+		out = out[:limit]
+	}
+	return out, nil
+}
+
+// Wait polls batch batchID every interval (at least 10ms) until it is done,
+// calling onProgress (may be nil) with each status read, and returns the
+// final status. It returns early with ctx's error, or ErrNotFound when the
+// batch does not exist.
+func (r *Reader) Wait(ctx context.Context, batchID string, every time.Duration, onProgress func(*BatchStatus)) (*BatchStatus, error) {
+	every = max(every, 10*time.Millisecond)
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		b, err := r.Batch(ctx, batchID)
+		if err != nil {
+			return nil, err
+		}
+		if onProgress != nil {
+			onProgress(b)
+		}
+		if b.Done() {
+			return b, nil
+		}
+		select {
+		case <-ctx.Done():
+			return b, fmt.Errorf("couponq: waiting for batch %s: %w", batchID, context.Cause(ctx))
+		case <-t.C:
+		}
+	}
+}
