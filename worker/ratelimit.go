@@ -180,9 +180,11 @@ func (l *Limiter) Wait(ctx context.Context, endpoint string, maxWait time.Durati
 			return waited, fmt.Errorf("worker: rate limiter %s: %w", endpoint, err)
 		}
 		waited += slot
-		// A 429 may have paused every worker while this one slept.
+		// A 429 may have paused every worker while this one slept. The
+		// check is best effort: the slot was ours, so a Redis error here
+		// does not cost it.
 		pause, err = l.rdb.PTTL(ctx, pauseKey).Result()
-		if err == nil && pause <= 0 {
+		if err != nil || pause <= 0 {
 			return waited, nil
 		}
 	}
