@@ -77,8 +77,14 @@ func TestNewDefaultsAndRejections(t *testing.T) {
 	if _, err := New(Config{Redis: asynq.RedisClientOpt{Addr: mr.Addr()}}, nil); err == nil || !strings.Contains(err.Error(), "api is nil") {
 		t.Errorf("New with nil api: %v", err)
 	}
-	if _, err := New(Config{Redis: asynq.RedisClientOpt{Addr: mr.Addr()}, Rate: 5, Identity: "1900000109"}, newStubAPI()); err == nil {
-		t.Error("New with a rate and no limiter available: nil error")
+	// A rate without a limiter builds the Redis-shared one.
+	w3, err := New(Config{Redis: asynq.RedisClientOpt{Addr: mr.Addr()}, Rate: 5, Identity: "1900000109"}, newStubAPI())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w3.Close()
+	if _, ok := w3.limiter.(*Limiter); !ok {
+		t.Errorf("limiter = %T, want *Limiter", w3.limiter)
 	}
 	// A typed nil limiter or metrics means none.
 	w2, err := New(Config{Redis: asynq.RedisClientOpt{Addr: mr.Addr()}, Limiter: (*fakeLimiter)(nil), Metrics: (*fakeMetrics)(nil)}, newStubAPI())

@@ -40,9 +40,10 @@ type retryAfterer interface {
 }
 
 // newDefaultLimiter builds the limiter New uses when Config.Limiter is nil
-// and Config.Rate > 0. It stays nil until the rate limiter lands; then it is
-// func(rdb, id, rate) rateLimiter { return NewLimiter(rdb, id, rate) }.
-var newDefaultLimiter func(rdb redis.UniversalClient, identity string, rate int) rateLimiter
+// and Config.Rate > 0: the Redis-shared GCRA limiter.
+var newDefaultLimiter = func(rdb redis.UniversalClient, identity string, rate int) rateLimiter {
+	return NewLimiter(rdb, identity, rate)
+}
 
 type noLimiter struct{}
 
