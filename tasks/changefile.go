@@ -109,6 +109,10 @@ func (r *ChangeReader) Next() (Change, error) {
 	return r.nextJSONL()
 }
 
+// Line is the line number of what Next returned last (for CSV, the line
+// its record starts on).
+func (r *ChangeReader) Line() int { return r.line }
+
 // All returns the remaining changes as an iterator for
 // Producer.EnqueueBatch: it yields each change or bad line in turn and ends
 // at the end of input, after yielding a read error.
@@ -205,6 +209,7 @@ func (r *ChangeReader) nextCSV() (Change, error) {
 			return Change{}, r.csvErr(err)
 		}
 		line, _ := r.cr.FieldPos(0)
+		r.line = line
 		if blank(rec) {
 			continue
 		}

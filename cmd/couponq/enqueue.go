@@ -1,0 +1,268 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/couponq/couponq/tasks"
+)
+
+// maxReportedLines caps the bad lines printed; the count is always given.
+const maxReportedLines = 200
+
+type enqueueConfig struct {
+	File        string
+	Format      string
+	Batch       string
+	Queue       string
+	RedisURL    string
+	Concurrency int
+	ResultTTL   time.Duration
+}
+
+func newEnqueueCmd(e *env) *cobra.Command {
+	var c enqueueConfig
+	var ef envFlags
+	cmd := &cobra.Command{
+		Use:   "enqueue --file F [--batch ID] [--queue Q]",
+		Short: "Validate a change file, then enqueue it as one batch",
+		Long: `Reads a change file — JSON Lines (.jsonl) or CSV (.csv, header row, display_info
+as one JSON column); --file - reads standard input — and validates the whole file
+first: if any line is invalid, nothing is enqueued, every bad line is reported
+with its number and reason, and the exit status is 2.
+
+Then it enqueues every change as a task of one batch, showing progress on a
+terminal, and prints the batch ID alone on standard output:
+
+  BATCH=$(couponq enqueue --file changes.jsonl)
+  couponq status --batch "$BATCH" --wait
+
+A change already enqueued with the same payload is a duplicate (counted, skipped);
+with another payload it is a conflict (reported, exit status 1).`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := ef.apply(cmd.Flags(), e.getenv); err != nil {
+				return err
+			}
+			return runEnqueue(cmd.Context(), e, &c)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&c.File, "file", "", "change file (.jsonl or .csv), - for standard input (required)")
+	f.StringVar(&c.Format, "format", "", "jsonl or csv (default: from the file name; jsonl for standard input)")
+	f.StringVar(&c.Batch, "batch", "", "batch ID (default: a new time-sortable ULID); an existing batch gets the new tasks")
+	f.StringVar(&c.Queue, "queue", tasks.DefaultQueue, "asynq queue to enqueue into")
+	ef.add(f, "queue", "COUPONQ_QUEUE")
+	addRedisFlag(cmd, &ef, &c.RedisURL)
+	f.IntVar(&c.Concurrency, "concurrency", tasks.DefaultConcurrency, "enqueues in flight at once")
+	ef.add(f, "concurrency", "COUPONQ_ENQUEUE_CONCURRENCY")
+	f.DurationVar(&c.ResultTTL, "result-ttl", tasks.DefaultResultTTL, "how long result and batch keys live")
+	ef.add(f, "result-ttl", "COUPONQ_RESULT_TTL")
+	_ = cmd.MarkFlagRequired("file")
+	return cmd
+}
+
+func runEnqueue(ctx context.Context, e *env, c *enqueueConfig) error {
+	format, err := enqueueFormat(c)
+	if err != nil {
+		return err
+	}
+	if c.Batch != "" {
+		if err := tasks.ValidateBatchID(c.Batch); err != nil {
+			return usageErrorf("--batch: %v", err)
+		}
+	}
+	rc, err := parseRedis(c.RedisURL)
+	if err != nil {
+		return err
+	}
+	path, cleanup, err := changeFile(c.File, e.stdin)
+	if err != nil {
+		return err
+	}
+	defer cleanup()
+
+	// Pass 1: validate everything, holding only task IDs to find a file
+	// that gives one task ID two different payloads.
+	n, err := validateFile(path, format, e.stderr)
+	if err != nil {
+		return err
+	}
+	if n == 0 {
+		return usageErrorf("%s holds no changes", c.File)
+	}
+
+	rdb := rc.NewClient()
+	defer rdb.Close()
+	p, err := tasks.NewProducer(rdb, tasks.WithQueue(c.Queue), tasks.WithConcurrency(c.Concurrency),
+		tasks.WithProducerResultTTL(c.ResultTTL))
+	if err != nil {
+		return usageErrorf("%v", err)
+	}
+	defer p.Close()
+
+	// Pass 2: stream the file into the batch.
+	fh, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer fh.Close()
+	r := tasks.NewChangeReader(fh, format)
+	prog := newProgress(e.stderr, "enqueue", int64(n))
+	start := time.Now()
+	rep, err := p.EnqueueBatch(ctx, r.All(), tasks.BatchOptions{
+		ID: c.Batch,
+		OnProgress: func(bp tasks.BatchProgress) {
+			suffix := ""
+			if bp.Duplicates+bp.Conflicts+bp.Failed > 0 {
+				suffix = fmt.Sprintf("(%d duplicates, %d conflicts, %d failed)", bp.Duplicates, bp.Conflicts, bp.Failed)
+			}
+			prog.set(int64(bp.Settled), suffix)
+		},
+	})
+	prog.finish()
+	if rep == nil {
+		return err
+	}
+	elapsed := time.Since(start)
+	fmt.Fprintf(e.stderr, "batch %s: %d enqueued, %d duplicates, %d conflicts, %d failed in %s (%.0f changes/s)\n",
+		rep.BatchID, rep.Total, rep.Duplicates, len(rep.Conflicts), len(rep.Failed), elapsed.Round(time.Millisecond),
+		float64(rep.Read)/max(elapsed.Seconds(), 1e-9))
+	for i, ce := range append(append([]error{}, rep.Conflicts...), rep.Failed...) {
+		if i == maxReportedLines {
+			fmt.Fprintf(e.stderr, "… and %d more\n", len(rep.Conflicts)+len(rep.Failed)-i)
+			break
+		}
+		fmt.Fprintf(e.stderr, "  %v\n", ce)
+	}
+	fmt.Fprintln(e.stdout, rep.BatchID)
+	if err != nil {
+		return err
+	}
+	if len(rep.Conflicts) > 0 || len(rep.Failed) > 0 {
+		return &exitError{code: exitFailure, err: rep.Err()}
+	}
+	return nil
+}
+
+func enqueueFormat(c *enqueueConfig) (tasks.Format, error) {
+	switch strings.ToLower(c.Format) {
+	case "jsonl", "ndjson":
+		return tasks.FormatJSONL, nil
+	case "csv":
+		return tasks.FormatCSV, nil
+	case "":
+	default:
+		return "", usageErrorf("--format %q: use jsonl or csv", c.Format)
+	}
+	if c.File == "-" {
+		return tasks.FormatJSONL, nil
+	}
+	f, err := tasks.FormatOf(c.File)
+	if err != nil {
+		return "", usageErrorf("--file %s: %v (or give --format)", c.File, err)
+	}
+	return f, nil
+}
+
+// changeFile returns a path to read twice: the file itself, or standard
+// input spooled to a temporary file (streamed, never held in memory).
+func changeFile(name string, stdin io.Reader) (string, func(), error) {
+	if name != "-" {
+		fh, err := os.Open(name)
+		if err != nil {
+			return "", nil, usageErrorf("--file: %v", err)
+		}
+		fh.Close()
+		return name, func() {}, nil
+	}
+	tmp, err := os.CreateTemp("", "couponq-stdin-*")
+	if err != nil {
+		return "", nil, err
+	}
+	cleanup := func() { os.Remove(tmp.Name()) }
+	if _, err := io.Copy(tmp, stdin); err != nil {
+		tmp.Close()
+		cleanup()
+		return "", nil, fmt.Errorf("read standard input: %w", err)
+	}
+	if err := tmp.Close(); err != nil {
+		cleanup()
+		return "", nil, err
+	}
+	return tmp.Name(), cleanup, nil
+}
+
+// validateFile reads every line, reports every bad one to w and returns
+// the number of valid changes, or a usage error when any line is bad.
+func validateFile(path string, format tasks.Format, w io.Writer) (int, error) {
+	fh, err := os.Open(path)
+	if err != nil {
+		return 0, err
+	}
+	defer fh.Close()
+	r := tasks.NewChangeReader(fh, format)
+	type seen struct {
+		line int
+		sum  string
+	}
+	ids := map[string]seen{}
+	n, bad := 0, 0
+	report := func(line int, msg string) {
+		bad++
+		if bad <= maxReportedLines {
+			fmt.Fprintf(w, "line %d: %s\n", line, msg)
+		}
+	}
+	for {
+		ch, err := r.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		var le *tasks.LineError
+		if errors.As(err, &le) {
+			report(le.Line, oneLine(le.Err))
+			continue
+		}
+		if err != nil {
+			return 0, fmt.Errorf("read %s: %w", path, err)
+		}
+		line := r.Line()
+		if ch.Op == tasks.OpGet && ch.OutRequestNo == "" {
+			n++
+			continue
+		}
+		payload, err := ch.Payload()
+		if err != nil {
+			report(line, err.Error())
+			continue
+		}
+		id, sum := ch.TaskID(), tasks.PayloadSHA256(payload)
+		if prev, ok := ids[id]; ok && prev.sum != sum {
+			report(line, fmt.Sprintf("task %s already given another payload on line %d (an out_request_no never carries two bodies)", id, prev.line))
+			continue
+		} else if !ok {
+			ids[id] = seen{line: line, sum: sum}
+		}
+		n++
+	}
+	if bad > 0 {
+		if bad > maxReportedLines {
+			fmt.Fprintf(w, "… and %d more bad lines\n", bad-maxReportedLines)
+		}
+		return 0, usageErrorf("%d invalid line(s) in the change file; nothing was enqueued", bad)
+	}
+	return n, nil
+}
+
+// oneLine joins a multi-error (errors.Join) into one line.
+func oneLine(err error) string {
+	return strings.ReplaceAll(err.Error(), "\n", "; ")
+}

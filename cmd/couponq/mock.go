@@ -1,0 +1,273 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/rsa"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/couponq/couponq/wechatpay"
+	"github.com/couponq/couponq/wechatpay/wechatpaytest"
+)
+
+type mockConfig struct {
+	Addr        string
+	PublicURL   string
+	Dir         string
+	Mode        string
+	MchID       string
+	BrandID     string
+	Serial      string
+	PublicKeyID string
+	Coupons     int
+	QPS         int
+	Latency     time.Duration
+	Faults      string
+	Seed        uint64
+	Env         bool
+	Check       string
+	readyFile   string
+}
+
+func newMockCmd(e *env) *cobra.Command {
+	var c mockConfig
+	cmd := &cobra.Command{
+		Use:   "mock",
+		Short: "Run a fake WeChat Pay (wechatpaytest) and print the settings a worker needs",
+		Long: `Runs wechatpaytest — a fake WeChat Pay API v3 with real signature checks, coupon
+state, out_request_no idempotency, a QPS ceiling and fault injection — on a port,
+writes its keys to --dir and prints the WECHATPAY_* environment a worker needs.
+
+  eval "$(couponq mock --env)"     # starts it in the background and exports its settings
+  couponq worker                   # now talks to the fake
+  kill $COUPONQ_MOCK_PID
+
+--faults takes probabilities per request, e.g. 500=0.05,503=0.02,429=0.05,drop=0.02,badsig=0.01,signtest=0.01,stale=0.01
+(drop: the change is applied, then the connection is closed without an answer).`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if c.Check != "" {
+				return mockCheck(cmd.Context(), c.Check)
+			}
+			if c.Env {
+				return mockDetach(cmd.Context(), e, &c)
+			}
+			return runMock(cmd.Context(), e, &c)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&c.Addr, "addr", "127.0.0.1:0", "listen address (port 0: a free port)")
+	f.StringVar(&c.PublicURL, "public-url", "", "base URL to print (default: http://<listen address>)")
+	f.StringVar(&c.Dir, "dir", "", "directory for the key files (default: a new temporary directory)")
+	f.StringVar(&c.Mode, "mode", "partner", "access mode: partner or brand")
+	f.StringVar(&c.MchID, "mchid", "1900000001", "service provider mchid (partner mode)")
+	f.StringVar(&c.BrandID, "brand", "120344", "brand of the seeded coupons (and the identity in brand mode)")
+	f.StringVar(&c.Serial, "serial", "5157F09EFDC096DE15EBE81A47057A7232F1B8E1", "merchant certificate serial")
+	f.StringVar(&c.PublicKeyID, "public-key-id", "PUB_KEY_ID_0119000000012025010100000000000000", "WeChat Pay public-key ID")
+	f.IntVar(&c.Coupons, "coupons", 100, "EFFECTIVE coupons to seed, ids 1000000001…")
+	f.IntVar(&c.QPS, "qps", 0, "requests/s ceiling per endpoint (429 above it); 0 = none")
+	f.DurationVar(&c.Latency, "latency", 0, "added latency per request, uniform in [0, latency)")
+	f.StringVar(&c.Faults, "faults", "", "fault probabilities, e.g. 500=0.05,429=0.05,drop=0.02")
+	f.Uint64Var(&c.Seed, "seed", 1, "seed of the fault draws")
+	f.BoolVar(&c.Env, "env", false, "start in the background and print `export` lines for eval, then exit")
+	f.StringVar(&c.Check, "check", "", "health check: GET this URL and exit 0 if it answers below 500")
+	f.StringVar(&c.readyFile, "ready-file", "", "")
+	_ = f.MarkHidden("ready-file")
+	return cmd
+}
+
+func parseFaults(s string) (wechatpaytest.Faults, error) {
+	var f wechatpaytest.Faults
+	fields := map[string]*float64{"500": &f.Status500, "503": &f.Status503, "429": &f.Status429, "drop": &f.DropAfterApply,
+		"badsig": &f.BadSignature, "signtest": &f.SignTest, "stale": &f.StaleTimestamp}
+	sum := 0.0
+	for _, part := range strings.Split(s, ",") {
+		if part = strings.TrimSpace(part); part == "" {
+			continue
+		}
+		k, v, ok := strings.Cut(part, "=")
+		dst, known := fields[k]
+		p, err := strconv.ParseFloat(v, 64)
+		if !ok || !known || err != nil || p < 0 || p > 1 {
+			return f, usageErrorf("--faults: %q is not KIND=PROBABILITY with KIND one of 500, 503, 429, drop, badsig, signtest, stale", part)
+		}
+		*dst = p
+		sum += p
+	}
+	if sum > 1 {
+		return f, usageErrorf("--faults: probabilities add up to %.2f, more than 1", sum)
+	}
+	return f, nil
+}
+
+// startMock builds the fake from c and serves it on c.Addr.
+func startMock(c *mockConfig) (*wechatpaytest.Server, net.Listener, map[string]string, error) {
+	mode := wechatpay.Mode(c.Mode)
+	if mode != wechatpay.ModePartner && mode != wechatpay.ModeBrand {
+		return nil, nil, nil, usageErrorf("--mode %q: use partner or brand", c.Mode)
+	}
+	faults, err := parseFaults(c.Faults)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	if c.Coupons < 0 || c.QPS < 0 || c.Latency < 0 {
+		return nil, nil, nil, usageErrorf("--coupons, --qps and --latency must not be negative")
+	}
+	mchKey, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	wxKey, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	srv := wechatpaytest.NewServer(nil,
+		wechatpaytest.WithMode(mode),
+		wechatpaytest.WithIdentity(c.MchID, c.BrandID),
+		wechatpaytest.WithMerchantKey(c.Serial, mchKey),
+		wechatpaytest.WithWeChatPayKey(c.PublicKeyID, wxKey),
+		wechatpaytest.WithQPS(c.QPS),
+		wechatpaytest.WithLatency(c.Latency),
+		wechatpaytest.WithSeed(c.Seed),
+	)
+	srv.SetFaults(faults)
+	srv.SeedCoupons(c.BrandID, c.Coupons)
+	ln, err := net.Listen("tcp", c.Addr)
+	if err != nil {
+		srv.Close()
+		return nil, nil, nil, usageErrorf("--addr %s: %v", c.Addr, err)
+	}
+	if c.Dir == "" {
+		if c.Dir, err = os.MkdirTemp("", "couponq-mock-"); err != nil {
+			return nil, nil, nil, err
+		}
+	} else if err := os.MkdirAll(c.Dir, 0o700); err != nil {
+		return nil, nil, nil, fmt.Errorf("--dir: %w", err)
+	}
+	env, err := srv.WriteEnv(c.Dir)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	url := c.PublicURL
+	if url == "" {
+		url = "http://" + ln.Addr().String()
+	}
+	env["WECHATPAY_BASE_URL"] = url
+	go func() { _ = http.Serve(ln, srv) }()
+	return srv, ln, env, nil
+}
+
+func exportLines(env map[string]string) string {
+	keys := make([]string, 0, len(env))
+	for k := range env {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	var b strings.Builder
+	for _, k := range keys {
+		fmt.Fprintf(&b, "export %s='%s'\n", k, strings.ReplaceAll(env[k], "'", `'\''`))
+	}
+	return b.String()
+}
+
+func runMock(ctx context.Context, e *env, c *mockConfig) error {
+	srv, ln, env, err := startMock(c)
+	if err != nil {
+		return err
+	}
+	defer srv.Close()
+	defer ln.Close()
+	lines := exportLines(env)
+	if c.readyFile != "" {
+		if err := os.WriteFile(c.readyFile, []byte(lines), 0o600); err != nil {
+			return err
+		}
+	} else {
+		fmt.Fprintf(e.stderr, "fake WeChat Pay on %s (%d coupons of brand %s, keys in %s); settings for a worker:\n",
+			env["WECHATPAY_BASE_URL"], c.Coupons, c.BrandID, c.Dir)
+		fmt.Fprint(e.stdout, lines)
+	}
+	<-ctx.Done()
+	return nil
+}
+
+// mockDetach starts the mock as a background process and prints its
+// settings, so that eval "$(couponq mock --env)" returns at once.
+func mockDetach(ctx context.Context, e *env, c *mockConfig) error {
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	if c.Dir == "" {
+		if c.Dir, err = os.MkdirTemp("", "couponq-mock-"); err != nil {
+			return err
+		}
+	}
+	ready := filepath.Join(c.Dir, "env.sh")
+	_ = os.Remove(ready)
+	args := []string{"mock", "--addr", c.Addr, "--dir", c.Dir, "--mode", c.Mode, "--mchid", c.MchID, "--brand", c.BrandID,
+		"--serial", c.Serial, "--public-key-id", c.PublicKeyID, "--coupons", strconv.Itoa(c.Coupons), "--qps", strconv.Itoa(c.QPS),
+		"--latency", c.Latency.String(), "--faults", c.Faults, "--seed", strconv.FormatUint(c.Seed, 10), "--ready-file", ready}
+	if c.PublicURL != "" {
+		args = append(args, "--public-url", c.PublicURL)
+	}
+	logf, err := os.Create(filepath.Join(c.Dir, "mock.log"))
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
+	cmd := exec.Command(self, args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if b, err := os.ReadFile(ready); err == nil && len(b) > 0 {
+			fmt.Fprint(e.stdout, string(b))
+			fmt.Fprintf(e.stdout, "export COUPONQ_MOCK_PID=%d\n", cmd.Process.Pid)
+			return cmd.Process.Release()
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			_ = cmd.Process.Kill()
+			log, _ := os.ReadFile(logf.Name())
+			return fmt.Errorf("mock did not start: %s", strings.TrimSpace(string(log)))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// mockCheck is a health probe for images without curl.
+func mockCheck(ctx context.Context, url string) error {
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return usageErrorf("--check: %v", err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, resp.Body)
+	if resp.StatusCode >= 500 {
+		return errors.New(resp.Status)
+	}
+	return nil
+}

@@ -1,0 +1,172 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/lmittmann/tint"
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+	"golang.org/x/term"
+)
+
+// Exit codes (SPEC "The binary").
+const (
+	exitOK      = 0
+	exitFailure = 1
+	exitUsage   = 2
+)
+
+// exitError carries an exit status. A nil err prints nothing.
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e *exitError) Error() string {
+	if e.err == nil {
+		return fmt.Sprintf("exit status %d", e.code)
+	}
+	return e.err.Error()
+}
+
+func (e *exitError) Unwrap() error { return e.err }
+
+// usageErrorf reports bad usage or invalid input: exit status 2.
+func usageErrorf(format string, args ...any) error {
+	return &exitError{code: exitUsage, err: fmt.Errorf(format, args...)}
+}
+
+// exitCode maps run's error to the process exit status, printing it once.
+func exitCode(err error, stderr io.Writer) int {
+	if err == nil {
+		return exitOK
+	}
+	code := exitFailure
+	var ee *exitError
+	if errors.As(err, &ee) {
+		code = ee.code
+		if ee.err == nil {
+			return code
+		}
+	}
+	fmt.Fprintf(stderr, "couponq: %v\n", err)
+	return code
+}
+
+// env is what every subcommand may read of the process.
+type env struct {
+	getenv func(string) string
+	stdin  io.Reader
+	stdout io.Writer
+	stderr io.Writer
+}
+
+// run is the whole binary, testable in-process.
+func run(ctx context.Context, args []string, getenv func(string) string, stdin io.Reader, stdout, stderr io.Writer) error {
+	e := &env{getenv: getenv, stdin: stdin, stdout: stdout, stderr: stderr}
+	root := &cobra.Command{
+		Use:   "couponq",
+		Short: "Reliable bulk changes to WeChat Pay product coupons through a Redis queue",
+		Long: `couponq applies bulk changes to WeChat Pay product coupons (商品券) reliably.
+
+Producers enqueue coupon:update, coupon:deactivate and coupon:get tasks into Redis
+(couponq enqueue); workers call the signed WeChat Pay API v3 with retries and
+exponential backoff (couponq worker); each outcome lands in the Redis hash
+couponq:result:<task_id>, which producers poll (couponq status).
+
+Every flag also reads an environment variable, named in its help.
+Exit status: 0 success; 1 runtime failure (or status --wait on a batch with
+failures); 2 bad usage or invalid input.`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		Args:          noArgs,
+	}
+	root.SetArgs(args)
+	root.SetIn(stdin)
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageErrorf("%v", err) })
+	root.CompletionOptions.DisableDefaultCmd = true
+	root.AddCommand(
+		newWorkerCmd(e),
+		newEnqueueCmd(e),
+		newStatusCmd(e),
+		newGetCmd(e),
+		newMockCmd(e),
+		newDemoCmd(e),
+	)
+	err := root.ExecuteContext(ctx)
+	var ee *exitError
+	if err != nil && !errors.As(err, &ee) {
+		// cobra's own usage errors are plain errors; give them status 2.
+		for _, p := range []string{"unknown command", "required flag", "unknown flag", "unknown shorthand", "if any flags in the group", "flag needs an argument"} {
+			if strings.HasPrefix(err.Error(), p) {
+				return usageErrorf("%v (see couponq --help)", err)
+			}
+		}
+	}
+	return err
+}
+
+func noArgs(cmd *cobra.Command, args []string) error {
+	if len(args) > 0 {
+		return usageErrorf("%s takes no arguments, got %q (see %s --help)", cmd.CommandPath(), args, cmd.CommandPath())
+	}
+	return nil
+}
+
+// envFlags binds flags to environment variables: a flag not given on the
+// command line takes the variable's value, validated like the flag.
+type envFlags []struct{ flag, env string }
+
+func (ef *envFlags) add(fs *pflag.FlagSet, flag, env string) {
+	*ef = append(*ef, struct{ flag, env string }{flag, env})
+	f := fs.Lookup(flag)
+	f.Usage += " (env " + env + ")"
+}
+
+func (ef envFlags) apply(fs *pflag.FlagSet, getenv func(string) string) error {
+	for _, b := range ef {
+		if fs.Changed(b.flag) {
+			continue
+		}
+		v := getenv(b.env)
+		if v == "" {
+			continue
+		}
+		if err := fs.Set(b.flag, v); err != nil {
+			return usageErrorf("invalid %s=%q: %v", b.env, v, err)
+		}
+	}
+	return nil
+}
+
+// newLogger returns the slog logger of --log-format: colour text (tint) on a
+// terminal, JSON otherwise ("auto"), or as forced by "text"/"json".
+func newLogger(format string, w io.Writer, level slog.Level) (*slog.Logger, error) {
+	switch format {
+	case "auto", "":
+		if isTerminal(w) {
+			return slog.New(tint.NewHandler(w, &tint.Options{Level: level, TimeFormat: time.TimeOnly})), nil
+		}
+		return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: level})), nil
+	case "text":
+		return slog.New(tint.NewHandler(w, &tint.Options{Level: level, TimeFormat: time.TimeOnly, NoColor: !isTerminal(w)})), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: level})), nil
+	}
+	return nil, usageErrorf("invalid --log-format %q: use auto, text or json", format)
+}
+
+// isTerminal reports whether w is a terminal.
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	return ok && term.IsTerminal(int(f.Fd()))
+}
