@@ -86,7 +86,13 @@ Exit status: 0 success; 1 runtime failure (or status --wait on a batch with
 failures); 2 bad usage or invalid input.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
-		Args:          noArgs,
+		Args:          cobra.ArbitraryArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(args) > 0 {
+				return usageErrorf("unknown command %q (see couponq --help)", args[0])
+			}
+			return cmd.Help()
+		},
 	}
 	root.SetArgs(args)
 	root.SetIn(stdin)

@@ -1,0 +1,351 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+
+	"github.com/couponq/couponq/wechatpay/wechatpaytest"
+)
+
+// bundle is one test's world: an embedded Redis, the fake WeChat Pay and
+// the environment a worker needs to reach both.
+type bundle struct {
+	mr   *miniredis.Miniredis
+	fake *wechatpaytest.Server
+	env  map[string]string
+	ids  []string
+	dir  string
+}
+
+func setup(t *testing.T, coupons int) *bundle {
+	t.Helper()
+	mr := miniredis.RunT(t)
+	fake := wechatpaytest.NewServer(t, wechatpaytest.WithRepeatAnswer(wechatpaytest.RepeatError))
+	dir := t.TempDir()
+	env, err := fake.WriteEnv(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env["COUPONQ_REDIS_URL"] = "redis://" + mr.Addr() + "/0"
+	env["COUPONQ_HTTP_ADDR"] = ""
+	return &bundle{mr: mr, fake: fake, env: env, ids: fake.SeedCoupons(fake.BrandID(), coupons), dir: dir}
+}
+
+func (b *bundle) getenv(k string) string { return b.env[k] }
+
+// result of one in-process run of the binary.
+type result struct {
+	code           int
+	stdout, stderr string
+}
+
+func (b *bundle) run(t *testing.T, stdin string, args ...string) result {
+	t.Helper()
+	return runWith(t.Context(), b.getenv, stdin, args...)
+}
+
+func runWith(ctx context.Context, getenv func(string) string, stdin string, args ...string) result {
+	var out, errb bytes.Buffer
+	err := run(ctx, args, getenv, strings.NewReader(stdin), &out, &errb)
+	code := exitCode(err, &errb)
+	return result{code: code, stdout: out.String(), stderr: errb.String()}
+}
+
+// startWorker runs `couponq worker` in-process until the test ends.
+func (b *bundle) startWorker(t *testing.T, args ...string) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Add(1)
+	var res result
+	go func() {
+		defer wg.Done()
+		res = runWith(ctx, b.getenv, "", append([]string{"worker", "--retry-base", "50ms", "--retry-cap", "200ms", "--rate", "0"}, args...)...)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		wg.Wait()
+		if res.code != 0 {
+			t.Errorf("worker exited %d: %s", res.code, res.stderr)
+		}
+	})
+}
+
+func (b *bundle) writeFile(t *testing.T, name, content string) string {
+	t.Helper()
+	p := filepath.Join(b.dir, name)
+	if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func changeLines(b *bundle, n int, prefix string) string {
+	var sb strings.Builder
+	for i := 0; i < n; i++ {
+		id := b.ids[i%len(b.ids)]
+		switch i % 3 {
+		case 0:
+			fmt.Fprintf(&sb, `{"op":"update","product_coupon_id":%q,"brand_id":%q,"out_request_no":"%s%04d","display_info":{"name":"全场满100立打8折","original_price":10000}}`+"\n", id, b.fake.BrandID(), prefix, i)
+		case 1:
+			fmt.Fprintf(&sb, `{"op":"deactivate","product_coupon_id":%q,"brand_id":%q,"out_request_no":"%s%04d","deactivate_reason":"批次信息有误,重新创建"}`+"\n", id, b.fake.BrandID(), prefix, i)
+		default:
+			fmt.Fprintf(&sb, `{"op":"get","product_coupon_id":%q,"brand_id":%q}`+"\n", id, b.fake.BrandID())
+		}
+	}
+	return sb.String()
+}
+
+func TestHelpNamesEveryFlagAndVariable(t *testing.T) {
+	t.Parallel()
+	b := &bundle{env: map[string]string{}}
+	for _, tc := range []struct {
+		cmd  string
+		want []string
+	}{
+		{"worker", []string{"--redis", "COUPONQ_REDIS_URL", "--concurrency", "COUPONQ_CONCURRENCY", "--rate", "COUPONQ_RATE",
+			"--max-retry", "COUPONQ_MAX_RETRY", "--http", "COUPONQ_HTTP_ADDR", "--result-ttl", "COUPONQ_RESULT_TTL",
+			"--log-format", "COUPONQ_LOG_FORMAT", "--shutdown-timeout", "WECHATPAY_MCH_PRIVATE_KEY_FILE", "WECHATPAY_APIV3_KEY"}},
+		{"enqueue", []string{"--file", "--batch", "--queue", "--format", "exit status is 2"}},
+		{"status", []string{"--batch", "--task", "--wait", "--json"}},
+		{"get", []string{"--brand", "--coupon", "WECHATPAY_MODE"}},
+		{"mock", []string{"--env", "--faults", "--qps"}},
+		{"demo", []string{"--keep", "--count"}},
+	} {
+		t.Run(tc.cmd, func(t *testing.T) {
+			t.Parallel()
+			r := b.run(t, "", tc.cmd, "--help")
+			if r.code != 0 {
+				t.Fatalf("exit %d: %s", r.code, r.stderr)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(r.stdout, w) {
+					t.Errorf("%s --help lacks %q", tc.cmd, w)
+				}
+			}
+		})
+	}
+}
+
+func TestBadUsageExitsTwoNamingTheSetting(t *testing.T) {
+	t.Parallel()
+	b := setup(t, 3)
+	bad := b.writeFile(t, "bad.pem", "not a key")
+	for _, tc := range []struct {
+		name string
+		env  map[string]string
+		args []string
+		want string
+	}{
+		{"unknown command", nil, []string{"frobnicate"}, "unknown command"},
+		{"unknown flag", nil, []string{"worker", "--frob"}, "unknown flag"},
+		{"enqueue without file", nil, []string{"enqueue"}, `"file" not set`},
+		{"missing file", nil, []string{"enqueue", "--file", "/nonexistent.jsonl"}, "--file"},
+		{"unknown extension", nil, []string{"enqueue", "--file", "x.txt"}, "--format"},
+		{"malformed redis url", map[string]string{"COUPONQ_REDIS_URL": "mysql://x"}, []string{"status", "--batch", "x"}, "COUPONQ_REDIS_URL"},
+		{"bad env number", map[string]string{"COUPONQ_CONCURRENCY": "many"}, []string{"worker"}, "COUPONQ_CONCURRENCY"},
+		{"zero concurrency", nil, []string{"worker", "--concurrency", "0"}, "--concurrency"},
+		{"unknown mode", map[string]string{"WECHATPAY_MODE": "retail"}, []string{"worker"}, "WECHATPAY_MODE"},
+		{"missing mchid", map[string]string{"WECHATPAY_MCHID": ""}, []string{"worker"}, "WECHATPAY_MCHID is not set"},
+		{"missing key file", map[string]string{"WECHATPAY_MCH_PRIVATE_KEY_FILE": "/nonexistent.pem"}, []string{"worker"}, "WECHATPAY_MCH_PRIVATE_KEY_FILE"},
+		{"unreadable key", map[string]string{"WECHATPAY_MCH_PRIVATE_KEY_FILE": bad}, []string{"worker"}, "WECHATPAY_MCH_PRIVATE_KEY_FILE"},
+		{"no wechatpay key", map[string]string{"WECHATPAY_PUBLIC_KEY_ID": "", "WECHATPAY_PUBLIC_KEY_FILE": ""}, []string{"worker"}, "WECHATPAY_APIV3_KEY"},
+		{"short apiv3 key", map[string]string{"WECHATPAY_APIV3_KEY": "short"}, []string{"worker"}, "WECHATPAY_APIV3_KEY must be 32"},
+		{"bad base url", map[string]string{"WECHATPAY_BASE_URL": "ftp://x"}, []string{"worker"}, "WECHATPAY_BASE_URL"},
+		{"status needs one", nil, []string{"status"}, "--batch or --task"},
+		{"status wait task", nil, []string{"status", "--task", "x", "--wait"}, "--wait"},
+		{"get needs brand", nil, []string{"get", "--coupon", "1"}, "brand"},
+		{"bad faults", nil, []string{"mock", "--faults", "500=2"}, "--faults"},
+		{"bad batch id", nil, []string{"enqueue", "--file", "-", "--batch", "a:b"}, "--batch"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			env := map[string]string{}
+			for k, v := range b.env {
+				env[k] = v
+			}
+			for k, v := range tc.env {
+				env[k] = v
+			}
+			r := runWith(t.Context(), func(k string) string { return env[k] }, "", tc.args...)
+			if r.code != 2 {
+				t.Fatalf("exit %d, want 2; stderr: %s", r.code, r.stderr)
+			}
+			if !strings.Contains(r.stderr, tc.want) {
+				t.Errorf("stderr %q lacks %q", r.stderr, tc.want)
+			}
+			if n := strings.Count(strings.TrimSpace(r.stderr), "\n"); n > 0 {
+				t.Errorf("want one line, got %d: %q", n+1, r.stderr)
+			}
+		})
+	}
+}
+
+func TestEnqueueInvalidFileEnqueuesNothing(t *testing.T) {
+	t.Parallel()
+	b := setup(t, 3)
+	lines := changeLines(b, 3, "ok") +
+		`{"op":"update","product_coupon_id":"1","brand_id":"120344","out_request_no":"abc","display_info":{"name":"x"}}` + "\n" +
+		`not json` + "\n" +
+		changeLines(b, 1, "ok") // same task ID as line 1, same payload: fine
+	f := b.writeFile(t, "bad.jsonl", lines)
+	r := b.run(t, "", "enqueue", "--file", f)
+	if r.code != 2 {
+		t.Fatalf("exit %d, want 2: %s", r.code, r.stderr)
+	}
+	for _, w := range []string{"line 4:", "out_request_no", "display_info.name", "line 5:", "2 invalid line"} {
+		if !strings.Contains(r.stderr, w) {
+			t.Errorf("stderr lacks %q:\n%s", w, r.stderr)
+		}
+	}
+	if keys := b.mr.Keys(); len(keys) != 0 {
+		t.Errorf("Redis holds %v after an invalid file", keys)
+	}
+
+	// One task ID with two payloads in one file is invalid input too.
+	conflict := changeLines(b, 1, "cf") + strings.Replace(changeLines(b, 1, "cf"), "10000", "20000", 1)
+	r = b.run(t, conflict, "enqueue", "--file", "-")
+	if r.code != 2 || !strings.Contains(r.stderr, "line 2:") || !strings.Contains(r.stderr, "line 1") {
+		t.Errorf("conflicting lines: exit %d: %s", r.code, r.stderr)
+	}
+}
+
+func TestPipelineEndToEnd(t *testing.T) {
+	t.Parallel()
+	b := setup(t, 30)
+	b.startWorker(t, "--concurrency", "8")
+
+	f := b.writeFile(t, "changes.jsonl", changeLines(b, 30, "e2e"))
+	r := b.run(t, "", "enqueue", "--file", f)
+	if r.code != 0 {
+		t.Fatalf("enqueue exit %d: %s", r.code, r.stderr)
+	}
+	batch := strings.TrimSpace(r.stdout)
+	if batch == "" || strings.Contains(batch, "\n") {
+		t.Fatalf("enqueue stdout %q, want the batch ID alone", r.stdout)
+	}
+
+	r = b.run(t, "", "status", "--batch", batch, "--wait", "--json", "--interval", "20ms")
+	if r.code != 0 {
+		t.Fatalf("status --wait exit %d: %s", r.code, r.stderr)
+	}
+	var v struct {
+		Total, Succeeded, Failed, Duplicates int
+		Done                                 bool
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &v); err != nil {
+		t.Fatalf("status --json: %v\n%s", err, r.stdout)
+	}
+	if v.Total != 30 || v.Succeeded != 30 || v.Failed != 0 || !v.Done {
+		t.Errorf("status = %+v, want 30 succeeded and done", v)
+	}
+
+	// One task's result, as text and JSON.
+	task := "update:" + b.fake.BrandID() + ":e2e0000"
+	r = b.run(t, "", "status", "--task", task)
+	if r.code != 0 || !strings.Contains(r.stdout, "succeeded") || !strings.Contains(r.stdout, "EFFECTIVE") {
+		t.Errorf("status --task: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	r = b.run(t, "", "status", "--task", "update:1:nope00")
+	if r.code != 1 {
+		t.Errorf("status of an unknown task: exit %d", r.code)
+	}
+
+	// The same file again: nothing new, all duplicates (gets get new IDs).
+	r = b.run(t, "", "enqueue", "--file", f)
+	if r.code != 0 || !strings.Contains(r.stderr, "20 duplicates") {
+		t.Errorf("re-enqueue: exit %d: %s", r.code, r.stderr)
+	}
+
+	// CSV from standard input, with a change that fails permanently.
+	csv := "op,product_coupon_id,brand_id,out_request_no,display_info,deactivate_reason\n" +
+		"deactivate," + b.ids[29] + "," + b.fake.BrandID() + ",csv000001,,下架\n" +
+		"update,99999999," + b.fake.BrandID() + ",csv000002,\"{\"\"name\"\":\"\"新客立减10元\"\"}\",\n"
+	r = b.run(t, csv, "enqueue", "--file", "-", "--format", "csv", "--batch", "csv-batch")
+	if r.code != 0 || strings.TrimSpace(r.stdout) != "csv-batch" {
+		t.Fatalf("csv enqueue: exit %d: %s%s", r.code, r.stdout, r.stderr)
+	}
+	r = b.run(t, "", "status", "--batch", "csv-batch", "--wait", "--interval", "20ms")
+	if r.code != 1 {
+		t.Errorf("status --wait on a batch with a failure: exit %d, want 1\n%s", r.code, r.stdout)
+	}
+	if !strings.Contains(r.stdout, "RESOURCE_NOT_EXISTS") || !strings.Contains(r.stdout, "csv000002") {
+		t.Errorf("failed task not listed:\n%s", r.stdout)
+	}
+
+	// get: one synchronous query.
+	r = b.run(t, "", "get", "--brand", b.fake.BrandID(), "--coupon", b.ids[0])
+	if r.code != 0 || !strings.Contains(r.stdout, `"product_coupon_id": "`+b.ids[0]+`"`) {
+		t.Errorf("get: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	r = b.run(t, "", "get", "--brand", b.fake.BrandID(), "--coupon", "424242")
+	if r.code != 1 || !strings.Contains(r.stderr, "404") {
+		t.Errorf("get unknown: exit %d: %s", r.code, r.stderr)
+	}
+	// Every write applied exactly once.
+	for _, e := range b.fake.Effects() {
+		if n := b.fake.AppliedCount(e.OutRequestNo); n != 1 {
+			t.Errorf("%s applied %d times", e.OutRequestNo, n)
+		}
+	}
+}
+
+func TestDemoRunsAndProvesExactlyOnce(t *testing.T) {
+	t.Parallel()
+	r := runWith(t.Context(), func(string) string { return "" }, "", "demo", "--count", "60", "--timeout", "2m")
+	if r.code != 0 {
+		t.Fatalf("demo exit %d:\n%s\n%s", r.code, r.stdout, r.stderr)
+	}
+	for _, w := range []string{"succeeded", "failed", "API calls", "applied exactly once  yes"} {
+		if !strings.Contains(r.stdout, w) {
+			t.Errorf("demo summary lacks %q:\n%s", w, r.stdout)
+		}
+	}
+}
+
+func TestMockPrintsUsableEnv(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithCancel(t.Context())
+	dir := t.TempDir()
+	ready := filepath.Join(dir, "env.sh")
+	done := make(chan result, 1)
+	go func() {
+		done <- runWith(ctx, func(string) string { return "" }, "", "mock", "--dir", dir, "--coupons", "5", "--ready-file", ready)
+	}()
+	var env []byte
+	deadline := time.Now().Add(30 * time.Second)
+	for len(env) == 0 && time.Now().Before(deadline) {
+		env, _ = os.ReadFile(ready)
+		time.Sleep(20 * time.Millisecond)
+	}
+	vars := map[string]string{}
+	for _, line := range strings.Split(strings.TrimSpace(string(env)), "\n") {
+		k, v, _ := strings.Cut(strings.TrimPrefix(line, "export "), "=")
+		vars[k] = strings.Trim(v, "'")
+	}
+	for _, k := range []string{"WECHATPAY_MODE", "WECHATPAY_MCHID", "WECHATPAY_MCH_CERT_SERIAL", "WECHATPAY_MCH_PRIVATE_KEY_FILE",
+		"WECHATPAY_PUBLIC_KEY_ID", "WECHATPAY_PUBLIC_KEY_FILE", "WECHATPAY_BASE_URL"} {
+		if vars[k] == "" {
+			t.Errorf("mock env lacks %s: %s", k, env)
+		}
+	}
+	// The printed settings work: a get through them answers.
+	r := runWith(t.Context(), func(k string) string { return vars[k] }, "", "get", "--brand", "120344", "--coupon", "1000000001")
+	if r.code != 0 {
+		t.Errorf("get against the mock: exit %d: %s", r.code, r.stderr)
+	}
+	cancel()
+	if r := <-done; r.code != 0 {
+		t.Errorf("mock exit %d: %s", r.code, r.stderr)
+	}
+}
