@@ -244,7 +244,8 @@ func DecodePayload(taskType string, payload []byte) (Change, error) {
 		return Change{}, &PayloadError{TaskType: taskType, Err: err}
 	}
 	if err := dst.Validate(); err != nil {
-		return Change{}, &PayloadError{TaskType: taskType, Err: err}
+		// The identity fields still name the task, so its failure can be recorded.
+		return to(), &PayloadError{TaskType: taskType, Err: err}
 	}
 	return to(), nil
 }

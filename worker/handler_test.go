@@ -91,7 +91,7 @@ func (b *testBundle) enqueue(t *testing.T, payloads ...any) []*asynq.Task {
 			typ, id = tasks.TypeUpdate, tasks.Identity{Op: tasks.OpUpdate, BrandID: p.BrandID, ProductCouponID: p.ProductCouponID, OutRequestNo: p.OutRequestNo}
 		case *wechatpay.DeactivateProductCouponRequest:
 			typ, id = tasks.TypeDeactivate, tasks.Identity{Op: tasks.OpDeactivate, BrandID: p.BrandID, ProductCouponID: p.ProductCouponID, OutRequestNo: p.OutRequestNo}
-		case *getPayload:
+		case *tasks.GetPayload:
 			typ, id = tasks.TypeGet, tasks.Identity{Op: tasks.OpGet, BrandID: p.BrandID, ProductCouponID: p.ProductCouponID, OutRequestNo: p.OutRequestNo}
 		default:
 			t.Fatalf("enqueue: %T", p)
@@ -184,7 +184,7 @@ func TestHandlerOutcomes(t *testing.T) {
 			batch:  map[string]string{"succeeded": "1", "failed": "0"}, calls: 1,
 		},
 		{
-			name: "get succeeds", req: &getPayload{ProductCouponID: "1000000013", BrandID: testBrand, OutRequestNo: "get_000001"}, maxR: 25, noErr: true,
+			name: "get succeeds", req: &tasks.GetPayload{ProductCouponID: "1000000013", BrandID: testBrand, OutRequestNo: "get_000001"}, maxR: 25, noErr: true,
 			result: map[string]string{"status": "succeeded", "attempts": "1", "http_status": "200", "error_code": "", "coupon_state": "EFFECTIVE"},
 			batch:  map[string]string{"succeeded": "1", "failed": "0"}, calls: 1,
 		},
@@ -262,7 +262,7 @@ func TestHandlerOutcomes(t *testing.T) {
 			case *wechatpay.DeactivateProductCouponRequest:
 				tid = taskIDOf(tasks.OpDeactivate, r.OutRequestNo)
 				b.api.failNext(tasks.OpDeactivate, r.ProductCouponID, tt.script...)
-			case *getPayload:
+			case *tasks.GetPayload:
 				tid = taskIDOf(tasks.OpGet, r.OutRequestNo)
 				b.api.failNext(tasks.OpGet, r.ProductCouponID, tt.script...)
 			}

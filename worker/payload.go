@@ -1,9 +1,6 @@
 package worker
 
 import (
-	"encoding/json"
-	"fmt"
-
 	"github.com/couponq/couponq/tasks"
 	"github.com/couponq/couponq/wechatpay"
 )
@@ -19,52 +16,22 @@ type change struct {
 	get             *wechatpay.GetProductCouponRequest
 }
 
-// getPayload is the JSON of a coupon:get task.
-type getPayload struct {
-	ProductCouponID string `json:"product_coupon_id"`
-	BrandID         string `json:"brand_id"`
-	OutRequestNo    string `json:"out_request_no,omitempty"`
-}
-
-// decodePayload decodes and validates a task payload (SPEC: the change line
-// without op). On error the returned change still holds whatever identity
-// fields could be read, so the failure can be recorded.
-//
-// TODO(merge): switch to tasks.DecodePayload once the payload types land.
+// decodePayload decodes and validates a task payload through
+// tasks.DecodePayload (the one owner of the payload format). On a
+// validation error the change still holds the identity fields, so the
+// failure can be recorded.
 func decodePayload(taskType string, b []byte) (*change, error) {
-	c := &change{op: tasks.OpOfType(taskType)}
-	var err error
+	tc, err := tasks.DecodePayload(taskType, b)
+	c := &change{op: tasks.OpOfType(taskType), productCouponID: tc.ProductCouponID, brandID: tc.BrandID, outRequestNo: tc.OutRequestNo}
 	switch c.op {
 	case tasks.OpUpdate:
-		r := new(wechatpay.UpdateProductCouponRequest)
-		err = json.Unmarshal(b, r)
-		c.productCouponID, c.brandID, c.outRequestNo, c.update = r.ProductCouponID, r.BrandID, r.OutRequestNo, r
-		if err == nil {
-			err = r.Validate()
-		}
+		c.update = &wechatpay.UpdateProductCouponRequest{ProductCouponID: tc.ProductCouponID, BrandID: tc.BrandID,
+			OutRequestNo: tc.OutRequestNo, DisplayInfo: tc.DisplayInfo}
 	case tasks.OpDeactivate:
-		r := new(wechatpay.DeactivateProductCouponRequest)
-		err = json.Unmarshal(b, r)
-		c.productCouponID, c.brandID, c.outRequestNo, c.deactivate = r.ProductCouponID, r.BrandID, r.OutRequestNo, r
-		if err == nil {
-			err = r.Validate()
-		}
+		c.deactivate = &wechatpay.DeactivateProductCouponRequest{ProductCouponID: tc.ProductCouponID, BrandID: tc.BrandID,
+			OutRequestNo: tc.OutRequestNo, DeactivateReason: tc.DeactivateReason}
 	case tasks.OpGet:
-		var p getPayload
-		err = json.Unmarshal(b, &p)
-		c.productCouponID, c.brandID, c.outRequestNo = p.ProductCouponID, p.BrandID, p.OutRequestNo
-		c.get = &wechatpay.GetProductCouponRequest{ProductCouponID: p.ProductCouponID, BrandID: p.BrandID}
-		if err == nil {
-			err = c.get.Validate()
-		}
-		if err == nil && p.OutRequestNo != "" {
-			err = wechatpay.ValidateOutRequestNo(p.OutRequestNo)
-		}
-	default:
-		return c, fmt.Errorf("unknown task type %q", taskType)
+		c.get = &wechatpay.GetProductCouponRequest{ProductCouponID: tc.ProductCouponID, BrandID: tc.BrandID}
 	}
-	if err != nil {
-		return c, fmt.Errorf("%s payload: %w", taskType, err)
-	}
-	return c, nil
+	return c, err
 }
