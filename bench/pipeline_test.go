@@ -4,8 +4,10 @@ import (
 	"context"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -13,6 +15,7 @@ import (
 	"github.com/couponq/couponq/tasks"
 	"github.com/couponq/couponq/wechatpay/wechatpaytest"
 	"github.com/couponq/couponq/worker"
+	"github.com/redis/go-redis/v9"
 )
 
 // envInt reads a positive integer from the environment, or returns def.
@@ -50,20 +53,49 @@ func BenchmarkPipelineVsDirect(b *testing.B) {
 	rdb := conn.NewClient()
 	defer rdb.Close()
 
-	var directSecs, pipelineSecs float64
+	var directSecs, pipelineSecs, directCPU, pipelineCPU float64
 	for b.Loop() {
 		if err := rdb.FlushAll(context.Background()).Err(); err != nil {
 			b.Fatal(err)
 		}
+		cpu := cpuNow(b, rdb)
 		directSecs += runDirect(b, n, directWorkers, latency)
+		mid := cpuNow(b, rdb)
 		pipelineSecs += runPipeline(b, conn, n, concurrency, latency)
+		directCPU += mid - cpu
+		pipelineCPU += cpuNow(b, rdb) - mid
 	}
 	direct := float64(n*b.N) / directSecs
 	pipeline := float64(n*b.N) / pipelineSecs
 	b.ReportMetric(direct, "direct_calls/s")
 	b.ReportMetric(pipeline, "pipeline_tasks/s")
 	b.ReportMetric(pipeline/direct, "ratio")
+	// CPU (this process, which holds the fake too, + redis-server) per
+	// call: on 2 cores this, not the latency, bounds both rates.
+	b.ReportMetric(directCPU/float64(n*b.N)*1e6, "direct_cpu_µs/call")
+	b.ReportMetric(pipelineCPU/float64(n*b.N)*1e6, "pipeline_cpu_µs/task")
 	b.ReportMetric(0, "ns/op") // each op is two N-call runs; the rates say it
+}
+
+// cpuNow is the CPU time used so far by this process and by redis-server,
+// in seconds.
+func cpuNow(b *testing.B, rdb redis.UniversalClient) float64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	total := time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
+	info, err := rdb.Info(context.Background(), "cpu").Result()
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, line := range strings.Split(info, "\r\n") {
+		if k, v, ok := strings.Cut(line, ":"); ok && (k == "used_cpu_sys" || k == "used_cpu_user") {
+			f, _ := strconv.ParseFloat(v, 64)
+			total += f
+		}
+	}
+	return total
 }
 
 // newFake starts a fake with the given latency and n/3 coupons for each of
