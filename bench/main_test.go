@@ -1,0 +1,133 @@
+// Package bench holds couponq's end-to-end benchmarks: the whole pipeline
+// against direct signed calls (BenchmarkPipelineVsDirect) and the shared
+// rate limiter with three worker processes (BenchmarkRateLimit3Workers).
+// They run only with -bench; plain `go test ./bench/` runs no benchmark.
+// Figures and commands are in bench/pipeline.txt and bench/ratelimit.txt.
+package bench
+
+import (
+	"context"
+	"fmt"
+	"iter"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strconv"
+	"syscall"
+	"testing"
+
+	"github.com/couponq/couponq/tasks"
+	"github.com/couponq/couponq/wechatpay"
+	"github.com/couponq/couponq/worker"
+)
+
+// workerEnv set to "1" makes the test binary run a worker process instead
+// of the tests (see runWorkerProcess).
+const workerEnv = "COUPONQ_BENCH_WORKER"
+
+func TestMain(m *testing.M) {
+	if os.Getenv(workerEnv) == "1" {
+		if err := runWorkerProcess(); err != nil {
+			fmt.Fprintln(os.Stderr, "bench worker:", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// runWorkerProcess runs one worker.Worker until SIGTERM or SIGINT, configured
+// from the environment: COUPONQ_BENCH_REDIS (a redis:// URL),
+// COUPONQ_BENCH_RATE, COUPONQ_BENCH_CONCURRENCY and the WECHATPAY_* variables
+// written by wechatpaytest.Server.WriteEnv (partner mode, public-key mode).
+func runWorkerProcess() error {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+
+	conn, err := tasks.ParseRedisURL(os.Getenv("COUPONQ_BENCH_REDIS"))
+	if err != nil {
+		return err
+	}
+	rate, err := strconv.Atoi(os.Getenv("COUPONQ_BENCH_RATE"))
+	if err != nil {
+		return fmt.Errorf("COUPONQ_BENCH_RATE: %w", err)
+	}
+	concurrency, err := strconv.Atoi(os.Getenv("COUPONQ_BENCH_CONCURRENCY"))
+	if err != nil {
+		return fmt.Errorf("COUPONQ_BENCH_CONCURRENCY: %w", err)
+	}
+	key, err := wechatpay.LoadPrivateKeyFile(os.Getenv("WECHATPAY_MCH_PRIVATE_KEY_FILE"))
+	if err != nil {
+		return err
+	}
+	pub, err := wechatpay.LoadPublicKeyFile(os.Getenv("WECHATPAY_PUBLIC_KEY_FILE"))
+	if err != nil {
+		return err
+	}
+	client, err := wechatpay.NewClient(
+		wechatpay.WithPartner(os.Getenv("WECHATPAY_MCHID"), os.Getenv("WECHATPAY_MCH_CERT_SERIAL"), key),
+		wechatpay.WithPublicKey(os.Getenv("WECHATPAY_PUBLIC_KEY_ID"), pub),
+		wechatpay.WithBaseURL(os.Getenv("WECHATPAY_BASE_URL")),
+	)
+	if err != nil {
+		return err
+	}
+	defer client.Close()
+
+	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	w, err := worker.New(worker.Config{
+		Redis:       conn,
+		Concurrency: concurrency,
+		Rate:        rate,
+		Identity:    client.Identity(),
+		Logger:      logger,
+	}, client)
+	if err != nil {
+		return err
+	}
+	defer w.Close()
+	return w.Run(ctx)
+}
+
+// mixedChanges yields n changes cycling update, deactivate, get: updates
+// and gets on updateIDs, deactivates on deactivateIDs (each used once, so
+// every deactivate succeeds). Every change has its own out_request_no.
+func mixedChanges(brandID string, updateIDs, deactivateIDs []string, n int) iter.Seq2[tasks.Change, error] {
+	return func(yield func(tasks.Change, error) bool) {
+		for i := range n {
+			k := i / 3
+			var c tasks.Change
+			switch i % 3 {
+			case 0:
+				c = tasks.Change{Op: tasks.OpUpdate, ProductCouponID: updateIDs[k%len(updateIDs)], BrandID: brandID,
+					OutRequestNo: fmt.Sprintf("bench_u_%06d", i),
+					DisplayInfo:  &wechatpay.DisplayInfo{Name: fmt.Sprintf("满100减%d", k%50+1), OriginalPrice: 10000}}
+			case 1:
+				c = tasks.Change{Op: tasks.OpDeactivate, ProductCouponID: deactivateIDs[k%len(deactivateIDs)], BrandID: brandID,
+					OutRequestNo: fmt.Sprintf("bench_d_%06d", i), DeactivateReason: "批次信息有误"}
+			default:
+				c = tasks.Change{Op: tasks.OpGet, ProductCouponID: updateIDs[k%len(updateIDs)], BrandID: brandID,
+					OutRequestNo: fmt.Sprintf("bench_g_%06d", i)}
+			}
+			if !yield(c, nil) {
+				return
+			}
+		}
+	}
+}
+
+// call makes c's signed API call directly.
+func call(ctx context.Context, api worker.API, c tasks.Change) error {
+	var err error
+	switch c.Op {
+	case tasks.OpUpdate:
+		_, err = api.UpdateProductCoupon(ctx, &wechatpay.UpdateProductCouponRequest{
+			ProductCouponID: c.ProductCouponID, BrandID: c.BrandID, OutRequestNo: c.OutRequestNo, DisplayInfo: c.DisplayInfo})
+	case tasks.OpDeactivate:
+		_, err = api.DeactivateProductCoupon(ctx, &wechatpay.DeactivateProductCouponRequest{
+			ProductCouponID: c.ProductCouponID, BrandID: c.BrandID, OutRequestNo: c.OutRequestNo, DeactivateReason: c.DeactivateReason})
+	default:
+		_, err = api.GetProductCoupon(ctx, &wechatpay.GetProductCouponRequest{ProductCouponID: c.ProductCouponID, BrandID: c.BrandID})
+	}
+	return err
+}
