@@ -216,6 +216,8 @@ func mockDetach(ctx context.Context, e *env, c *mockConfig) error {
 		if c.Dir, err = os.MkdirTemp("", "couponq-mock-"); err != nil {
 			return err
 		}
+	} else if err := os.MkdirAll(c.Dir, 0o700); err != nil {
+		return usageErrorf("--dir: %v", err)
 	}
 	ready := filepath.Join(c.Dir, "env.sh")
 	_ = os.Remove(ready)
