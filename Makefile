@@ -32,7 +32,7 @@ test-short: ## Run the unit tests only (no redis-server needed), without -race
 
 .PHONY: bench
 bench: ## Run the benchmarks (real redis-server needed for the pipeline ones)
-	$(GO) test -run '^$$' -bench . -benchmem -benchtime 1x -timeout 30m $(PKGS)
+	$(GO) test -run '^$$' -bench . -benchmem -timeout 30m ./wechatpay/ && $(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./tasks/ ./bench/
 
 .PHONY: lint
 lint: $(GOBIN)/staticcheck ## gofmt, go vet and staticcheck
