@@ -1,0 +1,406 @@
+// Package e2e runs the whole pipeline — Producer, real redis-server, asynq
+// workers, the fake WeChat Pay — through faults, crashes and restarts, and
+// checks that nothing is lost and nothing is applied twice.
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/couponq/couponq/internal/redistest"
+	"github.com/couponq/couponq/tasks"
+	"github.com/couponq/couponq/wechatpay"
+	"github.com/couponq/couponq/wechatpay/wechatpaytest"
+	"github.com/couponq/couponq/worker"
+)
+
+const childEnv = "COUPONQ_E2E_WORKER"
+
+// TestMain doubles as a worker process for the crash test: with
+// COUPONQ_E2E_WORKER=1 the test binary runs one worker until SIGTERM.
+func TestMain(m *testing.M) {
+	if os.Getenv(childEnv) == "1" {
+		os.Exit(childWorker())
+	}
+	os.Exit(m.Run())
+}
+
+func childWorker() int {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	key, err := wechatpay.LoadPrivateKeyFile(os.Getenv("WECHATPAY_MCH_PRIVATE_KEY_FILE"))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	pub, err := wechatpay.LoadPublicKeyFile(os.Getenv("WECHATPAY_PUBLIC_KEY_FILE"))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	api, err := wechatpay.NewClient(
+		wechatpay.WithPartner(os.Getenv("WECHATPAY_MCHID"), os.Getenv("WECHATPAY_MCH_CERT_SERIAL"), key),
+		wechatpay.WithPublicKey(os.Getenv("WECHATPAY_PUBLIC_KEY_ID"), pub),
+		wechatpay.WithBaseURL(os.Getenv("WECHATPAY_BASE_URL")))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	w, err := worker.New(worker.Config{
+		Redis: asynq.RedisClientOpt{Addr: os.Getenv("E2E_REDIS_ADDR")}, Concurrency: 4, MaxRetry: 15,
+		RetryBase: 50 * time.Millisecond, RetryCap: time.Second, Identity: api.Identity(),
+		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+	}, api)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	defer w.Close()
+	if err := w.Run(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	return 0
+}
+
+// startWorker runs an in-process worker until the test ends.
+func startWorker(t *testing.T, addr string, api worker.API, concurrency int) {
+	t.Helper()
+	w, err := worker.New(worker.Config{
+		Redis: asynq.RedisClientOpt{Addr: addr}, Concurrency: concurrency, MaxRetry: 15,
+		RetryBase: 50 * time.Millisecond, RetryCap: time.Second,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	}, api)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := w.Run(ctx); err != nil {
+			t.Errorf("worker: %v", err)
+		}
+	}()
+	t.Cleanup(func() { cancel(); wg.Wait(); w.Close() })
+}
+
+// mixed returns n changes, one coupon each: ~55% updates, ~30% deactivations,
+// ~15% gets, and every 20th an update of a coupon that does not exist (404).
+func mixed(ids []string, brand, prefix string) (cs []tasks.Change, permanent map[string]bool) {
+	permanent = map[string]bool{}
+	for i, id := range ids {
+		key := fmt.Sprintf("%s%05d", prefix, i)
+		switch {
+		case i%20 == 19:
+			cs = append(cs, tasks.Change{Op: tasks.OpUpdate, ProductCouponID: fmt.Sprintf("77%08d", i), BrandID: brand,
+				OutRequestNo: key, DisplayInfo: &wechatpay.DisplayInfo{Name: "不存在的券"}})
+			permanent[key] = true
+		case i%20 < 11:
+			cs = append(cs, tasks.Change{Op: tasks.OpUpdate, ProductCouponID: id, BrandID: brand, OutRequestNo: key,
+				DisplayInfo: &wechatpay.DisplayInfo{Name: "周末8折券", OriginalPrice: int64(1000 + i)}})
+		case i%20 < 17:
+			cs = append(cs, tasks.Change{Op: tasks.OpDeactivate, ProductCouponID: id, BrandID: brand, OutRequestNo: key,
+				DeactivateReason: "促销结束"})
+		default:
+			cs = append(cs, tasks.Change{Op: tasks.OpGet, ProductCouponID: id, BrandID: brand, OutRequestNo: key})
+		}
+	}
+	return cs, permanent
+}
+
+func enqueue(t *testing.T, rdb redis.UniversalClient, cs []tasks.Change, batch string) *tasks.BatchReport {
+	t.Helper()
+	p, err := tasks.NewProducer(rdb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	var rep *tasks.BatchReport
+	// A producer meeting a Redis that is coming back retries the batch:
+	// duplicates of what already went in are skipped.
+	for attempt := 0; ; attempt++ {
+		rep, err = p.EnqueueBatch(t.Context(), tasks.Changes(cs), tasks.BatchOptions{ID: batch})
+		if err == nil && rep.Err() == nil {
+			return rep
+		}
+		if attempt == 10 {
+			t.Fatalf("enqueue: %v / %v", err, rep.Err())
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+func wait(t *testing.T, rdb redis.UniversalClient, batch string, d time.Duration) *tasks.BatchStatus {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), d)
+	defer cancel()
+	r := tasks.NewReader(rdb)
+	for {
+		st, err := r.Wait(ctx, batch, 100*time.Millisecond, nil)
+		if err == nil {
+			return st
+		}
+		if ctx.Err() != nil {
+			cur, _ := r.Batch(context.Background(), batch)
+			t.Fatalf("batch %s not done in %s: %v (%+v)", batch, d, err, cur)
+		}
+		time.Sleep(200 * time.Millisecond) // Redis restarting: poll again
+	}
+}
+
+// verify checks every result of a batch against the fake's effect log:
+// all terminal, counters exact, every succeeded write applied exactly once,
+// no write applied twice, permanent failures attempted once.
+func verify(t *testing.T, rdb redis.UniversalClient, fake *wechatpaytest.Server, batch string, st *tasks.BatchStatus, permanent map[string]bool) (succeeded, failed int) {
+	t.Helper()
+	ctx := context.Background()
+	ids, err := rdb.SMembers(ctx, tasks.BatchTasksKey(batch)).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ids) != st.Total {
+		t.Errorf("batch set holds %d tasks, total says %d", len(ids), st.Total)
+	}
+	// A permanent answer ends a task: per key, count the 404s answered and
+	// whether anything followed the first (injected faults before it are
+	// retried, as they should be).
+	answered404, after404 := map[string]int{}, map[string]int{}
+	for _, q := range fake.Requests() {
+		if q.OutRequestNo == "" {
+			continue
+		}
+		if answered404[q.OutRequestNo] > 0 {
+			after404[q.OutRequestNo]++
+		}
+		if q.Status == 404 {
+			answered404[q.OutRequestNo]++
+		}
+	}
+	r := tasks.NewReader(rdb)
+	for _, id := range ids {
+		res, err := r.Result(ctx, id)
+		if err != nil {
+			t.Fatalf("%s: %v", id, err)
+		}
+		switch res.Status {
+		case tasks.StatusSucceeded:
+			succeeded++
+		case tasks.StatusFailed:
+			failed++
+		default:
+			t.Errorf("%s not terminal: %s", id, res.Status)
+		}
+		if res.Op == tasks.OpGet {
+			continue
+		}
+		n := fake.AppliedCount(res.OutRequestNo)
+		if n > 1 {
+			t.Errorf("%s applied %d times", id, n)
+		}
+		if res.Status == tasks.StatusSucceeded && n != 1 {
+			t.Errorf("%s succeeded but applied %d times", id, n)
+		}
+		if res.Status == tasks.StatusSucceeded && res.Op == tasks.OpDeactivate {
+			if c, _ := fake.Coupon(res.ProductCouponID); c.State != wechatpay.StateDeactivated || c.DeactivateRequestNo != res.OutRequestNo {
+				t.Errorf("%s succeeded but coupon is %s with deactivate_request_no %q", id, c.State, c.DeactivateRequestNo)
+			}
+		}
+		if permanent[res.OutRequestNo] {
+			if res.Status != tasks.StatusFailed || res.HTTPStatus != 404 || answered404[res.OutRequestNo] != 1 || after404[res.OutRequestNo] != 0 {
+				t.Errorf("%s (404) = %s http %d, %d answered 404, %d requests after it; want failed at the first 404",
+					id, res.Status, res.HTTPStatus, answered404[res.OutRequestNo], after404[res.OutRequestNo])
+			}
+		}
+	}
+	if succeeded != st.Succeeded || failed != st.Failed || succeeded+failed != st.Total || !st.Done() {
+		t.Errorf("counters %+v; results say %d succeeded, %d failed", st, succeeded, failed)
+	}
+	for _, e := range fake.Effects() {
+		if n := fake.AppliedCount(e.OutRequestNo); n != 1 {
+			t.Errorf("effect %s applied %d times", e.OutRequestNo, n)
+		}
+	}
+	return succeeded, failed
+}
+
+func faultCounts(fake *wechatpaytest.Server) map[string]int {
+	m := map[string]int{}
+	for _, q := range fake.Requests() {
+		if q.Fault != "" {
+			m[q.Fault]++
+		}
+	}
+	return m
+}
+
+func TestFaultMix1000(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	rdb := srv.Client()
+	fake := wechatpaytest.NewServer(t, wechatpaytest.WithSeed(7), wechatpaytest.WithRepeatAnswer(wechatpaytest.RepeatError))
+	fake.SetFaults(wechatpaytest.Faults{Status500: 0.10, Status429: 0.10, DropAfterApply: 0.05, BadSignature: 0.03})
+	ids := fake.SeedCoupons(fake.BrandID(), 1000)
+	cs, permanent := mixed(ids, fake.BrandID(), "mix")
+	api := fake.Client()
+	startWorker(t, srv.Addr(), api, 16)
+	startWorker(t, srv.Addr(), api, 16)
+
+	start := time.Now()
+	rep := enqueue(t, rdb, cs, "faultmix")
+	if rep.Total != 1000 {
+		t.Fatalf("enqueued %d, want 1000", rep.Total)
+	}
+	st := wait(t, rdb, "faultmix", 4*time.Minute)
+	ok, failed := verify(t, rdb, fake, "faultmix", st, permanent)
+	if failed != len(permanent) {
+		t.Errorf("%d failed, want exactly the %d permanent ones", failed, len(permanent))
+	}
+	t.Logf("1000 changes in %s: %d succeeded, %d failed, %d API requests, faults %v",
+		time.Since(start).Round(time.Millisecond), ok, failed, len(fake.Requests()), faultCounts(fake))
+}
+
+func TestReenqueueIsDuplicates(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	rdb := srv.Client()
+	fake := wechatpaytest.NewServer(t)
+	ids := fake.SeedCoupons(fake.BrandID(), 60)
+	cs, permanent := mixed(ids, fake.BrandID(), "dup")
+	startWorker(t, srv.Addr(), fake.Client(), 8)
+	enqueue(t, rdb, cs, "first")
+	st := wait(t, rdb, "first", time.Minute)
+	verify(t, rdb, fake, "first", st, permanent)
+	calls := len(fake.Requests())
+
+	for _, batch := range []string{"first", "second"} {
+		rep := enqueue(t, rdb, cs, batch)
+		if rep.Total != 0 || rep.Duplicates != len(cs) {
+			t.Errorf("re-enqueue into %s: total %d, duplicates %d; want 0 and %d", batch, rep.Total, rep.Duplicates, len(cs))
+		}
+	}
+	st2 := wait(t, rdb, "second", 10*time.Second)
+	if st2.Total != 0 || st2.Duplicates != len(cs) || !st2.Done() {
+		t.Errorf("second batch %+v: want empty, done, all duplicates", st2)
+	}
+	insp := asynq.NewInspector(asynq.RedisClientOpt{Addr: srv.Addr()})
+	defer insp.Close()
+	if qi, err := insp.GetQueueInfo(tasks.DefaultQueue); err == nil && qi.Pending+qi.Active+qi.Scheduled+qi.Retry != 0 {
+		t.Errorf("re-enqueue left work in the queue: %+v", qi)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if n := len(fake.Requests()); n != calls {
+		t.Errorf("re-enqueue made %d new API calls", n-calls)
+	}
+}
+
+func TestRedisRestartMidBatch(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t, redistest.WithPersistence())
+	rdb := srv.Client()
+	fake := wechatpaytest.NewServer(t, wechatpaytest.WithLatency(40*time.Millisecond), wechatpaytest.WithRepeatAnswer(wechatpaytest.RepeatError))
+	ids := fake.SeedCoupons(fake.BrandID(), 300)
+	cs, permanent := mixed(ids, fake.BrandID(), "rst")
+	startWorker(t, srv.Addr(), fake.Client(), 4)
+	enqueue(t, rdb, cs, "restart")
+
+	r := tasks.NewReader(rdb)
+	deadline := time.Now().Add(time.Minute)
+	for {
+		st, err := r.Batch(t.Context(), "restart")
+		if err == nil && st.Succeeded+st.Failed >= 100 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("batch did not reach 100 done: %+v %v", st, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	srv.Restart()
+	// Producers recover too: a second batch right after the restart.
+	more := fake.SeedCoupons(fake.BrandID(), 40)
+	cs2, perm2 := mixed(more, fake.BrandID(), "after")
+	enqueue(t, rdb, cs2, "after-restart")
+
+	st := wait(t, rdb, "restart", 4*time.Minute)
+	verify(t, rdb, fake, "restart", st, permanent)
+	st2 := wait(t, rdb, "after-restart", 4*time.Minute)
+	verify(t, rdb, fake, "after-restart", st2, perm2)
+}
+
+func TestWorkerSIGKILL(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	rdb := srv.Client()
+	fake := wechatpaytest.NewServer(t, wechatpaytest.WithLatency(100*time.Millisecond), wechatpaytest.WithRepeatAnswer(wechatpaytest.RepeatError))
+	ids := fake.SeedCoupons(fake.BrandID(), 200)
+	cs, permanent := mixed(ids, fake.BrandID(), "kill")
+	dir := t.TempDir()
+	env, err := fake.WriteEnv(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	startChild := func(name string) *exec.Cmd {
+		cmd := exec.Command(os.Args[0], "-test.run=^$")
+		cmd.Env = append(os.Environ(), childEnv+"=1", "E2E_REDIS_ADDR="+srv.Addr())
+		for k, v := range env {
+			cmd.Env = append(cmd.Env, k+"="+v)
+		}
+		logf, err := os.Create(filepath.Join(dir, name+".log"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd.Stdout, cmd.Stderr = logf, logf
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+			logf.Close()
+			if t.Failed() {
+				b, _ := os.ReadFile(logf.Name())
+				t.Logf("%s log:\n%s", name, b)
+			}
+		})
+		return cmd
+	}
+	a := startChild("worker-a")
+	enqueue(t, rdb, cs, "sigkill")
+	r := tasks.NewReader(rdb)
+	deadline := time.Now().Add(time.Minute)
+	for {
+		st, err := r.Batch(t.Context(), "sigkill")
+		if err == nil && st.Succeeded+st.Failed >= len(cs)*3/10 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("worker A made no progress: %+v %v", st, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := a.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	_ = a.Wait()
+	killed := time.Now()
+	before, _ := r.Batch(t.Context(), "sigkill")
+	startChild("worker-b")
+	st := wait(t, rdb, "sigkill", 4*time.Minute)
+	verify(t, rdb, fake, "sigkill", st, permanent)
+	t.Logf("killed worker A at %d/%d done; worker B finished the batch %s later", before.Succeeded+before.Failed, len(cs), time.Since(killed).Round(time.Second))
+}
