@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/couponq/couponq/internal/redisurl"
 	"github.com/couponq/couponq/tasks"
 	"github.com/couponq/couponq/wechatpay"
 	"github.com/couponq/couponq/worker"
@@ -44,7 +45,7 @@ func runWorkerProcess() error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 
-	conn, err := tasks.ParseRedisURL(os.Getenv("COUPONQ_BENCH_REDIS"))
+	conn, err := redisurl.Parse(os.Getenv("COUPONQ_BENCH_REDIS"))
 	if err != nil {
 		return err
 	}

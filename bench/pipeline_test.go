@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/couponq/couponq/internal/redistest"
+	"github.com/couponq/couponq/internal/redisurl"
 	"github.com/couponq/couponq/tasks"
 	"github.com/couponq/couponq/wechatpay/wechatpaytest"
 	"github.com/couponq/couponq/worker"
@@ -46,7 +47,7 @@ func BenchmarkPipelineVsDirect(b *testing.B) {
 		directWorkers = 32
 		latency       = 20 * time.Millisecond
 	)
-	conn, err := tasks.ParseRedisURL(srv.URL())
+	conn, err := redisurl.Parse(srv.URL())
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -144,7 +145,7 @@ func runDirect(b *testing.B, n, workers int, latency time.Duration) float64 {
 
 // runPipeline runs the n changes through the producer and a worker and
 // returns the seconds from the start of the enqueue to the batch done.
-func runPipeline(b *testing.B, conn *tasks.RedisConn, n, concurrency int, latency time.Duration) float64 {
+func runPipeline(b *testing.B, conn *redisurl.Conn, n, concurrency int, latency time.Duration) float64 {
 	fake, upd, deact := newFake(b, n, wechatpaytest.WithLatency(latency))
 	defer fake.Close()
 	client := fake.Client()

@@ -169,7 +169,7 @@ func wait(t *testing.T, rdb redis.UniversalClient, batch string, d time.Duration
 func verify(t *testing.T, rdb redis.UniversalClient, fake *wechatpaytest.Server, batch string, st *tasks.BatchStatus, permanent map[string]bool) (succeeded, failed int) {
 	t.Helper()
 	ctx := context.Background()
-	ids, err := rdb.SMembers(ctx, tasks.BatchTasksKey(batch)).Result()
+	ids, err := tasks.NewReader(rdb).BatchTaskIDs(ctx, batch)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,8 +1,9 @@
 // Package tasks is what producers import to enqueue coupon changes and to
 // poll their outcomes: task type names, payloads and their validation, the
-// change file reader, the Producer and the result Reader. It owns the Redis
-// key schema of results and batches (keys.go); the worker writes results
-// through its Store.
+// change file reader, the Producer and the result Reader. Results and
+// batches live in Redis hashes whose names and fields the README describes
+// ("Results in Redis"); the producer and the worker write them through one
+// internal store.
 //
 // # Producing
 //

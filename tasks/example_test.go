@@ -8,13 +8,14 @@ import (
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
+	"github.com/couponq/couponq/internal/results"
 	"github.com/couponq/couponq/tasks"
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 )
 
 // A producer enqueues a change file as one batch and waits for it. The
-// worker here is a stand-in that records each task through the Store as
+// worker here is a stand-in that records each task through the results.Store as
 // couponq's worker does (Begin, then Finish), without calling WeChat Pay.
 func Example_enqueueAndWait() {
 	ctx := context.Background()
@@ -75,7 +76,7 @@ func Example_enqueueAndWait() {
 // startStandInWorker runs an asynq server whose handler marks each task
 // running and then succeeded, with a made-up coupon.
 func startStandInWorker(rdb redis.UniversalClient) (stop func()) {
-	store := tasks.NewStore(rdb)
+	store := results.NewStore(rdb)
 	srv := asynq.NewServerFromRedisClient(rdb, asynq.Config{
 		Queues:            map[string]int{tasks.DefaultQueue: 1},
 		Concurrency:       4,
@@ -87,8 +88,8 @@ func startStandInWorker(rdb redis.UniversalClient) (stop func()) {
 		if err != nil {
 			return fmt.Errorf("%w: %w", err, asynq.SkipRetry)
 		}
-		id := tasks.Identity{TaskID: c.TaskID(), Op: c.Op, BrandID: c.BrandID, ProductCouponID: c.ProductCouponID, OutRequestNo: c.OutRequestNo}
-		if st, err := store.Begin(ctx, id); err != nil || st.Terminal() {
+		id := results.Identity{TaskID: c.TaskID(), Op: string(c.Op), BrandID: c.BrandID, ProductCouponID: c.ProductCouponID, OutRequestNo: c.OutRequestNo}
+		if st, _, err := store.Begin(ctx, id); err != nil || st.Terminal() {
 			return err
 		}
 		state := "EFFECTIVE"
@@ -96,7 +97,7 @@ func startStandInWorker(rdb redis.UniversalClient) (stop func()) {
 			state = "DEACTIVATED"
 		}
 		coupon := fmt.Sprintf(`{"product_coupon_id":%q,"state":%q}`, c.ProductCouponID, state)
-		_, err = store.Finish(ctx, id.TaskID, tasks.StatusSucceeded, tasks.Attempt{Calls: 1, HTTPStatus: 200, Coupon: []byte(coupon), CouponState: state})
+		_, err = store.Finish(ctx, id.TaskID, tasks.StatusSucceeded, results.Attempt{Calls: 1, HTTPStatus: 200, Coupon: []byte(coupon), CouponState: state})
 		return err
 	})
 	if err := srv.Start(handler); err != nil {

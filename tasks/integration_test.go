@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/couponq/couponq/internal/redistest"
+	"github.com/couponq/couponq/internal/results"
 	"github.com/couponq/couponq/tasks"
 	"github.com/couponq/couponq/wechatpay"
 	"github.com/hibiken/asynq"
@@ -58,14 +59,14 @@ func TestIntegrationEnqueue10k(t *testing.T) {
 	if err != nil || st.Total != n || st.Pending != n || !st.Sealed || st.Done() {
 		t.Fatalf("batch = %+v, %v", st, err)
 	}
-	if m := rdb.SCard(ctx, tasks.BatchTasksKey("bulk")).Val(); m != n {
-		t.Errorf("task set has %d members", m)
+	if ids, err := r.BatchTaskIDs(ctx, "bulk"); err != nil || len(ids) != n {
+		t.Errorf("task set has %d members (%v)", len(ids), err)
 	}
 	q, err := asynq.NewInspectorFromRedisClient(rdb).GetQueueInfo(tasks.DefaultQueue)
 	if err != nil || q.Pending != n {
 		t.Fatalf("asynq queue = %+v, %v", q, err)
 	}
-	if keys := rdb.Keys(ctx, tasks.ResultKey("*")).Val(); len(keys) != n {
+	if keys := rdb.Keys(ctx, results.ResultKey("*")).Val(); len(keys) != n {
 		t.Errorf("%d result hashes", len(keys))
 	}
 

@@ -156,7 +156,7 @@ func encodePayload(v any) ([]byte, error) {
 }
 
 // PayloadSHA256 is the hex SHA-256 of a task payload, as kept in the result
-// hash (FieldPayloadSHA256).
+// hash (results.FieldPayloadSHA256).
 func PayloadSHA256(payload []byte) string {
 	sum := sha256.Sum256(payload)
 	return hex.EncodeToString(sum[:])

@@ -13,8 +13,8 @@ import (
 var errPipelineClosed = errors.New("couponq: producer closed")
 
 // pipelinedClient is the redis.UniversalClient the producer hands to asynq
-// and to its Store. Every other command goes straight to the wrapped
-// client, but script calls (EVALSHA, EVAL: asynq's enqueue and the Store's
+// and to its results.Store. Every other command goes straight to the wrapped
+// client, but script calls (EVALSHA, EVAL: asynq's enqueue and the results.Store's
 // Accept, one of each per task) made by many goroutines at once are written
 // to Redis together as one pipeline and their replies read back together.
 // This is automatic pipelining: a caller still waits for its own reply, so

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/couponq/couponq/internal/results"
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 )
@@ -81,8 +82,8 @@ type Producer struct {
 	pc          *pipelinedClient
 	client      *asynq.Client
 	inspector   *asynq.Inspector
-	store       *Store
-	batchStore  *Store // over rdb directly: groups are pipelined enough
+	store       *results.Store
+	batchStore  *results.Store // over rdb directly: groups are pipelined enough
 	queue       string
 	concurrency int
 	maxRetry    int
@@ -109,9 +110,9 @@ func WithQueue(q string) ProducerOption {
 	}
 }
 
-// WithProducerResultTTL sets how long result and batch keys live (default
+// WithResultTTL sets how long result and batch keys live (default
 // 168h).
-func WithProducerResultTTL(d time.Duration) ProducerOption {
+func WithResultTTL(d time.Duration) ProducerOption {
 	return func(p *Producer) error {
 		if d < time.Second {
 			return fmt.Errorf("result TTL: must be at least 1s, got %v", d)
@@ -167,9 +168,9 @@ func WithMaxRetry(n int) ProducerOption {
 	}
 }
 
-// WithProducerClock injects the clock of enqueued_at and batch timestamps
+// WithClock injects the clock of enqueued_at and batch timestamps
 // (tests).
-func WithProducerClock(now func() time.Time) ProducerOption {
+func WithClock(now func() time.Time) ProducerOption {
 	return func(p *Producer) error {
 		if now == nil {
 			return errors.New("clock: must not be nil")
@@ -203,8 +204,8 @@ func NewProducer(rdb redis.UniversalClient, opts ...ProducerOption) (*Producer, 
 	p.pc = newPipelinedClient(rdb, 2, 256)
 	p.client = asynq.NewClientFromRedisClient(p.pc)
 	p.inspector = asynq.NewInspectorFromRedisClient(rdb)
-	p.store = NewStore(p.pc, WithResultTTL(p.ttl), WithClock(p.now))
-	p.batchStore = NewStore(rdb, WithResultTTL(p.ttl), WithClock(p.now))
+	p.store = results.NewStore(p.pc, results.WithResultTTL(p.ttl), results.WithClock(p.now))
+	p.batchStore = results.NewStore(rdb, results.WithResultTTL(p.ttl), results.WithClock(p.now))
 	return p, nil
 }
 
@@ -217,14 +218,16 @@ func (p *Producer) Close() error { return p.pc.Close() }
 
 // EnqueueResult is the outcome of one accepted or duplicate change.
 type EnqueueResult struct {
-	TaskID  string
-	Outcome AcceptOutcome // Accepted or Duplicate
-	Change  Change        // as enqueued (a get has its out_request_no now)
+	TaskID string
+	// Duplicate reports that the change was enqueued before with the same
+	// payload: it was skipped and no new task exists.
+	Duplicate bool
+	Change    Change // as enqueued (a get has its out_request_no now)
 }
 
 // Enqueue validates c, records its result hash (status queued) and
 // enqueues its task. A change already enqueued with the same payload gives
-// Outcome Duplicate and no new task; with another payload, a
+// Duplicate set and no new task; with another payload, a
 // *ConflictError. A get without out_request_no is given a fresh one.
 func (p *Producer) Enqueue(ctx context.Context, c Change) (*EnqueueResult, error) {
 	return p.enqueue(ctx, c, "")
@@ -233,7 +236,7 @@ func (p *Producer) Enqueue(ctx context.Context, c Change) (*EnqueueResult, error
 // prepared is a valid change ready to be accepted.
 type prepared struct {
 	c       Change
-	id      Identity
+	id      results.Identity
 	payload []byte
 	sha     string
 }
@@ -250,7 +253,7 @@ func prepare(c Change, batch string) (*prepared, error) {
 	if err != nil {
 		return nil, err
 	}
-	id := Identity{TaskID: c.TaskID(), Op: c.Op, BrandID: c.BrandID, ProductCouponID: c.ProductCouponID, OutRequestNo: c.OutRequestNo, Batch: batch}
+	id := results.Identity{TaskID: c.TaskID(), Op: string(c.Op), BrandID: c.BrandID, ProductCouponID: c.ProductCouponID, OutRequestNo: c.OutRequestNo, Batch: batch}
 	return &prepared{c: c, id: id, payload: payload, sha: PayloadSHA256(payload)}, nil
 }
 
@@ -275,14 +278,14 @@ func (p *Producer) enqueue(ctx context.Context, c Change, batch string) (*Enqueu
 
 // afterAccept settles an accepted change: a duplicate or conflict is
 // reported, an accepted one gets its asynq task (or is undone).
-func (p *Producer) afterAccept(ctx context.Context, pr *prepared, out AcceptOutcome) (*EnqueueResult, error) {
+func (p *Producer) afterAccept(ctx context.Context, pr *prepared, out results.AcceptOutcome) (*EnqueueResult, error) {
 	c, id, payload, taskID := pr.c, pr.id, pr.payload, pr.id.TaskID
 	res := &EnqueueResult{TaskID: taskID, Change: c}
 	switch out {
-	case Duplicate:
-		res.Outcome = Duplicate
+	case results.Duplicate:
+		res.Duplicate = true
 		return res, nil
-	case Conflict:
+	case results.Conflict:
 		return nil, &ConflictError{TaskID: taskID, Where: "result"}
 	}
 
@@ -291,7 +294,6 @@ func (p *Producer) afterAccept(ctx context.Context, pr *prepared, out AcceptOutc
 	for attempt := 1; ; attempt++ {
 		_, err = p.client.EnqueueContext(ctx, task, asynq.Queue(p.queue), asynq.MaxRetry(p.maxRetry), asynq.Timeout(p.timeout))
 		if err == nil {
-			res.Outcome = Accepted
 			return res, nil
 		}
 		if !errors.Is(err, asynq.ErrTaskIDConflict) {
@@ -308,23 +310,22 @@ func (p *Producer) afterAccept(ctx context.Context, pr *prepared, out AcceptOutc
 			break
 		}
 		dup := info.Type == task.Type() && bytes.Equal(info.Payload, payload)
-		undone, uerr := p.store.unaccept(ctx, id, dup)
+		undone, uerr := p.store.Unaccept(ctx, id, dup)
 		switch {
 		case uerr != nil:
 			p.log.Warn("couponq: could not undo a refused task's result; its batch may count it", "task_id", taskID, "err", uerr)
 		case !undone:
 			// A worker took the existing task and runs it under this
 			// result: it is enqueued, and counted in this batch.
-			res.Outcome = Accepted
 			return res, nil
 		}
 		if dup {
-			res.Outcome = Duplicate
+			res.Duplicate = true
 			return res, nil
 		}
 		return nil, &ConflictError{TaskID: taskID, Where: "queue"}
 	}
-	if _, uerr := p.store.unaccept(ctx, id, false); uerr != nil {
+	if _, uerr := p.store.Unaccept(ctx, id, false); uerr != nil {
 		p.log.Warn("couponq: could not undo a failed task's result; its batch may never finish", "task_id", taskID, "err", uerr)
 		err = errors.Join(err, uerr)
 	}
@@ -373,7 +374,7 @@ func (r *BatchReport) Err() error {
 
 // EnqueueBatch enqueues changes as batch opts.ID, reading the input as it
 // goes (it never holds it): changes are validated, accepted in groups (one
-// script call per group, see Store.AcceptMany) and enqueued into asynq by
+// script call per group, see results.Store.AcceptMany) and enqueued into asynq by
 // up to the producer's concurrency of goroutines. The input is iterated on
 // a goroutine of its own; it is not used after EnqueueBatch returns.
 //
@@ -420,7 +421,7 @@ func (p *Producer) EnqueueBatch(ctx context.Context, changes iter.Seq2[Change, e
 		prog.Settled++
 		var ce *ConflictError
 		switch {
-		case err == nil && res.Outcome == Duplicate:
+		case err == nil && res.Duplicate:
 			rep.Duplicates++
 			prog.Duplicates++
 		case err == nil:
@@ -449,13 +450,13 @@ func (p *Producer) EnqueueBatch(ctx context.Context, changes iter.Seq2[Change, e
 	}
 
 	// The reading loop prepares changes and accepts them in groups (one
-	// script call for up to acceptGroupSize changes, see Store.AcceptMany);
+	// script call for up to acceptGroupSize changes, see results.Store.AcceptMany);
 	// the workers enqueue the accepted ones into asynq. An accepted change
 	// is always enqueued (or undone), whatever ctx does.
 	type job struct {
 		index int
 		pr    *prepared
-		out   AcceptOutcome
+		out   results.AcceptOutcome
 	}
 	jobs := make(chan job, p.concurrency)
 	var wg sync.WaitGroup
@@ -484,11 +485,11 @@ func (p *Producer) EnqueueBatch(ctx context.Context, changes iter.Seq2[Change, e
 	var accepting sync.WaitGroup
 	for range acceptWorkers {
 		accepting.Go(func() {
-			items := make([]AcceptItem, 0, acceptGroupSize)
+			items := make([]results.AcceptItem, 0, acceptGroupSize)
 			for group := range groups {
 				items = items[:0]
 				for _, j := range group {
-					items = append(items, AcceptItem{Identity: j.pr.id, PayloadSHA256: j.pr.sha})
+					items = append(items, results.AcceptItem{Identity: j.pr.id, PayloadSHA256: j.pr.sha})
 				}
 				outs, err := p.batchStore.AcceptMany(context.WithoutCancel(ctx), id, items)
 				for i, j := range group {

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
+	"github.com/couponq/couponq/internal/results"
 	"github.com/couponq/couponq/wechatpay"
 	"github.com/google/go-cmp/cmp"
 	"github.com/hibiken/asynq"
@@ -23,7 +24,7 @@ type testBundle struct {
 	mr        *miniredis.Miniredis
 	rdb       *redis.Client
 	p         *Producer
-	store     *Store
+	store     *results.Store
 	reader    *Reader
 	inspector *asynq.Inspector
 }
@@ -34,12 +35,12 @@ func setup(t *testing.T, opts ...ProducerOption) *testBundle {
 	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
 	t.Cleanup(func() { _ = rdb.Close() })
 	now := func() time.Time { return testNow }
-	p, err := NewProducer(rdb, append([]ProducerOption{WithProducerClock(now)}, opts...)...)
+	p, err := NewProducer(rdb, append([]ProducerOption{WithClock(now)}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = p.Close() })
-	return &testBundle{mr: mr, rdb: rdb, p: p, store: NewStore(rdb, WithClock(now)), reader: NewReader(rdb),
+	return &testBundle{mr: mr, rdb: rdb, p: p, store: results.NewStore(rdb, results.WithClock(now)), reader: NewReader(rdb),
 		inspector: asynq.NewInspectorFromRedisClient(rdb)}
 }
 
@@ -54,7 +55,7 @@ func (b *testBundle) batch(t *testing.T, id string) *BatchStatus {
 
 func (b *testBundle) members(t *testing.T, id string) int {
 	t.Helper()
-	return int(b.rdb.SCard(t.Context(), BatchTasksKey(id)).Val())
+	return int(b.rdb.SCard(t.Context(), results.BatchTasksKey(id)).Val())
 }
 
 func mixed(n int) []Change {
@@ -154,7 +155,7 @@ func TestEnqueueConflict(t *testing.T) {
 		t.Errorf("report Err = %v", rep.Err())
 	}
 	// Nothing written: only the new batch's own keys differ.
-	b.mr.Del(BatchKey("c"))
+	b.mr.Del(results.BatchKey("c"))
 	if after := b.mr.Dump(); after != before {
 		t.Errorf("conflict wrote to Redis:\nbefore:\n%s\nafter:\n%s", before, after)
 	}
@@ -177,7 +178,7 @@ func TestDuplicateAfterAsynqDroppedTheTask(t *testing.T) {
 		t.Fatal(err)
 	}
 	res, err := b.p.Enqueue(ctx, c)
-	if err != nil || res.Outcome != Duplicate {
+	if err != nil || !res.Duplicate {
 		t.Fatalf("re-enqueue = %+v, %v; want a duplicate", res, err)
 	}
 	if _, err := b.inspector.GetTaskInfo(DefaultQueue, c.TaskID()); !errors.Is(err, asynq.ErrTaskNotFound) {
@@ -234,7 +235,7 @@ func TestDuplicateFromAsynqOnly(t *testing.T) {
 			if diff := cmp.Diff(want, b.batch(t, "q")); diff != "" {
 				t.Errorf("batch (-want +got):\n%s", diff)
 			}
-			if b.mr.Exists(ResultKey(c.TaskID())) || b.members(t, "q") != 0 {
+			if b.mr.Exists(results.ResultKey(c.TaskID())) || b.members(t, "q") != 0 {
 				t.Errorf("the refused change left its result or batch membership behind")
 			}
 		})
@@ -295,15 +296,15 @@ func TestBatchRecordBeforeFirstFinish(t *testing.T) {
 }
 
 // finish is a worker's run of a task: Begin, then Finish.
-func finish(t *testing.T, s *Store, c Change, st Status) {
+func finish(t *testing.T, s *results.Store, c Change, st Status) {
 	t.Helper()
-	id := Identity{TaskID: c.TaskID(), Op: c.Op, BrandID: c.BrandID, ProductCouponID: c.ProductCouponID, OutRequestNo: c.OutRequestNo}
-	if got, err := s.Begin(t.Context(), id); err != nil || got != StatusRunning {
+	id := results.Identity{TaskID: c.TaskID(), Op: string(c.Op), BrandID: c.BrandID, ProductCouponID: c.ProductCouponID, OutRequestNo: c.OutRequestNo}
+	if got, _, err := s.Begin(t.Context(), id); err != nil || got != StatusRunning {
 		t.Fatalf("Begin %s = %s, %v", id.TaskID, got, err)
 	}
-	a := Attempt{Calls: 1, HTTPStatus: 200}
+	a := results.Attempt{Calls: 1, HTTPStatus: 200}
 	if st == StatusFailed {
-		a = Attempt{Calls: 1, HTTPStatus: 400, ErrorCode: "PARAM_ERROR", ErrorMessage: "bad"}
+		a = results.Attempt{Calls: 1, HTTPStatus: 400, ErrorCode: "PARAM_ERROR", ErrorMessage: "bad"}
 	}
 	if ok, err := s.Finish(t.Context(), id.TaskID, st, a); err != nil || !ok {
 		t.Fatalf("Finish %s = %v, %v", id.TaskID, ok, err)
@@ -452,7 +453,7 @@ func TestEnqueueErrorUndoesAccept(t *testing.T) {
 		t.Errorf("batch = %+v", s)
 	}
 	for _, c := range mixed(3) {
-		if b.mr.Exists(ResultKey(c.TaskID())) {
+		if b.mr.Exists(results.ResultKey(c.TaskID())) {
 			t.Errorf("result of %s left behind", c.TaskID())
 		}
 	}
@@ -499,7 +500,7 @@ func TestEnqueueGetWithoutOutRequestNo(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.HasPrefix(res.Change.OutRequestNo, "get") || res.TaskID != "get:120344:"+res.Change.OutRequestNo || res.Outcome != Accepted {
+	if !strings.HasPrefix(res.Change.OutRequestNo, "get") || res.TaskID != "get:120344:"+res.Change.OutRequestNo || res.Duplicate {
 		t.Errorf("result = %+v", res)
 	}
 	r, err := b.reader.Result(t.Context(), res.TaskID)
@@ -519,12 +520,12 @@ func TestProducerOptions(t *testing.T) {
 	}{
 		{"blank queue", WithQueue(" "), "queue: must not be blank"},
 		{"braced queue", WithQueue("a{b}"), "must not contain {"},
-		{"short TTL", WithProducerResultTTL(time.Millisecond), "result TTL"},
+		{"short TTL", WithResultTTL(time.Millisecond), "result TTL"},
 		{"zero concurrency", WithConcurrency(0), "concurrency: must be 1–4096, got 0"},
 		{"nil logger", WithLogger(nil), "logger"},
 		{"zero timeout", WithTaskTimeout(0), "task timeout"},
 		{"negative retries", WithMaxRetry(-1), "max retry"},
-		{"nil clock", WithProducerClock(nil), "clock"},
+		{"nil clock", WithClock(nil), "clock"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -541,7 +542,7 @@ func TestProducerOptions(t *testing.T) {
 
 func TestProducerQueueAndRetryOptions(t *testing.T) {
 	t.Parallel()
-	b := setup(t, WithQueue("coupons_low"), WithMaxRetry(7), WithTaskTimeout(time.Minute), WithProducerResultTTL(time.Hour))
+	b := setup(t, WithQueue("coupons_low"), WithMaxRetry(7), WithTaskTimeout(time.Minute), WithResultTTL(time.Hour))
 	c := deactivateChange("abcdefg")
 	if _, err := b.p.Enqueue(t.Context(), c); err != nil {
 		t.Fatal(err)
@@ -550,7 +551,7 @@ func TestProducerQueueAndRetryOptions(t *testing.T) {
 	if err != nil || info.MaxRetry != 7 || info.Timeout != time.Minute {
 		t.Errorf("task = %+v, %v", info, err)
 	}
-	if ttl := b.mr.TTL(ResultKey(c.TaskID())); ttl != time.Hour {
+	if ttl := b.mr.TTL(results.ResultKey(c.TaskID())); ttl != time.Hour {
 		t.Errorf("result TTL = %v", ttl)
 	}
 }

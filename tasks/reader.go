@@ -5,10 +5,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strconv"
 	"time"
 
+	"github.com/couponq/couponq/internal/results"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -42,26 +44,26 @@ type Result struct {
 // naming the field.
 func parseResult(m map[string]string) (*Result, error) {
 	r := &Result{
-		TaskID:          m[FieldTaskID],
-		Op:              Op(m[FieldOp]),
-		BrandID:         m[FieldBrandID],
-		ProductCouponID: m[FieldProductCouponID],
-		OutRequestNo:    m[FieldOutRequestNo],
-		Batch:           m[FieldBatch],
-		Status:          Status(m[FieldStatus]),
-		ErrorCode:       m[FieldErrorCode],
-		ErrorMessage:    m[FieldErrorMessage],
-		RequestID:       m[FieldRequestID],
-		CouponState:     m[FieldCouponState],
-		PayloadSHA256:   m[FieldPayloadSHA256],
+		TaskID:          m[results.FieldTaskID],
+		Op:              Op(m[results.FieldOp]),
+		BrandID:         m[results.FieldBrandID],
+		ProductCouponID: m[results.FieldProductCouponID],
+		OutRequestNo:    m[results.FieldOutRequestNo],
+		Batch:           m[results.FieldBatch],
+		Status:          Status(m[results.FieldStatus]),
+		ErrorCode:       m[results.FieldErrorCode],
+		ErrorMessage:    m[results.FieldErrorMessage],
+		RequestID:       m[results.FieldRequestID],
+		CouponState:     m[results.FieldCouponState],
+		PayloadSHA256:   m[results.FieldPayloadSHA256],
 	}
-	if c := m[FieldCoupon]; c != "" {
+	if c := m[results.FieldCoupon]; c != "" {
 		r.Coupon = json.RawMessage(c)
 	}
 	var errs []error
-	errs = append(errs, atoi(m, FieldAttempts, &r.Attempts), atoi(m, FieldHTTPStatus, &r.HTTPStatus),
-		parseTime(m, FieldEnqueuedAt, &r.EnqueuedAt), parseTime(m, FieldUpdatedAt, &r.UpdatedAt),
-		parseTime(m, FieldFinishedAt, &r.FinishedAt))
+	errs = append(errs, atoi(m, results.FieldAttempts, &r.Attempts), atoi(m, results.FieldHTTPStatus, &r.HTTPStatus),
+		parseTime(m, results.FieldEnqueuedAt, &r.EnqueuedAt), parseTime(m, results.FieldUpdatedAt, &r.UpdatedAt),
+		parseTime(m, results.FieldFinishedAt, &r.FinishedAt))
 	if err := errors.Join(errs...); err != nil {
 		return r, fmt.Errorf("couponq: result %s: %w", r.TaskID, err)
 	}
@@ -122,7 +124,7 @@ func NewReader(rdb redis.UniversalClient) *Reader { return &Reader{rdb: rdb} }
 
 // Result returns one task's result, or ErrNotFound.
 func (r *Reader) Result(ctx context.Context, taskID string) (*Result, error) {
-	m, err := r.rdb.HGetAll(ctx, ResultKey(taskID)).Result()
+	m, err := r.rdb.HGetAll(ctx, results.ResultKey(taskID)).Result()
 	if err != nil {
 		return nil, fmt.Errorf("couponq: read result %s: %w", taskID, err)
 	}
@@ -134,18 +136,18 @@ func (r *Reader) Result(ctx context.Context, taskID string) (*Result, error) {
 
 // Batch returns one batch's counters and state, or ErrNotFound.
 func (r *Reader) Batch(ctx context.Context, batchID string) (*BatchStatus, error) {
-	m, err := r.rdb.HGetAll(ctx, BatchKey(batchID)).Result()
+	m, err := r.rdb.HGetAll(ctx, results.BatchKey(batchID)).Result()
 	if err != nil {
 		return nil, fmt.Errorf("couponq: read batch %s: %w", batchID, err)
 	}
 	if len(m) == 0 {
 		return nil, fmt.Errorf("couponq: batch %s: %w", batchID, ErrNotFound)
 	}
-	b := &BatchStatus{ID: batchID, Sealed: m[BatchFieldSealed] == "1"}
+	b := &BatchStatus{ID: batchID, Sealed: m[results.BatchFieldSealed] == "1"}
 	errs := []error{
-		atoi(m, BatchFieldTotal, &b.Total), atoi(m, BatchFieldDuplicates, &b.Duplicates),
-		atoi(m, BatchFieldSucceeded, &b.Succeeded), atoi(m, BatchFieldFailed, &b.Failed),
-		parseTime(m, BatchFieldCreatedAt, &b.CreatedAt), parseTime(m, BatchFieldFinishedAt, &b.FinishedAt),
+		atoi(m, results.BatchFieldTotal, &b.Total), atoi(m, results.BatchFieldDuplicates, &b.Duplicates),
+		atoi(m, results.BatchFieldSucceeded, &b.Succeeded), atoi(m, results.BatchFieldFailed, &b.Failed),
+		parseTime(m, results.BatchFieldCreatedAt, &b.CreatedAt), parseTime(m, results.BatchFieldFinishedAt, &b.FinishedAt),
 	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, fmt.Errorf("couponq: batch %s: %w", batchID, err)
@@ -163,7 +165,7 @@ func (r *Reader) FailedTasks(ctx context.Context, batchID string, limit int) ([]
 		cursor uint64
 	)
 	for {
-		ids, next, err := r.rdb.SScan(ctx, BatchTasksKey(batchID), cursor, "", 500).Result()
+		ids, next, err := r.rdb.SScan(ctx, results.BatchTasksKey(batchID), cursor, "", 500).Result()
 		if err != nil {
 			return nil, fmt.Errorf("couponq: scan batch %s: %w", batchID, err)
 		}
@@ -171,7 +173,7 @@ func (r *Reader) FailedTasks(ctx context.Context, batchID string, limit int) ([]
 			cmds := make([]*redis.MapStringStringCmd, len(ids))
 			_, err := r.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 				for i, id := range ids {
-					cmds[i] = p.HGetAll(ctx, ResultKey(id))
+					cmds[i] = p.HGetAll(ctx, results.ResultKey(id))
 				}
 				return nil
 			})
@@ -180,7 +182,7 @@ func (r *Reader) FailedTasks(ctx context.Context, batchID string, limit int) ([]
 			}
 			for _, c := range cmds {
 				m := c.Val()
-				if m[FieldStatus] != string(StatusFailed) {
+				if m[results.FieldStatus] != string(StatusFailed) {
 					continue
 				}
 				res, err := parseResult(m)
@@ -200,6 +202,28 @@ func (r *Reader) FailedTasks(ctx context.Context, batchID string, limit int) ([]
 		out = out[:limit]
 	}
 	return out, nil
+}
+
+// BatchTaskIDs returns the IDs of every task batch batchID enqueued (its
+// task set; duplicates and conflicts are not in it), sorted. A batch that
+// does not exist, or enqueued nothing, has none.
+func (r *Reader) BatchTaskIDs(ctx context.Context, batchID string) ([]string, error) {
+	var (
+		out    []string
+		cursor uint64
+	)
+	for {
+		ids, next, err := r.rdb.SScan(ctx, results.BatchTasksKey(batchID), cursor, "", 1000).Result()
+		if err != nil {
+			return nil, fmt.Errorf("couponq: scan batch %s: %w", batchID, err)
+		}
+		out = append(out, ids...)
+		if cursor = next; cursor == 0 {
+			break
+		}
+	}
+	slices.Sort(out)
+	return slices.Compact(out), nil
 }
 
 // Wait polls batch batchID every interval (at least 10ms) until it is done,

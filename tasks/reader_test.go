@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/couponq/couponq/internal/results"
 	"github.com/google/go-cmp/cmp"
 )
 
@@ -27,14 +28,14 @@ func TestReaderResult(t *testing.T) {
 		t.Fatal(err)
 	}
 	coupon := `{"product_coupon_id":"1000000013","state":"DEACTIVATED"}`
-	id := Identity{TaskID: c.TaskID(), Op: c.Op, BrandID: c.BrandID, ProductCouponID: c.ProductCouponID, OutRequestNo: c.OutRequestNo}
-	if _, err := b.store.Begin(ctx, id); err != nil {
+	id := results.Identity{TaskID: c.TaskID(), Op: string(c.Op), BrandID: c.BrandID, ProductCouponID: c.ProductCouponID, OutRequestNo: c.OutRequestNo}
+	if _, _, err := b.store.Begin(ctx, id); err != nil {
 		t.Fatal(err)
 	}
-	if err := b.store.Retrying(ctx, id.TaskID, Attempt{Calls: 1, HTTPStatus: 500, ErrorCode: "SYSTEM_ERROR", ErrorMessage: "busy", RequestID: "r1"}); err != nil {
+	if err := b.store.Retrying(ctx, id.TaskID, results.Attempt{Calls: 1, HTTPStatus: 500, ErrorCode: "SYSTEM_ERROR", ErrorMessage: "busy", RequestID: "r1"}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := b.store.Finish(ctx, id.TaskID, StatusSucceeded, Attempt{Calls: 1, HTTPStatus: 200, RequestID: "r2", Coupon: []byte(coupon), CouponState: "DEACTIVATED"}); err != nil {
+	if _, err := b.store.Finish(ctx, id.TaskID, StatusSucceeded, results.Attempt{Calls: 1, HTTPStatus: 200, RequestID: "r2", Coupon: []byte(coupon), CouponState: "DEACTIVATED"}); err != nil {
 		t.Fatal(err)
 	}
 	got, err := b.reader.Result(ctx, id.TaskID)
@@ -53,7 +54,7 @@ func TestReaderResult(t *testing.T) {
 	if _, err := json.Marshal(got); err != nil {
 		t.Errorf("result does not marshal: %v", err)
 	}
-	b.mr.HSet(ResultKey(id.TaskID), FieldAttempts, "many")
+	b.mr.HSet(results.ResultKey(id.TaskID), results.FieldAttempts, "many")
 	if _, err := b.reader.Result(ctx, id.TaskID); err == nil {
 		t.Error("a malformed attempts field was accepted")
 	}

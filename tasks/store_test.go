@@ -4,26 +4,27 @@ import (
 	"fmt"
 	"testing"
 
+	"github.com/couponq/couponq/internal/results"
 	"github.com/google/go-cmp/cmp"
 )
 
 func TestStoreLua(t *testing.T) {
 	t.Parallel()
-	id := func(n string) Identity {
-		return Identity{TaskID: "get:b:" + n, Op: OpGet, BrandID: "b", ProductCouponID: "1", OutRequestNo: n, Batch: "x"}
+	id := func(n string) results.Identity {
+		return results.Identity{TaskID: "get:b:" + n, Op: string(OpGet), BrandID: "b", ProductCouponID: "1", OutRequestNo: n, Batch: "x"}
 	}
 	tests := []struct {
 		name string
-		run  func(t *testing.T, b *testBundle, s *Store)
+		run  func(t *testing.T, b *testBundle, s *results.Store)
 		want BatchStatus
 	}{
 		{
 			name: "finish twice counts once",
-			run: func(t *testing.T, b *testBundle, s *Store) {
-				mustAccept(t, s, id("t1"), Accepted)
+			run: func(t *testing.T, b *testBundle, s *results.Store) {
+				mustAccept(t, s, id("t1"), results.Accepted)
 				mustBegin(t, s, id("t1"), StatusRunning)
 				for i, want := range []bool{true, false} {
-					if ok, err := s.Finish(t.Context(), "get:b:t1", []Status{StatusSucceeded, StatusFailed}[i], Attempt{Calls: 1}); err != nil || ok != want {
+					if ok, err := s.Finish(t.Context(), "get:b:t1", []Status{StatusSucceeded, StatusFailed}[i], results.Attempt{Calls: 1}); err != nil || ok != want {
 						t.Fatalf("Finish #%d = %v, %v; want %v", i+1, ok, err, want)
 					}
 				}
@@ -36,14 +37,14 @@ func TestStoreLua(t *testing.T) {
 		},
 		{
 			name: "begin on a terminal task returns the terminal status",
-			run: func(t *testing.T, b *testBundle, s *Store) {
-				mustAccept(t, s, id("t1"), Accepted)
+			run: func(t *testing.T, b *testBundle, s *results.Store) {
+				mustAccept(t, s, id("t1"), results.Accepted)
 				mustBegin(t, s, id("t1"), StatusRunning)
-				if _, err := s.Finish(t.Context(), "get:b:t1", StatusFailed, Attempt{Calls: 2, HTTPStatus: 400, ErrorCode: "PARAM_ERROR"}); err != nil {
+				if _, err := s.Finish(t.Context(), "get:b:t1", StatusFailed, results.Attempt{Calls: 2, HTTPStatus: 400, ErrorCode: "PARAM_ERROR"}); err != nil {
 					t.Fatal(err)
 				}
 				mustBegin(t, s, id("t1"), StatusFailed)
-				if err := s.Retrying(t.Context(), "get:b:t1", Attempt{Calls: 1, ErrorCode: "LATE"}); err != nil {
+				if err := s.Retrying(t.Context(), "get:b:t1", results.Attempt{Calls: 1, ErrorCode: "LATE"}); err != nil {
 					t.Fatal(err)
 				}
 				r, _ := b.reader.Result(t.Context(), "get:b:t1")
@@ -55,24 +56,24 @@ func TestStoreLua(t *testing.T) {
 		},
 		{
 			name: "finish refuses a non-terminal status",
-			run: func(t *testing.T, b *testBundle, s *Store) {
-				if _, err := s.Finish(t.Context(), "get:b:t1", StatusRunning, Attempt{}); err == nil {
+			run: func(t *testing.T, b *testBundle, s *results.Store) {
+				if _, err := s.Finish(t.Context(), "get:b:t1", StatusRunning, results.Attempt{}); err == nil {
 					t.Error("Finish(running) succeeded")
 				}
 			},
 		},
 		{
 			name: "unaccept a queued task, counting it a duplicate",
-			run: func(t *testing.T, b *testBundle, s *Store) {
-				mustAccept(t, s, id("t1"), Accepted)
-				mustAccept(t, s, id("t2"), Accepted)
-				if ok, err := s.unaccept(t.Context(), id("t1"), true); err != nil || !ok {
+			run: func(t *testing.T, b *testBundle, s *results.Store) {
+				mustAccept(t, s, id("t1"), results.Accepted)
+				mustAccept(t, s, id("t2"), results.Accepted)
+				if ok, err := s.Unaccept(t.Context(), id("t1"), true); err != nil || !ok {
 					t.Fatalf("unaccept = %v, %v", ok, err)
 				}
-				if err := s.Unaccept(t.Context(), id("t2"), false); err != nil {
+				if _, err := s.Unaccept(t.Context(), id("t2"), false); err != nil {
 					t.Fatal(err)
 				}
-				if b.mr.Exists(ResultKey("get:b:t1")) || b.members(t, "x") != 0 {
+				if b.mr.Exists(results.ResultKey("get:b:t1")) || b.members(t, "x") != 0 {
 					t.Error("unaccepted task left behind")
 				}
 				mustSeal(t, s)
@@ -81,10 +82,10 @@ func TestStoreLua(t *testing.T) {
 		},
 		{
 			name: "unaccept leaves a task a worker began",
-			run: func(t *testing.T, b *testBundle, s *Store) {
-				mustAccept(t, s, id("t1"), Accepted)
+			run: func(t *testing.T, b *testBundle, s *results.Store) {
+				mustAccept(t, s, id("t1"), results.Accepted)
 				mustBegin(t, s, id("t1"), StatusRunning)
-				if ok, err := s.unaccept(t.Context(), id("t1"), true); err != nil || ok {
+				if ok, err := s.Unaccept(t.Context(), id("t1"), true); err != nil || ok {
 					t.Fatalf("unaccept = %v, %v; want false", ok, err)
 				}
 			},
@@ -92,10 +93,10 @@ func TestStoreLua(t *testing.T) {
 		},
 		{
 			name: "unaccept finishes a sealed batch it empties",
-			run: func(t *testing.T, b *testBundle, s *Store) {
-				mustAccept(t, s, id("t1"), Accepted)
+			run: func(t *testing.T, b *testBundle, s *results.Store) {
+				mustAccept(t, s, id("t1"), results.Accepted)
 				mustSeal(t, s)
-				if err := s.Unaccept(t.Context(), id("t1"), false); err != nil {
+				if _, err := s.Unaccept(t.Context(), id("t1"), false); err != nil {
 					t.Fatal(err)
 				}
 			},
@@ -103,10 +104,10 @@ func TestStoreLua(t *testing.T) {
 		},
 		{
 			name: "accept: duplicate and conflict",
-			run: func(t *testing.T, b *testBundle, s *Store) {
-				mustAccept(t, s, id("t1"), Accepted)
-				mustAccept(t, s, id("t1"), Duplicate)
-				if out, err := s.Accept(t.Context(), id("t1"), "other"); err != nil || out != Conflict {
+			run: func(t *testing.T, b *testBundle, s *results.Store) {
+				mustAccept(t, s, id("t1"), results.Accepted)
+				mustAccept(t, s, id("t1"), results.Duplicate)
+				if out, err := s.Accept(t.Context(), id("t1"), "other"); err != nil || out != results.Conflict {
 					t.Fatalf("Accept with another payload = %v, %v", out, err)
 				}
 			},
@@ -114,14 +115,14 @@ func TestStoreLua(t *testing.T) {
 		},
 		{
 			name: "a result made by Begin alone (no payload hash) is a conflict",
-			run: func(t *testing.T, b *testBundle, s *Store) {
+			run: func(t *testing.T, b *testBundle, s *results.Store) {
 				mustBegin(t, s, id("t1"), StatusRunning)
-				mustAccept(t, s, id("t1"), Conflict)
+				mustAccept(t, s, id("t1"), results.Conflict)
 			},
 		},
 		{
 			name: "reopening a finished batch: a new task unfinishes it, sealing again finishes it",
-			run: func(t *testing.T, b *testBundle, s *Store) {
+			run: func(t *testing.T, b *testBundle, s *results.Store) {
 				mustSeal(t, s) // empty: finished at once
 				if st := b.batch(t, "x"); !st.Done() {
 					t.Fatalf("empty sealed batch not done: %+v", st)
@@ -129,12 +130,12 @@ func TestStoreLua(t *testing.T) {
 				if err := s.OpenBatch(t.Context(), "x"); err != nil {
 					t.Fatal(err)
 				}
-				mustAccept(t, s, id("t1"), Accepted)
+				mustAccept(t, s, id("t1"), results.Accepted)
 				if st := b.batch(t, "x"); st.Done() || st.Sealed {
 					t.Fatalf("reopened batch with a new task: %+v", st)
 				}
 				mustBegin(t, s, id("t1"), StatusRunning)
-				if _, err := s.Finish(t.Context(), "get:b:t1", StatusSucceeded, Attempt{Calls: 1}); err != nil {
+				if _, err := s.Finish(t.Context(), "get:b:t1", StatusSucceeded, results.Attempt{Calls: 1}); err != nil {
 					t.Fatal(err)
 				}
 				if st := b.batch(t, "x"); st.Done() {
@@ -160,28 +161,28 @@ func TestStoreLua(t *testing.T) {
 			if diff := cmp.Diff(&tt.want, got); diff != "" {
 				t.Errorf("batch (-want +got):\n%s", diff)
 			}
-			if ttl := b.mr.TTL(BatchKey("x")); ttl != DefaultResultTTL {
+			if ttl := b.mr.TTL(results.BatchKey("x")); ttl != DefaultResultTTL {
 				t.Errorf("batch TTL = %v", ttl)
 			}
 		})
 	}
 }
 
-func mustAccept(t *testing.T, s *Store, id Identity, want AcceptOutcome) {
+func mustAccept(t *testing.T, s *results.Store, id results.Identity, want results.AcceptOutcome) {
 	t.Helper()
 	if out, err := s.Accept(t.Context(), id, "sha-"+id.TaskID); err != nil || out != want {
 		t.Fatalf("Accept %s = %v, %v; want %v", id.TaskID, out, err, want)
 	}
 }
 
-func mustBegin(t *testing.T, s *Store, id Identity, want Status) {
+func mustBegin(t *testing.T, s *results.Store, id results.Identity, want Status) {
 	t.Helper()
-	if st, err := s.Begin(t.Context(), id); err != nil || st != want {
+	if st, _, err := s.Begin(t.Context(), id); err != nil || st != want {
 		t.Fatalf("Begin %s = %v, %v; want %v", id.TaskID, st, err, want)
 	}
 }
 
-func mustSeal(t *testing.T, s *Store) {
+func mustSeal(t *testing.T, s *results.Store) {
 	t.Helper()
 	if err := s.SealBatch(t.Context(), "x"); err != nil {
 		t.Fatal(err)
@@ -192,12 +193,12 @@ func mustSeal(t *testing.T, s *Store) {
 // batch counters the same way.
 func TestStoreAcceptManyMatchesAccept(t *testing.T) {
 	t.Parallel()
-	item := func(n, sha string) AcceptItem {
-		return AcceptItem{Identity: Identity{TaskID: "get:b:" + n, Op: OpGet, BrandID: "b", ProductCouponID: "1", OutRequestNo: n, Batch: "x"}, PayloadSHA256: sha}
+	item := func(n, sha string) results.AcceptItem {
+		return results.AcceptItem{Identity: results.Identity{TaskID: "get:b:" + n, Op: string(OpGet), BrandID: "b", ProductCouponID: "1", OutRequestNo: n, Batch: "x"}, PayloadSHA256: sha}
 	}
 	// t0 exists beforehand (same payload), t9 was made by a worker's Begin alone.
-	items := []AcceptItem{item("t1", "a"), item("t1", "a"), item("t2", "b"), item("t2", "c"), item("t0", "z"), item("t0", "other"), item("t9", "q"), item("t3", "d")}
-	var results [2][]AcceptOutcome
+	items := []results.AcceptItem{item("t1", "a"), item("t1", "a"), item("t2", "b"), item("t2", "c"), item("t0", "z"), item("t0", "other"), item("t9", "q"), item("t3", "d")}
+	var outs [2][]results.AcceptOutcome
 	var states [2]*BatchStatus
 	var members [2]int
 	for i, many := range []bool{false, true} {
@@ -206,7 +207,7 @@ func TestStoreAcceptManyMatchesAccept(t *testing.T) {
 		if err := s.OpenBatch(t.Context(), "x"); err != nil {
 			t.Fatal(err)
 		}
-		if out, err := s.Accept(t.Context(), item("t0", "z").Identity, "z"); err != nil || out != Accepted {
+		if out, err := s.Accept(t.Context(), item("t0", "z").Identity, "z"); err != nil || out != results.Accepted {
 			t.Fatal(out, err)
 		}
 		mustBegin(t, s, item("t9", "").Identity, StatusRunning)
@@ -215,14 +216,14 @@ func TestStoreAcceptManyMatchesAccept(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			results[i] = out
+			outs[i] = out
 		} else {
 			for _, it := range items {
 				out, err := s.Accept(t.Context(), it.Identity, it.PayloadSHA256)
 				if err != nil {
 					t.Fatal(err)
 				}
-				results[i] = append(results[i], out)
+				outs[i] = append(outs[i], out)
 			}
 		}
 		states[i], members[i] = b.batch(t, "x"), b.members(t, "x")
@@ -230,11 +231,11 @@ func TestStoreAcceptManyMatchesAccept(t *testing.T) {
 			t.Errorf("many=%v: result t3 = %+v, %v", many, r, err)
 		}
 	}
-	want := []AcceptOutcome{Accepted, Duplicate, Accepted, Conflict, Duplicate, Conflict, Conflict, Accepted}
-	if diff := cmp.Diff(want, results[0]); diff != "" {
+	want := []results.AcceptOutcome{results.Accepted, results.Duplicate, results.Accepted, results.Conflict, results.Duplicate, results.Conflict, results.Conflict, results.Accepted}
+	if diff := cmp.Diff(want, outs[0]); diff != "" {
 		t.Errorf("Accept outcomes (-want +got):\n%s", diff)
 	}
-	if diff := cmp.Diff(results[0], results[1]); diff != "" {
+	if diff := cmp.Diff(outs[0], outs[1]); diff != "" {
 		t.Errorf("AcceptMany differs from Accept (-Accept +AcceptMany):\n%s", diff)
 	}
 	if diff := cmp.Diff(states[0], states[1]); diff != "" || members[0] != members[1] || states[1].Total != 4 || states[1].Duplicates != 2 {
@@ -248,16 +249,16 @@ func TestStoreAcceptManyChunks(t *testing.T) {
 	if err := b.store.OpenBatch(t.Context(), "x"); err != nil {
 		t.Fatal(err)
 	}
-	items := make([]AcceptItem, maxAcceptMany+3)
+	items := make([]results.AcceptItem, results.MaxAcceptMany+3)
 	for i := range items {
-		n := fmt.Sprintf("t%04d", i%(maxAcceptMany+1)) // the last two repeat the first two
-		items[i] = AcceptItem{Identity: Identity{TaskID: "get:b:" + n, Op: OpGet, BrandID: "b", ProductCouponID: "1", OutRequestNo: n}, PayloadSHA256: "s"}
+		n := fmt.Sprintf("t%04d", i%(results.MaxAcceptMany+1)) // the last two repeat the first two
+		items[i] = results.AcceptItem{Identity: results.Identity{TaskID: "get:b:" + n, Op: string(OpGet), BrandID: "b", ProductCouponID: "1", OutRequestNo: n}, PayloadSHA256: "s"}
 	}
 	out, err := b.store.AcceptMany(t.Context(), "x", items)
-	if err != nil || len(out) != len(items) || out[len(out)-1] != Duplicate || out[maxAcceptMany] != Accepted {
+	if err != nil || len(out) != len(items) || out[len(out)-1] != results.Duplicate || out[results.MaxAcceptMany] != results.Accepted {
 		t.Fatalf("AcceptMany = %v…, %v", len(out), err)
 	}
-	if s := b.batch(t, "x"); s.Total != maxAcceptMany+1 || s.Duplicates != 2 {
+	if s := b.batch(t, "x"); s.Total != results.MaxAcceptMany+1 || s.Duplicates != 2 {
 		t.Errorf("batch = %+v", s)
 	}
 }

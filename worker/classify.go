@@ -8,7 +8,7 @@ import (
 	"strconv"
 	"unicode/utf8"
 
-	"github.com/couponq/couponq/tasks"
+	"github.com/couponq/couponq/internal/results"
 	"github.com/couponq/couponq/wechatpay"
 )
 
@@ -38,7 +38,7 @@ const maxErrorMessage = 500
 // classify describes a failed call: its outcome label and the result-hash
 // fields of the attempt (Calls is left to the caller). Messages come from
 // error strings that never carry keys or headers; they are truncated.
-func classify(err error) (outcome string, a tasks.Attempt) {
+func classify(err error) (outcome string, a results.Attempt) {
 	var (
 		ae *wechatpay.APIError
 		vf *wechatpay.VerifyError
@@ -56,21 +56,21 @@ func classify(err error) (outcome string, a tasks.Attempt) {
 		if msg == "" {
 			msg = ae.Error()
 		}
-		return outcomeAPIError, tasks.Attempt{HTTPStatus: ae.HTTPStatus, ErrorCode: code,
+		return outcomeAPIError, results.Attempt{HTTPStatus: ae.HTTPStatus, ErrorCode: code,
 			ErrorMessage: clip(msg), RequestID: ae.RequestID}
 	case errors.As(err, &vf):
-		return outcomeVerifyError, tasks.Attempt{HTTPStatus: vf.HTTPStatus, ErrorCode: CodeSignatureInvalid,
+		return outcomeVerifyError, results.Attempt{HTTPStatus: vf.HTTPStatus, ErrorCode: CodeSignatureInvalid,
 			ErrorMessage: clip(err.Error()), RequestID: vf.RequestID}
 	case errors.As(err, &va):
-		return outcomeClientError, tasks.Attempt{ErrorCode: CodeInvalidPayload, ErrorMessage: clip(err.Error())}
+		return outcomeClientError, results.Attempt{ErrorCode: CodeInvalidPayload, ErrorMessage: clip(err.Error())}
 	case errors.Is(err, context.DeadlineExceeded):
-		return outcomeNetworkError, tasks.Attempt{ErrorCode: CodeTimeout, ErrorMessage: clip(err.Error())}
+		return outcomeNetworkError, results.Attempt{ErrorCode: CodeTimeout, ErrorMessage: clip(err.Error())}
 	case errors.Is(err, context.Canceled):
-		return outcomeNetworkError, tasks.Attempt{ErrorCode: CodeInterrupted, ErrorMessage: clip(err.Error())}
+		return outcomeNetworkError, results.Attempt{ErrorCode: CodeInterrupted, ErrorMessage: clip(err.Error())}
 	case errors.As(err, &ue), errors.As(err, &ne):
-		return outcomeNetworkError, tasks.Attempt{ErrorCode: CodeNetworkError, ErrorMessage: clip(err.Error())}
+		return outcomeNetworkError, results.Attempt{ErrorCode: CodeNetworkError, ErrorMessage: clip(err.Error())}
 	default:
-		return outcomeClientError, tasks.Attempt{ErrorCode: CodeClientError, ErrorMessage: clip(err.Error())}
+		return outcomeClientError, results.Attempt{ErrorCode: CodeClientError, ErrorMessage: clip(err.Error())}
 	}
 }
 

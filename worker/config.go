@@ -36,7 +36,7 @@ const (
 // Config configures a Worker. Zero values take the defaults; New rejects
 // values that cannot work, naming the field.
 type Config struct {
-	// Redis is where the queues and results live (a *tasks.RedisConn).
+	// Redis is where the queues and results live (a *redisurl.Conn).
 	// Required.
 	Redis asynq.RedisConnOpt
 	// Queues to serve with their priorities. Default {"couponq": 1}.
@@ -115,7 +115,7 @@ func (cfg Config) Validate() error {
 		errs = append(errs, fmt.Errorf("worker: Config.%s %s", field, fmt.Sprintf(format, args...)))
 	}
 	if isNil(cfg.Redis) {
-		bad("Redis", "is required (a *tasks.RedisConn from tasks.ParseRedisURL)")
+		bad("Redis", "is required (a *redisurl.Conn from redisurl.Parse)")
 	}
 	for q, p := range cfg.Queues {
 		switch {

@@ -30,7 +30,7 @@
 // deactivate_request_no is our out_request_no, an update iff its
 // display_info holds what we sent.
 //
-// Results reach a terminal status exactly once (tasks.Store.Finish), and
+// Results reach a terminal status exactly once (the results store's Finish), and
 // batch counters move with it. Tasks asynq archives without calling the
 // handler (lease expiry at the last retry) are recorded as failed with
 // error_code ARCHIVED by SweepArchived.

@@ -8,11 +8,11 @@ import (
 	"log/slog"
 	"reflect"
 	"slices"
-	"strconv"
 	"time"
 
 	"github.com/hibiken/asynq"
 
+	"github.com/couponq/couponq/internal/results"
 	"github.com/couponq/couponq/tasks"
 	"github.com/couponq/couponq/wechatpay"
 )
@@ -41,15 +41,16 @@ func (e *deferError) RetryAfter() time.Duration { return e.after }
 
 // run is one execution of a task's handler.
 type run struct {
-	w        *Worker
-	c        *change
-	taskID   string
-	log      *slog.Logger
-	retried  int  // asynq retries so far
-	maxRetry int  // min(Config.MaxRetry, the task's asynq max retry)
-	asynqMax int  // the task's asynq max retry; asynq archives a failure at retried >= asynqMax
-	hasMax   bool // asynqMax is known (false when ProcessTask is called directly)
-	calls    int  // API calls made in this run
+	w          *Worker
+	c          *change
+	taskID     string
+	log        *slog.Logger
+	retried    int  // asynq retries so far
+	maxRetry   int  // min(Config.MaxRetry, the task's asynq max retry)
+	asynqMax   int  // the task's asynq max retry; asynq archives a failure at retried >= asynqMax
+	hasMax     bool // asynqMax is known (false when ProcessTask is called directly)
+	calls      int  // API calls made in this run
+	priorCalls int  // API calls recorded by earlier runs, as Store.Begin read them
 }
 
 // process is the asynq handler of all three task types.
@@ -72,17 +73,18 @@ func (w *Worker) process(ctx context.Context, t *asynq.Task) error {
 	}
 	r.log = w.log.With("task_id", taskID, "op", string(c.op), "out_request_no", c.outRequestNo, "attempt", r.retried+1)
 
-	st, err := w.store.Begin(ctx, tasks.Identity{TaskID: taskID, Op: c.op, BrandID: c.brandID,
+	st, priorCalls, err := w.store.Begin(ctx, results.Identity{TaskID: taskID, Op: string(c.op), BrandID: c.brandID,
 		ProductCouponID: c.productCouponID, OutRequestNo: c.outRequestNo})
 	if err != nil {
 		return fmt.Errorf("worker: %w", err)
 	}
+	r.priorCalls = priorCalls
 	if st.Terminal() {
 		r.log.Info("task already finished; re-delivery skipped", "status", string(st))
 		return nil
 	}
 	if decErr != nil {
-		a := tasks.Attempt{ErrorCode: CodeInvalidPayload, ErrorMessage: clip(decErr.Error())}
+		a := results.Attempt{ErrorCode: CodeInvalidPayload, ErrorMessage: clip(decErr.Error())}
 		return r.finish(ctx, tasks.StatusFailed, a, fmt.Errorf("worker: invalid payload: %w: %w", decErr, asynq.SkipRetry))
 	}
 	return r.execute(ctx)
@@ -116,7 +118,7 @@ func (r *run) execute(ctx context.Context) error {
 	if wechatpay.IsRetryable(err) || errors.Is(err, context.DeadlineExceeded) {
 		return r.retryOrGiveUp(ctx, a, err)
 	}
-	if r.c.op != tasks.OpGet && mayBeAlreadyApplied(err) && r.mayHaveAppliedBefore(ctx) {
+	if r.c.op != tasks.OpGet && mayBeAlreadyApplied(err) && r.mayHaveAppliedBefore() {
 		return r.reconcile(ctx, a, err)
 	}
 	return r.finish(ctx, tasks.StatusFailed, a, fmt.Errorf("worker: permanent error: %w: %w", err, asynq.SkipRetry))
@@ -134,7 +136,7 @@ func (r *run) wait(ctx context.Context, op tasks.Op) error {
 		return fmt.Errorf("worker: interrupted waiting for a %s slot: %w", op, err)
 	}
 	if d, ok := retryAfter(err); ok {
-		a := tasks.Attempt{ErrorCode: CodeRateLimited, ErrorMessage: clip(fmt.Sprintf("rate limit: next %s slot in %v", op, d))}
+		a := results.Attempt{ErrorCode: CodeRateLimited, ErrorMessage: clip(fmt.Sprintf("rate limit: next %s slot in %v", op, d))}
 		return r.deferTask(ctx, a, "rate_limited_local", fmt.Errorf("worker: %w", err))
 	}
 	return fmt.Errorf("worker: rate limiter: %w", err)
@@ -179,13 +181,13 @@ func (r *run) succeed(ctx context.Context, coupon *wechatpay.ProductCoupon) erro
 			raw = nil
 		}
 	}
-	a := tasks.Attempt{HTTPStatus: 200, Coupon: raw, CouponState: string(coupon.State)}
+	a := results.Attempt{HTTPStatus: 200, Coupon: raw, CouponState: string(coupon.State)}
 	return r.finish(ctx, tasks.StatusSucceeded, a, nil)
 }
 
 // retryOrGiveUp handles a retryable error: retrying while retries remain,
 // failed (and archived through SkipRetry) once they are used up.
-func (r *run) retryOrGiveUp(ctx context.Context, a tasks.Attempt, err error) error {
+func (r *run) retryOrGiveUp(ctx context.Context, a results.Attempt, err error) error {
 	if r.retried >= r.maxRetry {
 		return r.finish(ctx, tasks.StatusFailed, a,
 			fmt.Errorf("worker: giving up after %d attempts: %w: %w", r.retried+1, err, asynq.SkipRetry))
@@ -200,7 +202,7 @@ func (r *run) retryOrGiveUp(ctx context.Context, a tasks.Attempt, err error) err
 // deferTask hands the task back for a rate limit. asynq archives any error
 // once retried reaches its max retry, rate limits included, so on that last
 // run the task fails here rather than in the archive.
-func (r *run) deferTask(ctx context.Context, a tasks.Attempt, reason string, err error) error {
+func (r *run) deferTask(ctx context.Context, a results.Attempt, reason string, err error) error {
 	if r.hasMax && r.retried >= r.asynqMax {
 		return r.finish(ctx, tasks.StatusFailed, a,
 			fmt.Errorf("worker: giving up after %d attempts: %w: %w", r.retried+1, err, asynq.SkipRetry))
@@ -211,7 +213,7 @@ func (r *run) deferTask(ctx context.Context, a tasks.Attempt, reason string, err
 	return err
 }
 
-func (r *run) retrying(ctx context.Context, a tasks.Attempt, reason string) error {
+func (r *run) retrying(ctx context.Context, a results.Attempt, reason string) error {
 	a.Calls = r.calls
 	r.w.metrics.ObserveRetry(string(r.c.op), reason)
 	err := detached(ctx, func(ctx context.Context) error { return r.w.store.Retrying(ctx, r.taskID, a) })
@@ -226,7 +228,7 @@ func (r *run) retrying(ctx context.Context, a tasks.Attempt, reason string) erro
 // finish records the terminal outcome (once; a second finish changes
 // nothing) and returns ret. If the result cannot be written the task is
 // retried instead, so the outcome is never lost.
-func (r *run) finish(ctx context.Context, st tasks.Status, a tasks.Attempt, ret error) error {
+func (r *run) finish(ctx context.Context, st tasks.Status, a results.Attempt, ret error) error {
 	a.Calls = r.calls
 	var done bool
 	err := detached(ctx, func(ctx context.Context) (err error) {
@@ -255,26 +257,15 @@ func (r *run) finish(ctx context.Context, st tasks.Status, a tasks.Attempt, ret 
 // mayHaveAppliedBefore reports whether an earlier run of this task may have
 // reached WeChat Pay: asynq retried it, or its result counts API calls (a
 // run interrupted by a shutdown is handed back without counting a retry).
-func (r *run) mayHaveAppliedBefore(ctx context.Context) bool {
-	if r.retried > 0 {
-		return true
-	}
-	var n string
-	err := detached(ctx, func(ctx context.Context) (err error) {
-		n, err = r.w.rdb.HGet(ctx, tasks.ResultKey(r.taskID), tasks.FieldAttempts).Result()
-		return err
-	})
-	if err != nil {
-		return false
-	}
-	calls, _ := strconv.Atoi(n)
-	return calls > 0
+// The count is the one Store.Begin read as this run began.
+func (r *run) mayHaveAppliedBefore() bool {
+	return r.retried > 0 || r.priorCalls > 0
 }
 
 // reconcile decides a refused retry of a write from the coupon itself: a
 // GET shows whether our earlier attempt took effect (deactivate_request_no
 // is our out_request_no; display_info holds what we sent).
-func (r *run) reconcile(ctx context.Context, orig tasks.Attempt, origErr error) error {
+func (r *run) reconcile(ctx context.Context, orig results.Attempt, origErr error) error {
 	fail := func() error {
 		return r.finish(ctx, tasks.StatusFailed, orig, fmt.Errorf("worker: permanent error: %w: %w", origErr, asynq.SkipRetry))
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/couponq/couponq/internal/results"
 	"github.com/couponq/couponq/tasks"
 	"github.com/couponq/couponq/wechatpay"
 )
@@ -28,7 +29,7 @@ const (
 type testBundle struct {
 	mr      *miniredis.Miniredis
 	rdb     *redis.Client
-	store   *tasks.Store
+	store   *results.Store
 	api     *stubAPI
 	limiter *fakeLimiter
 	metrics *fakeMetrics
@@ -52,7 +53,7 @@ func setup(t *testing.T, mutate ...func(*Config)) *testBundle {
 	b := &testBundle{mr: mr, api: newStubAPI(), limiter: &fakeLimiter{}, metrics: newFakeMetrics()}
 	b.rdb = redis.NewClient(&redis.Options{Addr: mr.Addr()})
 	t.Cleanup(func() { b.rdb.Close() })
-	b.store = tasks.NewStore(b.rdb)
+	b.store = results.NewStore(b.rdb)
 	cfg := Config{Redis: asynq.RedisClientOpt{Addr: mr.Addr()}, MaxRetry: 3, Limiter: b.limiter, Metrics: b.metrics}
 	for _, m := range mutate {
 		m(&cfg)
@@ -85,14 +86,14 @@ func (b *testBundle) enqueue(t *testing.T, payloads ...any) []*asynq.Task {
 	var out []*asynq.Task
 	for _, p := range payloads {
 		var typ string
-		var id tasks.Identity
+		var id results.Identity
 		switch p := p.(type) {
 		case *wechatpay.UpdateProductCouponRequest:
-			typ, id = tasks.TypeUpdate, tasks.Identity{Op: tasks.OpUpdate, BrandID: p.BrandID, ProductCouponID: p.ProductCouponID, OutRequestNo: p.OutRequestNo}
+			typ, id = tasks.TypeUpdate, results.Identity{Op: string(tasks.OpUpdate), BrandID: p.BrandID, ProductCouponID: p.ProductCouponID, OutRequestNo: p.OutRequestNo}
 		case *wechatpay.DeactivateProductCouponRequest:
-			typ, id = tasks.TypeDeactivate, tasks.Identity{Op: tasks.OpDeactivate, BrandID: p.BrandID, ProductCouponID: p.ProductCouponID, OutRequestNo: p.OutRequestNo}
+			typ, id = tasks.TypeDeactivate, results.Identity{Op: string(tasks.OpDeactivate), BrandID: p.BrandID, ProductCouponID: p.ProductCouponID, OutRequestNo: p.OutRequestNo}
 		case *tasks.GetPayload:
-			typ, id = tasks.TypeGet, tasks.Identity{Op: tasks.OpGet, BrandID: p.BrandID, ProductCouponID: p.ProductCouponID, OutRequestNo: p.OutRequestNo}
+			typ, id = tasks.TypeGet, results.Identity{Op: string(tasks.OpGet), BrandID: p.BrandID, ProductCouponID: p.ProductCouponID, OutRequestNo: p.OutRequestNo}
 		default:
 			t.Fatalf("enqueue: %T", p)
 		}
@@ -100,10 +101,10 @@ func (b *testBundle) enqueue(t *testing.T, payloads ...any) []*asynq.Task {
 		if err != nil {
 			t.Fatal(err)
 		}
-		id.TaskID = tasks.TaskID(id.Op, id.BrandID, id.OutRequestNo)
+		id.TaskID = tasks.TaskID(tasks.Op(id.Op), id.BrandID, id.OutRequestNo)
 		id.Batch = testBatch
 		sum := sha256.Sum256(body)
-		if out, err := b.store.Accept(ctx, id, hex.EncodeToString(sum[:])); err != nil || out != tasks.Accepted {
+		if out, err := b.store.Accept(ctx, id, hex.EncodeToString(sum[:])); err != nil || out != results.Accepted {
 			t.Fatalf("accept %s: %v %v", id.TaskID, out, err)
 		}
 		out = append(out, asynq.NewTask(typ, body))
@@ -116,7 +117,7 @@ func (b *testBundle) enqueue(t *testing.T, payloads ...any) []*asynq.Task {
 
 func (b *testBundle) result(t *testing.T, taskID string) map[string]string {
 	t.Helper()
-	m, err := b.rdb.HGetAll(t.Context(), tasks.ResultKey(taskID)).Result()
+	m, err := b.rdb.HGetAll(t.Context(), results.ResultKey(taskID)).Result()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -125,7 +126,7 @@ func (b *testBundle) result(t *testing.T, taskID string) map[string]string {
 
 func (b *testBundle) batch(t *testing.T) map[string]string {
 	t.Helper()
-	m, err := b.rdb.HGetAll(t.Context(), tasks.BatchKey(testBatch)).Result()
+	m, err := b.rdb.HGetAll(t.Context(), results.BatchKey(testBatch)).Result()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -153,7 +154,7 @@ func deactivateReq(coupon, outNo string) *wechatpay.DeactivateProductCouponReque
 
 func taskIDOf(op tasks.Op, outNo string) string { return tasks.TaskID(op, testBrand, outNo) }
 
-var resultFields = []string{tasks.FieldStatus, tasks.FieldAttempts, tasks.FieldHTTPStatus, tasks.FieldErrorCode, tasks.FieldCouponState}
+var resultFields = []string{results.FieldStatus, results.FieldAttempts, results.FieldHTTPStatus, results.FieldErrorCode, results.FieldCouponState}
 
 func TestHandlerOutcomes(t *testing.T) {
 	t.Parallel()
@@ -297,20 +298,20 @@ func TestHandlerOutcomes(t *testing.T) {
 			if tt.retryReason != "" && b.metrics.retries[tt.retryReason] != 1 {
 				t.Errorf("retries = %v, want one %q", b.metrics.retries, tt.retryReason)
 			}
-			terminal := tasks.Status(res[tasks.FieldStatus]).Terminal()
-			if terminal != (res[tasks.FieldFinishedAt] != "") {
-				t.Errorf("finished_at = %q with status %s", res[tasks.FieldFinishedAt], res[tasks.FieldStatus])
+			terminal := tasks.Status(res[results.FieldStatus]).Terminal()
+			if terminal != (res[results.FieldFinishedAt] != "") {
+				t.Errorf("finished_at = %q with status %s", res[results.FieldFinishedAt], res[results.FieldStatus])
 			}
-			if terminal && b.batch(t)[tasks.BatchFieldFinishedAt] == "" {
+			if terminal && b.batch(t)[results.BatchFieldFinishedAt] == "" {
 				t.Errorf("batch of one finished task has no finished_at: %v", b.batch(t))
 			}
-			if st := res[tasks.FieldStatus]; st == "succeeded" {
+			if st := res[results.FieldStatus]; st == "succeeded" {
 				var c wechatpay.ProductCoupon
-				if err := json.Unmarshal([]byte(res[tasks.FieldCoupon]), &c); err != nil || c.ProductCouponID != "1000000013" {
-					t.Errorf("coupon = %q (%v)", res[tasks.FieldCoupon], err)
+				if err := json.Unmarshal([]byte(res[results.FieldCoupon]), &c); err != nil || c.ProductCouponID != "1000000013" {
+					t.Errorf("coupon = %q (%v)", res[results.FieldCoupon], err)
 				}
 			}
-			if tt.name == "invalid payload fails at once" && res[tasks.FieldErrorMessage] == "" {
+			if tt.name == "invalid payload fails at once" && res[results.FieldErrorMessage] == "" {
 				t.Error("no error_message for an invalid payload")
 			}
 		})
@@ -326,8 +327,8 @@ func TestSuccessWritesRawCoupon(t *testing.T) {
 	}
 	res := b.result(t, taskIDOf(tasks.OpDeactivate, "deact_raw_01"))
 	want := withRaw(b.api.coupons["1000000013"]).Raw
-	if res[tasks.FieldCoupon] != string(want) {
-		t.Errorf("coupon = %s, want the raw answer %s", res[tasks.FieldCoupon], want)
+	if res[results.FieldCoupon] != string(want) {
+		t.Errorf("coupon = %s, want the raw answer %s", res[results.FieldCoupon], want)
 	}
 	if b.metrics.terminals["deactivate succeeded"] != 1 {
 		t.Errorf("terminal metrics = %v", b.metrics.terminals)
@@ -378,7 +379,7 @@ func TestRetryThenSuccessCountsAttempts(t *testing.T) {
 	if diff := cmp.Diff(want, pick(res, resultFields...)); diff != "" {
 		t.Errorf("result (-want +got):\n%s", diff)
 	}
-	if res[tasks.FieldErrorMessage] != "" || res[tasks.FieldRequestID] != "" {
+	if res[results.FieldErrorMessage] != "" || res[results.FieldRequestID] != "" {
 		t.Errorf("success kept the last error: %v", res)
 	}
 }
@@ -484,8 +485,8 @@ func pollResult(t *testing.T, rdb redis.UniversalClient, taskID string, within t
 	t.Helper()
 	deadline := time.Now().Add(within)
 	for {
-		m, err := rdb.HGetAll(t.Context(), tasks.ResultKey(taskID)).Result()
-		if err == nil && tasks.Status(m[tasks.FieldStatus]).Terminal() {
+		m, err := rdb.HGetAll(t.Context(), results.ResultKey(taskID)).Result()
+		if err == nil && tasks.Status(m[results.FieldStatus]).Terminal() {
 			return m
 		}
 		if time.Now().After(deadline) {

@@ -30,7 +30,7 @@ const MonitoringPath = "/monitoring"
 
 // HTTPConfig configures the worker's HTTP endpoints (NewHTTPHandler).
 type HTTPConfig struct {
-	// Redis is the asynq Redis connection (a *tasks.RedisConn). Required.
+	// Redis is the asynq Redis connection (a *redisurl.Conn). Required.
 	Redis asynq.RedisConnOpt
 	// Registry is served on /metrics. NewHTTPHandler adds asynq's queue
 	// metrics to it (NewQueueCollector) unless some are registered already.

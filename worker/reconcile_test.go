@@ -7,6 +7,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/hibiken/asynq"
 
+	"github.com/couponq/couponq/internal/results"
 	"github.com/couponq/couponq/tasks"
 	"github.com/couponq/couponq/wechatpay"
 )
@@ -58,7 +59,7 @@ func TestReconcile(t *testing.T) {
 			req:  deactivateReq(coupon, "deact_rec_04"),
 			prepare: func(b *testBundle) {
 				_, _ = b.api.DeactivateProductCoupon(b.ctx, deactivateReq(coupon, "deact_rec_04"))
-				_ = b.store.Retrying(b.ctx, taskIDOf(tasks.OpDeactivate, "deact_rec_04"), tasks.Attempt{Calls: 1, ErrorCode: CodeInterrupted})
+				_ = b.store.Retrying(b.ctx, taskIDOf(tasks.OpDeactivate, "deact_rec_04"), results.Attempt{Calls: 1, ErrorCode: CodeInterrupted})
 			},
 			retried: 0, wantGets: 1,
 			want: map[string]string{"status": "succeeded", "attempts": "3", "http_status": "200", "error_code": "", "coupon_state": "DEACTIVATED"},

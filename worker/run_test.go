@@ -15,6 +15,8 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/couponq/couponq/internal/redistest"
+	"github.com/couponq/couponq/internal/redisurl"
+	"github.com/couponq/couponq/internal/results"
 	"github.com/couponq/couponq/tasks"
 	"github.com/couponq/couponq/wechatpay"
 )
@@ -40,10 +42,10 @@ func TestSweepArchived(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The second task finished before it was archived: it stays as it is.
-	if _, err := b.store.Finish(ctx, ids[1], tasks.StatusSucceeded, tasks.Attempt{Calls: 1, HTTPStatus: 200}); err != nil {
+	if _, err := b.store.Finish(ctx, ids[1], tasks.StatusSucceeded, results.Attempt{Calls: 1, HTTPStatus: 200}); err != nil {
 		t.Fatal(err)
 	}
-	if err := b.store.Retrying(ctx, ids[0], tasks.Attempt{Calls: 1, ErrorCode: CodeNetworkError}); err != nil {
+	if err := b.store.Retrying(ctx, ids[0], results.Attempt{Calls: 1, ErrorCode: CodeNetworkError}); err != nil {
 		t.Fatal(err)
 	}
 	for _, id := range append(ids, "foreign") {
@@ -84,10 +86,10 @@ func TestRunEndToEnd(t *testing.T) {
 	srv := redistest.Start(t)
 	rdb := srv.Client()
 	ctx := t.Context()
-	store := tasks.NewStore(rdb)
+	store := results.NewStore(rdb)
 	api := newStubAPI()
 	metrics := newFakeMetrics()
-	conn, err := tasks.ParseRedisURL(srv.URL())
+	conn, err := redisurl.Parse(srv.URL())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -109,25 +111,25 @@ func TestRunEndToEnd(t *testing.T) {
 		var (
 			typ  string
 			body []byte
-			id   tasks.Identity
+			id   results.Identity
 		)
 		if i%2 == 0 {
 			r := updateReq(coupon, fmt.Sprintf("e2e_upd_%04d", i))
-			typ, id = tasks.TypeUpdate, tasks.Identity{Op: tasks.OpUpdate, OutRequestNo: r.OutRequestNo}
+			typ, id = tasks.TypeUpdate, results.Identity{Op: string(tasks.OpUpdate), OutRequestNo: r.OutRequestNo}
 			body, _ = json.Marshal(r)
 		} else {
 			r := deactivateReq(coupon, fmt.Sprintf("e2e_dea_%04d", i))
-			typ, id = tasks.TypeDeactivate, tasks.Identity{Op: tasks.OpDeactivate, OutRequestNo: r.OutRequestNo}
+			typ, id = tasks.TypeDeactivate, results.Identity{Op: string(tasks.OpDeactivate), OutRequestNo: r.OutRequestNo}
 			body, _ = json.Marshal(r)
 		}
 		id.BrandID, id.ProductCouponID, id.Batch = testBrand, coupon, batch
-		id.TaskID = tasks.TaskID(id.Op, testBrand, id.OutRequestNo)
+		id.TaskID = tasks.TaskID(tasks.Op(id.Op), testBrand, id.OutRequestNo)
 		ids[i] = id.TaskID
 		if i%10 == 0 {
-			api.failNext(id.Op, coupon, apiErr(500, wechatpay.CodeSystemError, ""))
+			api.failNext(tasks.Op(id.Op), coupon, apiErr(500, wechatpay.CodeSystemError, ""))
 		}
 		sum := sha256.Sum256(body)
-		if out, err := store.Accept(ctx, id, hex.EncodeToString(sum[:])); err != nil || out != tasks.Accepted {
+		if out, err := store.Accept(ctx, id, hex.EncodeToString(sum[:])); err != nil || out != results.Accepted {
 			t.Fatalf("accept: %v %v", out, err)
 		}
 		if _, err := client.EnqueueContext(ctx, asynq.NewTask(typ, body), asynq.TaskID(id.TaskID), asynq.Queue(DefaultQueue), asynq.MaxRetry(25)); err != nil {
@@ -158,7 +160,7 @@ func TestRunEndToEnd(t *testing.T) {
 		t.Errorf("batch = %v, want %d succeeded", bt, n)
 	}
 	for i, id := range ids {
-		res, err := rdb.HGetAll(ctx, tasks.ResultKey(id)).Result()
+		res, err := rdb.HGetAll(ctx, results.ResultKey(id)).Result()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -182,8 +184,8 @@ func pollBatch(t *testing.T, rdb redis.UniversalClient, batch string, within tim
 	t.Helper()
 	deadline := time.Now().Add(within)
 	for {
-		m, err := rdb.HGetAll(t.Context(), tasks.BatchKey(batch)).Result()
-		if err == nil && m[tasks.BatchFieldFinishedAt] != "" {
+		m, err := rdb.HGetAll(t.Context(), results.BatchKey(batch)).Result()
+		if err == nil && m[results.BatchFieldFinishedAt] != "" {
 			return m
 		}
 		if time.Now().After(deadline) {

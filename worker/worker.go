@@ -12,6 +12,7 @@ import (
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/couponq/couponq/internal/results"
 	"github.com/couponq/couponq/tasks"
 )
 
@@ -21,7 +22,7 @@ type Worker struct {
 	cfg     Config
 	api     API
 	rdb     redis.UniversalClient
-	store   *tasks.Store
+	store   *results.Store
 	log     *slog.Logger
 	limiter rateLimiter
 	metrics metricsSink
@@ -61,7 +62,7 @@ func New(cfg Config, api API) (*Worker, error) {
 		cfg:           cfg,
 		api:           api,
 		rdb:           rdb,
-		store:         tasks.NewStore(rdb, tasks.WithResultTTL(cfg.ResultTTL)),
+		store:         results.NewStore(rdb, results.WithResultTTL(cfg.ResultTTL)),
 		log:           cfg.Logger,
 		limiter:       noLimiter{},
 		metrics:       noMetrics{},
@@ -240,25 +241,24 @@ func (w *Worker) sweepPage(ctx context.Context, infos []*asynq.TaskInfo) (int, e
 	if len(mine) == 0 {
 		return 0, nil
 	}
-	pipe := w.rdb.Pipeline()
-	cmds := make([]*redis.StringCmd, len(mine))
+	ids := make([]string, len(mine))
 	for i, ti := range mine {
-		cmds[i] = pipe.HGet(ctx, tasks.ResultKey(ti.ID), tasks.FieldStatus)
+		ids[i] = ti.ID
 	}
-	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+	sts, err := w.store.Statuses(ctx, ids)
+	if err != nil {
 		return 0, fmt.Errorf("worker: read archived results: %w", err)
 	}
 	n := 0
 	for i, ti := range mine {
-		st, err := cmds[i].Result()
-		if err != nil || st == "" || tasks.Status(st).Terminal() {
+		if st := sts[i]; st == "" || st.Terminal() {
 			continue // no result (expired or foreign) or already final
 		}
 		msg := "archived by asynq without a final answer"
 		if ti.LastErr != "" {
 			msg += ": " + ti.LastErr
 		}
-		done, err := w.store.Finish(ctx, ti.ID, tasks.StatusFailed, tasks.Attempt{ErrorCode: CodeArchived, ErrorMessage: clip(msg)})
+		done, err := w.store.Finish(ctx, ti.ID, tasks.StatusFailed, results.Attempt{ErrorCode: CodeArchived, ErrorMessage: clip(msg)})
 		if err != nil {
 			return n, err
 		}

@@ -17,6 +17,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/spf13/cobra"
 
+	"github.com/couponq/couponq/internal/redisurl"
 	"github.com/couponq/couponq/tasks"
 	"github.com/couponq/couponq/wechatpay"
 	"github.com/couponq/couponq/wechatpay/wechatpaytest"
@@ -104,7 +105,7 @@ func runDemo(ctx context.Context, e *env, c *demoConfig) error {
 		return fmt.Errorf("start miniredis: %w", err)
 	}
 	defer mr.Close()
-	rc, err := tasks.ParseRedisURL("redis://" + mr.Addr() + "/0")
+	rc, err := redisurl.Parse("redis://" + mr.Addr() + "/0")
 	if err != nil {
 		return err
 	}
@@ -187,11 +188,11 @@ func runDemo(ctx context.Context, e *env, c *demoConfig) error {
 
 // demoSummary prints the outcome table and checks exactly-once effects.
 func demoSummary(ctx context.Context, e *env, rdb redis.UniversalClient, fake *wechatpaytest.Server, batch string, st *tasks.BatchStatus, elapsed time.Duration) error {
-	ids, err := rdb.SMembers(ctx, tasks.BatchTasksKey(batch)).Result()
+	r := tasks.NewReader(rdb)
+	ids, err := r.BatchTaskIDs(ctx, batch)
 	if err != nil {
 		return err
 	}
-	r := tasks.NewReader(rdb)
 	byCode := map[string]int{}
 	attempts, writes, twice, missing := 0, 0, 0, 0
 	for _, id := range ids {

@@ -102,7 +102,7 @@ func runEnqueue(ctx context.Context, e *env, c *enqueueConfig) error {
 	rdb := rc.NewClient()
 	defer rdb.Close()
 	p, err := tasks.NewProducer(rdb, tasks.WithQueue(c.Queue), tasks.WithConcurrency(c.Concurrency),
-		tasks.WithProducerResultTTL(c.ResultTTL))
+		tasks.WithResultTTL(c.ResultTTL))
 	if err != nil {
 		return usageErrorf("%v", err)
 	}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/couponq/couponq/internal/results"
 	"github.com/couponq/couponq/tasks"
 )
 
@@ -124,7 +125,7 @@ func stamp(t time.Time) string {
 	if t.IsZero() {
 		return ""
 	}
-	return t.UTC().Format(tasks.TimeFormat)
+	return t.UTC().Format(results.TimeFormat)
 }
 
 func showBatch(ctx context.Context, e *env, r *tasks.Reader, c *statusConfig) error {

@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spf13/cobra"
 
+	"github.com/couponq/couponq/internal/redisurl"
 	"github.com/couponq/couponq/tasks"
 	"github.com/couponq/couponq/wechatpay"
 	"github.com/couponq/couponq/worker"
@@ -104,8 +105,8 @@ func addRedisFlag(cmd *cobra.Command, ef *envFlags, dst *string) {
 	ef.add(cmd.Flags(), "redis", "COUPONQ_REDIS_URL")
 }
 
-func parseRedis(s string) (*tasks.RedisConn, error) {
-	c, err := tasks.ParseRedisURL(s)
+func parseRedis(s string) (*redisurl.Conn, error) {
+	c, err := redisurl.Parse(s)
 	if err != nil {
 		return nil, usageErrorf("--redis (COUPONQ_REDIS_URL): %v", err)
 	}

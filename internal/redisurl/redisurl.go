@@ -1,4 +1,7 @@
-package tasks
+// Package redisurl parses couponq's Redis URLs (redis://, rediss://,
+// redis-sentinel://, redis-cluster://) into go-redis options that also serve
+// as an asynq.RedisConnOpt.
+package redisurl
 
 import (
 	"crypto/tls"
@@ -12,19 +15,19 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// RedisConn is a parsed Redis URL. It makes go-redis clients for couponq's
+// Conn is a parsed Redis URL. It makes go-redis clients for couponq's
 // own use and satisfies asynq.RedisConnOpt (MakeRedisClient returns a new
 // client on every call, as asynqmon expects).
 //
 // Unlike asynq.ParseRedisURI it keeps the ACL user name, gives the URL's
 // password to the Redis master behind Sentinel, and honours the database of
 // a sentinel URL.
-type RedisConn struct {
+type Conn struct {
 	opts *redis.UniversalOptions
 	url  string // with the password masked, for messages
 }
 
-// ParseRedisURL parses one of:
+// Parse parses one of:
 //
 //	redis://[user:password@]host:port[/db]
 //	rediss://[user:password@]host:port[/db]            (TLS)
@@ -32,7 +35,7 @@ type RedisConn struct {
 //
 // Query parameters dial_timeout, read_timeout, write_timeout (Go durations)
 // and pool_size apply to every scheme.
-func ParseRedisURL(s string) (*RedisConn, error) {
+func Parse(s string) (*Conn, error) {
 	u, err := url.Parse(s)
 	if err != nil {
 		return nil, fmt.Errorf("malformed Redis URL: %v", redactURLError(err))
@@ -45,7 +48,7 @@ func ParseRedisURL(s string) (*RedisConn, error) {
 	if p := strings.Trim(u.Path, "/"); p != "" {
 		db, err := strconv.Atoi(p)
 		if err != nil || db < 0 {
-			return nil, fmt.Errorf("malformed Redis URL %s: database %q is not a number", Redact(s), p)
+			return nil, fmt.Errorf("malformed Redis URL %s: database %q is not a number", redact(s), p)
 		}
 		o.DB = db
 	}
@@ -53,7 +56,7 @@ func ParseRedisURL(s string) (*RedisConn, error) {
 	switch u.Scheme {
 	case "redis", "rediss":
 		if u.Host == "" {
-			return nil, fmt.Errorf("malformed Redis URL %s: no host", Redact(s))
+			return nil, fmt.Errorf("malformed Redis URL %s: no host", redact(s))
 		}
 		o.Addrs = []string{hostPort(u.Host)}
 		if u.Scheme == "rediss" {
@@ -61,14 +64,14 @@ func ParseRedisURL(s string) (*RedisConn, error) {
 		}
 	case "redis-sentinel":
 		if u.Host == "" {
-			return nil, fmt.Errorf("malformed Redis URL %s: no sentinel address", Redact(s))
+			return nil, fmt.Errorf("malformed Redis URL %s: no sentinel address", redact(s))
 		}
 		for _, h := range strings.Split(u.Host, ",") {
 			o.Addrs = append(o.Addrs, hostPort(h))
 		}
 		o.MasterName = q.Get("master")
 		if o.MasterName == "" {
-			return nil, fmt.Errorf("malformed Redis URL %s: redis-sentinel needs ?master=NAME", Redact(s))
+			return nil, fmt.Errorf("malformed Redis URL %s: redis-sentinel needs ?master=NAME", redact(s))
 		}
 		o.SentinelPassword = q.Get("sentinel_password")
 	default:
@@ -78,7 +81,7 @@ func ParseRedisURL(s string) (*RedisConn, error) {
 		if v := q.Get(name); v != "" {
 			d, err := time.ParseDuration(v)
 			if err != nil {
-				return nil, fmt.Errorf("malformed Redis URL %s: %s=%q is not a duration", Redact(s), name, v)
+				return nil, fmt.Errorf("malformed Redis URL %s: %s=%q is not a duration", redact(s), name, v)
 			}
 			*dst = d
 		}
@@ -86,11 +89,11 @@ func ParseRedisURL(s string) (*RedisConn, error) {
 	if v := q.Get("pool_size"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 1 {
-			return nil, fmt.Errorf("malformed Redis URL %s: pool_size=%q is not a positive number", Redact(s), v)
+			return nil, fmt.Errorf("malformed Redis URL %s: pool_size=%q is not a positive number", redact(s), v)
 		}
 		o.PoolSize = n
 	}
-	return &RedisConn{opts: o, url: Redact(s)}, nil
+	return &Conn{opts: o, url: redact(s)}, nil
 }
 
 func hostPort(h string) string {
@@ -101,22 +104,22 @@ func hostPort(h string) string {
 }
 
 // String is the URL with any password masked.
-func (c *RedisConn) String() string { return c.url }
+func (c *Conn) String() string { return c.url }
 
 // Options returns a copy of the parsed options.
-func (c *RedisConn) Options() redis.UniversalOptions { return *c.opts }
+func (c *Conn) Options() redis.UniversalOptions { return *c.opts }
 
 // NewClient returns a new go-redis client; the caller closes it.
-func (c *RedisConn) NewClient() redis.UniversalClient {
+func (c *Conn) NewClient() redis.UniversalClient {
 	o := *c.opts
 	return redis.NewUniversalClient(&o)
 }
 
 // MakeRedisClient implements asynq.RedisConnOpt.
-func (c *RedisConn) MakeRedisClient() any { return c.NewClient() }
+func (c *Conn) MakeRedisClient() any { return c.NewClient() }
 
-// Redact masks the password of a URL for logs and messages.
-func Redact(s string) string {
+// redact masks the password of a URL for logs and messages.
+func redact(s string) string {
 	u, err := url.Parse(s)
 	if err != nil {
 		return "(unparsable URL)"

@@ -1,17 +1,14 @@
-package tasks
+package results
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 )
-
-// DefaultResultTTL is how long result and batch keys live after their last
-// write (SPEC: --result-ttl, default 168h).
-const DefaultResultTTL = 168 * time.Hour
 
 // Store owns every write to result and batch keys. The producer records
 // accepted tasks through it and the worker records attempts and terminal
@@ -66,7 +63,7 @@ func (s *Store) ttlMillis() string { return strconv.FormatInt(s.ttl.Milliseconds
 // Identity names one task in its result hash.
 type Identity struct {
 	TaskID          string
-	Op              Op
+	Op              string // "update", "deactivate" or "get"
 	BrandID         string
 	ProductCouponID string
 	OutRequestNo    string
@@ -84,8 +81,12 @@ local function finish_batch_if_done(bk, now)
 end
 `
 
-// OpenBatch creates the batch hash, or reopens an existing one for more
-// tasks (unsealing it), and refreshes its TTL.
+// openBatchScript creates the batch hash, or reopens an existing one for
+// more tasks (unsealing it), and refreshes its TTL.
+//
+// KEYS[1] -> couponq:batch:<batch_id>
+// ARGV[1] -> now (TimeFormat)
+// ARGV[2] -> TTL in milliseconds
 var openBatchScript = redis.NewScript(`
 redis.call('HSETNX', KEYS[1], 'created_at', ARGV[1])
 redis.call('HSETNX', KEYS[1], 'total', '0')
@@ -106,6 +107,12 @@ func (s *Store) OpenBatch(ctx context.Context, batchID string) error {
 	return nil
 }
 
+// sealBatchScript seals a batch and finishes it if every task is terminal.
+//
+// KEYS[1] -> couponq:batch:<batch_id>
+// KEYS[2] -> couponq:batch:<batch_id>:tasks
+// ARGV[1] -> now
+// ARGV[2] -> TTL in milliseconds
 var sealBatchScript = redis.NewScript(luaFinishBatchIfDone + `
 redis.call('HSET', KEYS[1], 'sealed', '1')
 finish_batch_if_done(KEYS[1], ARGV[1])
@@ -139,6 +146,17 @@ const (
 	Conflict AcceptOutcome = "conflict"
 )
 
+// acceptScript writes a queued result hash unless the task ID is taken.
+// Returns 'accepted', 'duplicate' or 'conflict'.
+//
+// KEYS[1] -> couponq:result:<task_id>
+// KEYS[2] -> couponq:batch:<batch_id>
+// KEYS[3] -> couponq:batch:<batch_id>:tasks
+// ARGV[1] -> now
+// ARGV[2] -> TTL in milliseconds
+// ARGV[3..7] -> task_id, op, brand_id, product_coupon_id, out_request_no
+// ARGV[8] -> batch ID ("" = none)
+// ARGV[9] -> payload SHA-256 (hex)
 var acceptScript = redis.NewScript(`
 local cur = redis.call('HGET', KEYS[1], 'payload_sha256')
 if cur or redis.call('EXISTS', KEYS[1]) == 1 then
@@ -169,7 +187,7 @@ return 'accepted'
 // payload a Conflict. payloadSHA256 is the hex SHA-256 of the task payload.
 func (s *Store) Accept(ctx context.Context, id Identity, payloadSHA256 string) (AcceptOutcome, error) {
 	keys := []string{ResultKey(id.TaskID), BatchKey(id.Batch), BatchTasksKey(id.Batch)}
-	res, err := acceptScript.Run(ctx, s.rdb, keys, s.stamp(), s.ttlMillis(), id.TaskID, string(id.Op),
+	res, err := acceptScript.Run(ctx, s.rdb, keys, s.stamp(), s.ttlMillis(), id.TaskID, id.Op,
 		id.BrandID, id.ProductCouponID, id.OutRequestNo, id.Batch, payloadSHA256).Text()
 	if err != nil {
 		return "", fmt.Errorf("couponq: accept %s: %w", id.TaskID, err)
@@ -179,9 +197,15 @@ func (s *Store) Accept(ctx context.Context, id Identity, payloadSHA256 string) (
 
 // acceptManyScript is acceptScript for many tasks of one batch in one
 // call: the per-task logic is the same, the batch counters move once.
-// KEYS: batch hash, batch task set, then one result key per task.
-// ARGV: now, ttl ms, batch, then per task: task_id, op, brand_id,
-// product_coupon_id, out_request_no, payload_sha256.
+//
+// KEYS[1] -> couponq:batch:<batch_id>
+// KEYS[2] -> couponq:batch:<batch_id>:tasks
+// KEYS[3..] -> couponq:result:<task_id>, one per task
+// ARGV[1] -> now
+// ARGV[2] -> TTL in milliseconds
+// ARGV[3] -> batch ID ("" = none)
+// ARGV[4..] -> per task, six values: task_id, op, brand_id,
+// product_coupon_id, out_request_no, payload_sha256
 var acceptManyScript = redis.NewScript(`
 local now, ttl, batch = ARGV[1], ARGV[2], ARGV[3]
 local out, added, dups = {}, {}, 0
@@ -225,9 +249,9 @@ type AcceptItem struct {
 	PayloadSHA256 string
 }
 
-// maxAcceptMany bounds one AcceptMany script call (Lua's unpack and the
+// MaxAcceptMany bounds one AcceptMany script call (Lua's unpack and the
 // time Redis is blocked in one script).
-const maxAcceptMany = 512
+const MaxAcceptMany = 512
 
 // AcceptMany is Accept for many tasks of batch batchID ("" = none) in one
 // atomic script call: outcomes[i] is what Accept would have returned for
@@ -235,7 +259,7 @@ const maxAcceptMany = 512
 func (s *Store) AcceptMany(ctx context.Context, batchID string, items []AcceptItem) ([]AcceptOutcome, error) {
 	out := make([]AcceptOutcome, 0, len(items))
 	for len(items) > 0 {
-		chunk := items[:min(len(items), maxAcceptMany)]
+		chunk := items[:min(len(items), MaxAcceptMany)]
 		items = items[len(chunk):]
 		keys := make([]string, 0, 2+len(chunk))
 		keys = append(keys, BatchKey(batchID), BatchTasksKey(batchID))
@@ -244,7 +268,7 @@ func (s *Store) AcceptMany(ctx context.Context, batchID string, items []AcceptIt
 		for _, it := range chunk {
 			id := it.Identity
 			keys = append(keys, ResultKey(id.TaskID))
-			args = append(args, id.TaskID, string(id.Op), id.BrandID, id.ProductCouponID, id.OutRequestNo, it.PayloadSHA256)
+			args = append(args, id.TaskID, id.Op, id.BrandID, id.ProductCouponID, id.OutRequestNo, it.PayloadSHA256)
 		}
 		res, err := acceptManyScript.Run(ctx, s.rdb, keys, args...).StringSlice()
 		if err != nil {
@@ -260,6 +284,16 @@ func (s *Store) AcceptMany(ctx context.Context, batchID string, items []AcceptIt
 	return out, nil
 }
 
+// unacceptScript removes a result hash still queued and takes the task
+// out of its batch. Returns 1 when it undid the task, 0 otherwise.
+//
+// KEYS[1] -> couponq:result:<task_id>
+// KEYS[2] -> couponq:batch:<batch_id>
+// KEYS[3] -> couponq:batch:<batch_id>:tasks
+// ARGV[1] -> batch ID ("" = none)
+// ARGV[2] -> task_id
+// ARGV[3] -> "1" to count the task as a duplicate instead
+// ARGV[4] -> now
 var unacceptScript = redis.NewScript(luaFinishBatchIfDone + `
 if redis.call('HGET', KEYS[1], 'status') ~= 'queued' then return 0 end
 redis.call('DEL', KEYS[1])
@@ -276,15 +310,11 @@ return 1
 // enqueue error, or asynq already holding the task ID). With duplicate set,
 // the task is counted as a duplicate of its batch instead. It does nothing
 // once a worker has touched the result.
-func (s *Store) Unaccept(ctx context.Context, id Identity, duplicate bool) error {
-	_, err := s.unaccept(ctx, id, duplicate)
-	return err
-}
-
-// unaccept is Unaccept, also reporting whether it undid anything: false
-// means a worker already runs the task under this result (asynq held the
-// task ID and delivered it), so the task stays counted in the batch.
-func (s *Store) unaccept(ctx context.Context, id Identity, duplicate bool) (bool, error) {
+//
+// It reports whether it undid anything: false means a worker already runs
+// the task under this result (asynq held the task ID and delivered it), so
+// the task stays counted in the batch.
+func (s *Store) Unaccept(ctx context.Context, id Identity, duplicate bool) (bool, error) {
 	keys := []string{ResultKey(id.TaskID), BatchKey(id.Batch), BatchTasksKey(id.Batch)}
 	dup := "0"
 	if duplicate {
@@ -297,9 +327,18 @@ func (s *Store) unaccept(ctx context.Context, id Identity, duplicate bool) (bool
 	return n == 1, nil
 }
 
+// beginScript marks a task running (writing its identity if the hash is
+// missing) unless it is terminal. Returns {status, attempts so far}.
+//
+// KEYS[1] -> couponq:result:<task_id>
+// ARGV[1] -> now
+// ARGV[2] -> TTL in milliseconds
+// ARGV[3..7] -> task_id, op, brand_id, product_coupon_id, out_request_no
 var beginScript = redis.NewScript(`
 local st = redis.call('HGET', KEYS[1], 'status')
-if st == 'succeeded' or st == 'failed' then return st end
+if st == 'succeeded' or st == 'failed' then
+  return {st, redis.call('HGET', KEYS[1], 'attempts') or '0'}
+end
 if not st then
   redis.call('HSET', KEYS[1], 'task_id', ARGV[3], 'op', ARGV[4], 'brand_id', ARGV[5],
     'product_coupon_id', ARGV[6], 'out_request_no', ARGV[7], 'batch', '',
@@ -307,20 +346,46 @@ if not st then
 end
 redis.call('HSET', KEYS[1], 'status', 'running', 'updated_at', ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return 'running'
+return {'running', redis.call('HGET', KEYS[1], 'attempts') or '0'}
 `)
 
 // Begin marks a task running as a worker picks it up and returns the status
-// it now has. A terminal status means the task already finished (asynq
+// it now has and the API calls recorded by earlier runs (the attempts
+// field). A terminal status means the task already finished (asynq
 // re-delivered it after a crash): the caller must not call the API again.
 // A task enqueued by other means than the Producer gets its result hash here.
-func (s *Store) Begin(ctx context.Context, id Identity) (Status, error) {
+func (s *Store) Begin(ctx context.Context, id Identity) (status Status, attempts int, err error) {
 	res, err := beginScript.Run(ctx, s.rdb, []string{ResultKey(id.TaskID)}, s.stamp(), s.ttlMillis(),
-		id.TaskID, string(id.Op), id.BrandID, id.ProductCouponID, id.OutRequestNo).Text()
+		id.TaskID, id.Op, id.BrandID, id.ProductCouponID, id.OutRequestNo).StringSlice()
 	if err != nil {
-		return "", fmt.Errorf("couponq: begin %s: %w", id.TaskID, err)
+		return "", 0, fmt.Errorf("couponq: begin %s: %w", id.TaskID, err)
 	}
-	return Status(res), nil
+	if len(res) != 2 {
+		return "", 0, fmt.Errorf("couponq: begin %s: %d values from the script", id.TaskID, len(res))
+	}
+	n, err := strconv.Atoi(res[1])
+	if err != nil {
+		return "", 0, fmt.Errorf("couponq: begin %s: attempts %q: %w", id.TaskID, res[1], err)
+	}
+	return Status(res[0]), n, nil
+}
+
+// Statuses returns the status of each task in taskIDs, in one round trip;
+// "" for a task without a result hash (expired, or never couponq's).
+func (s *Store) Statuses(ctx context.Context, taskIDs []string) ([]Status, error) {
+	pipe := s.rdb.Pipeline()
+	cmds := make([]*redis.StringCmd, len(taskIDs))
+	for i, id := range taskIDs {
+		cmds[i] = pipe.HGet(ctx, ResultKey(id), FieldStatus)
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return nil, fmt.Errorf("couponq: read %d statuses: %w", len(taskIDs), err)
+	}
+	out := make([]Status, len(taskIDs))
+	for i, c := range cmds {
+		out[i] = Status(c.Val())
+	}
+	return out, nil
 }
 
 // Attempt is what a handler run learned from the API: the calls it made
@@ -343,6 +408,13 @@ func (a *Attempt) args() []any {
 	return []any{strconv.Itoa(a.Calls), hs, a.ErrorCode, a.ErrorMessage, a.RequestID}
 }
 
+// retryingScript records a failed attempt to be retried, unless terminal.
+//
+// KEYS[1] -> couponq:result:<task_id>
+// ARGV[1] -> now
+// ARGV[2] -> TTL in milliseconds
+// ARGV[3] -> API calls made in this run
+// ARGV[4..7] -> http_status, error_code, error_message, request_id
 var retryingScript = redis.NewScript(`
 local st = redis.call('HGET', KEYS[1], 'status')
 if st == 'succeeded' or st == 'failed' then return 0 end
@@ -363,6 +435,19 @@ func (s *Store) Retrying(ctx context.Context, taskID string, a Attempt) error {
 	return nil
 }
 
+// finishScript moves a task to its terminal status once and counts it in
+// its batch. Returns 1 when it did, 0 when the task was already terminal.
+//
+// KEYS[1] -> couponq:result:<task_id>
+// ARGV[1] -> now
+// ARGV[2] -> TTL in milliseconds
+// ARGV[3] -> API calls made in this run
+// ARGV[4..7] -> http_status, error_code, error_message, request_id
+// ARGV[8] -> terminal status
+// ARGV[9] -> coupon JSON, ARGV[10] -> coupon_state
+// ARGV[11] -> the batch key prefix "couponq:batch:"
+//
+// The batch key is ARGV[11] followed by the result's batch field.
 var finishScript = redis.NewScript(luaFinishBatchIfDone + `
 local st = redis.call('HGET', KEYS[1], 'status')
 if st == 'succeeded' or st == 'failed' then return 0 end

@@ -1,0 +1,94 @@
+// Package results owns the Redis schema of couponq's task results and
+// batches (key names, field names, timestamps) and the Store that writes
+// them. The producer (package tasks) and the worker both write through the
+// Store; the key and field names are a public contract documented in the
+// README ("Results in Redis") and must not change.
+package results
+
+import "time"
+
+// DefaultResultTTL is how long result and batch keys live after their last
+// write (couponq's --result-ttl default).
+const DefaultResultTTL = 168 * time.Hour
+
+// MaxRetry is the asynq MaxRetry every couponq task is enqueued with. It is
+// so large that asynq never decides a task failed: the worker alone does,
+// from its own --max-retry, and archives or finishes the task itself.
+const MaxRetry = 1000
+
+// Status is a task's state in its result hash.
+type Status string
+
+// Task statuses. Succeeded and failed are terminal: a task reaches one of
+// them exactly once.
+const (
+	StatusQueued    Status = "queued"
+	StatusRunning   Status = "running"
+	StatusRetrying  Status = "retrying"
+	StatusSucceeded Status = "succeeded"
+	StatusFailed    Status = "failed"
+)
+
+// Terminal reports whether s is succeeded or failed.
+func (s Status) Terminal() bool { return s == StatusSucceeded || s == StatusFailed }
+
+// The Redis key schema: couponq:result:<task_id> (a hash per task),
+// couponq:batch:<batch_id> (a hash per batch) and couponq:batch:<batch_id>:tasks
+// (the set of a batch's task IDs). Nothing else spells a key.
+const (
+	keyPrefix       = "couponq:"
+	resultKeyPrefix = keyPrefix + "result:"
+	batchKeyPrefix  = keyPrefix + "batch:"
+)
+
+// ResultKey is the hash holding one task's result.
+func ResultKey(taskID string) string { return resultKeyPrefix + taskID }
+
+// BatchKey is the hash holding one batch's counters.
+func BatchKey(batchID string) string { return batchKeyPrefix + batchID }
+
+// BatchTasksKey is the set of a batch's task IDs.
+func BatchTasksKey(batchID string) string { return batchKeyPrefix + batchID + ":tasks" }
+
+// Fields of a result hash. All values are strings.
+const (
+	FieldTaskID          = "task_id"
+	FieldOp              = "op"
+	FieldBrandID         = "brand_id"
+	FieldProductCouponID = "product_coupon_id"
+	FieldOutRequestNo    = "out_request_no"
+	FieldBatch           = "batch"
+	FieldStatus          = "status"
+	FieldAttempts        = "attempts"
+	FieldHTTPStatus      = "http_status"
+	FieldErrorCode       = "error_code"
+	FieldErrorMessage    = "error_message"
+	FieldRequestID       = "request_id"
+	FieldCoupon          = "coupon"
+	FieldCouponState     = "coupon_state"
+	FieldEnqueuedAt      = "enqueued_at"
+	FieldUpdatedAt       = "updated_at"
+	FieldFinishedAt      = "finished_at"
+	// FieldPayloadSHA256 is couponq's own addition: the hex SHA-256 of the
+	// task payload, so a re-enqueue tells a duplicate from a conflict even
+	// after asynq dropped the task.
+	FieldPayloadSHA256 = "payload_sha256"
+)
+
+// Fields of a batch hash. All values are strings.
+const (
+	BatchFieldTotal      = "total"
+	BatchFieldDuplicates = "duplicates"
+	BatchFieldSucceeded  = "succeeded"
+	BatchFieldFailed     = "failed"
+	BatchFieldCreatedAt  = "created_at"
+	BatchFieldFinishedAt = "finished_at"
+	// BatchFieldSealed is couponq's own addition: "0" while a producer is
+	// still enqueuing into the batch, "1" after. A batch finishes only once
+	// sealed, so early tasks finishing cannot mark a half-enqueued batch done.
+	BatchFieldSealed = "sealed"
+)
+
+// TimeFormat is the format of every timestamp in results: RFC 3339, UTC,
+// milliseconds.
+const TimeFormat = "2006-01-02T15:04:05.000Z07:00"
