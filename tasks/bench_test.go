@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/couponq/couponq/internal/redistest"
+	"github.com/couponq/couponq/internal/results"
 	"github.com/couponq/couponq/tasks"
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
@@ -110,7 +111,7 @@ func plainLoop(b *testing.B, rdb redis.UniversalClient, n, workers int) {
 				task, err := c.Task()
 				if err == nil {
 					_, err = client.EnqueueContext(context.Background(), task, asynq.Queue(tasks.DefaultQueue),
-						asynq.MaxRetry(tasks.DefaultMaxRetry), asynq.Timeout(tasks.DefaultTaskTimeout))
+						asynq.MaxRetry(results.MaxRetry), asynq.Timeout(tasks.DefaultTaskTimeout))
 				}
 				if err != nil {
 					failed.Add(1)

@@ -34,6 +34,8 @@
 // a bad change file line is a *LineError; a bad task payload seen by the
 // worker is a *PayloadError. The producer does not retry: a change that
 // fails to enqueue is undone (its result removed) and reported in
-// BatchReport.Failed; retries of the API calls are the worker's business,
-// up to the asynq ceiling set by WithMaxRetry.
+// BatchReport.Failed. Retries of the API calls are the worker's business:
+// every task is enqueued with an asynq MaxRetry so large (1000) that asynq
+// never decides a failure, and the worker fails a task after its own
+// --max-retry.
 package tasks

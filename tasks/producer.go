@@ -20,7 +20,6 @@ import (
 const (
 	DefaultQueue       = "couponq"
 	DefaultConcurrency = 32
-	DefaultMaxRetry    = 100
 	DefaultTaskTimeout = 2 * time.Minute
 	// acceptGroupSize is how many changes EnqueueBatch accepts in one
 	// script call.
@@ -86,7 +85,6 @@ type Producer struct {
 	batchStore  *results.Store // over rdb directly: groups are pipelined enough
 	queue       string
 	concurrency int
-	maxRetry    int
 	timeout     time.Duration
 	ttl         time.Duration
 	now         func() time.Time
@@ -156,18 +154,6 @@ func WithTaskTimeout(d time.Duration) ProducerOption {
 	}
 }
 
-// WithMaxRetry sets asynq's retry ceiling of each task (default 100). The
-// worker's own --max-retry decides when a task fails, up to this ceiling.
-func WithMaxRetry(n int) ProducerOption {
-	return func(p *Producer) error {
-		if n < 0 {
-			return fmt.Errorf("max retry: must not be negative, got %d", n)
-		}
-		p.maxRetry = n
-		return nil
-	}
-}
-
 // WithClock injects the clock of enqueued_at and batch timestamps
 // (tests).
 func WithClock(now func() time.Time) ProducerOption {
@@ -190,7 +176,6 @@ func NewProducer(rdb redis.UniversalClient, opts ...ProducerOption) (*Producer, 
 		rdb:         rdb,
 		queue:       DefaultQueue,
 		concurrency: DefaultConcurrency,
-		maxRetry:    DefaultMaxRetry,
 		timeout:     DefaultTaskTimeout,
 		ttl:         DefaultResultTTL,
 		now:         time.Now,
@@ -292,7 +277,7 @@ func (p *Producer) afterAccept(ctx context.Context, pr *prepared, out results.Ac
 	var err error
 	task := asynq.NewTask(c.Op.TaskType(), payload, asynq.TaskID(taskID))
 	for attempt := 1; ; attempt++ {
-		_, err = p.client.EnqueueContext(ctx, task, asynq.Queue(p.queue), asynq.MaxRetry(p.maxRetry), asynq.Timeout(p.timeout))
+		_, err = p.client.EnqueueContext(ctx, task, asynq.Queue(p.queue), asynq.MaxRetry(results.MaxRetry), asynq.Timeout(p.timeout))
 		if err == nil {
 			return res, nil
 		}

@@ -93,7 +93,7 @@ func TestEnqueueBatchDuplicates(t *testing.T) {
 			t.Fatalf("result of %s = %+v, %v", c.TaskID(), r, err)
 		}
 		info, err := b.inspector.GetTaskInfo(DefaultQueue, c.TaskID())
-		if err != nil || info.MaxRetry != DefaultMaxRetry || info.Timeout != DefaultTaskTimeout {
+		if err != nil || info.MaxRetry != results.MaxRetry || info.Timeout != DefaultTaskTimeout {
 			t.Fatalf("asynq task %s = %+v, %v", c.TaskID(), info, err)
 		}
 	}
@@ -524,7 +524,6 @@ func TestProducerOptions(t *testing.T) {
 		{"zero concurrency", WithConcurrency(0), "concurrency: must be 1–4096, got 0"},
 		{"nil logger", WithLogger(nil), "logger"},
 		{"zero timeout", WithTaskTimeout(0), "task timeout"},
-		{"negative retries", WithMaxRetry(-1), "max retry"},
 		{"nil clock", WithClock(nil), "clock"},
 	}
 	for _, tt := range tests {
@@ -542,13 +541,13 @@ func TestProducerOptions(t *testing.T) {
 
 func TestProducerQueueAndRetryOptions(t *testing.T) {
 	t.Parallel()
-	b := setup(t, WithQueue("coupons_low"), WithMaxRetry(7), WithTaskTimeout(time.Minute), WithResultTTL(time.Hour))
+	b := setup(t, WithQueue("coupons_low"), WithTaskTimeout(time.Minute), WithResultTTL(time.Hour))
 	c := deactivateChange("abcdefg")
 	if _, err := b.p.Enqueue(t.Context(), c); err != nil {
 		t.Fatal(err)
 	}
 	info, err := b.inspector.GetTaskInfo("coupons_low", c.TaskID())
-	if err != nil || info.MaxRetry != 7 || info.Timeout != time.Minute {
+	if err != nil || info.MaxRetry != results.MaxRetry || info.Timeout != time.Minute {
 		t.Errorf("task = %+v, %v", info, err)
 	}
 	if ttl := b.mr.TTL(results.ResultKey(c.TaskID())); ttl != time.Hour {
