@@ -84,10 +84,11 @@ func startStandInWorker(rdb redis.UniversalClient) (stop func()) {
 		LogLevel:          asynq.FatalLevel,
 	})
 	handler := asynq.HandlerFunc(func(ctx context.Context, t *asynq.Task) error {
-		c, err := tasks.DecodePayload(t.Type(), t.Payload())
+		p, err := tasks.DecodePayload(t.Type(), t.Payload())
 		if err != nil {
 			return fmt.Errorf("%w: %w", err, asynq.SkipRetry)
 		}
+		c := p.Change()
 		id := results.Identity{TaskID: c.TaskID(), Op: string(c.Op), BrandID: c.BrandID, ProductCouponID: c.ProductCouponID, OutRequestNo: c.OutRequestNo}
 		if st, _, err := store.Begin(ctx, id); err != nil || st.Terminal() {
 			return err

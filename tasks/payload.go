@@ -13,7 +13,7 @@ import (
 	"github.com/hibiken/asynq"
 )
 
-// Change is one line of a change file (SPEC "Input: change files"): an op
+// Change is one line of a change file (see the README): an op
 // and the fields of that op's request. Fields that do not belong to the op
 // must be empty.
 type Change struct {
@@ -25,13 +25,65 @@ type Change struct {
 	DeactivateReason string                 `json:"deactivate_reason,omitempty"`
 }
 
-// UpdatePayload is the payload of a coupon:update task: the request of
-// wechatpay.Client.UpdateProductCoupon.
-type UpdatePayload = wechatpay.UpdateProductCouponRequest
+// Task payloads. Each is the JSON of its change line without op, so
+// asynqmon shows it readably. These structs are the queue's wire format and
+// belong to couponq, not to the WeChat Pay client: the payload's bytes name
+// a change (their SHA-256, kept in its result hash, tells a duplicate
+// re-enqueue from a conflicting one), so a field may be added only with
+// omitempty, and tags and field order never change.
 
-// DeactivatePayload is the payload of a coupon:deactivate task: the request
-// of wechatpay.Client.DeactivateProductCoupon.
-type DeactivatePayload = wechatpay.DeactivateProductCouponRequest
+// Payload is a decoded task payload: an *UpdatePayload, a
+// *DeactivatePayload or a *GetPayload.
+type Payload interface {
+	// Change returns the change line the payload was made from.
+	Change() Change
+	// Validate checks the payload as the producer did before enqueuing it.
+	Validate() error
+}
+
+// UpdatePayload is the payload of a coupon:update task.
+type UpdatePayload struct {
+	ProductCouponID string                 `json:"product_coupon_id"`
+	BrandID         string                 `json:"brand_id"`
+	OutRequestNo    string                 `json:"out_request_no"`
+	DisplayInfo     *wechatpay.DisplayInfo `json:"display_info"`
+}
+
+// Request returns the wechatpay request this payload makes.
+func (p *UpdatePayload) Request() *wechatpay.UpdateProductCouponRequest {
+	return &wechatpay.UpdateProductCouponRequest{ProductCouponID: p.ProductCouponID, BrandID: p.BrandID,
+		OutRequestNo: p.OutRequestNo, DisplayInfo: p.DisplayInfo}
+}
+
+// Validate checks the payload against the limits of its request.
+func (p *UpdatePayload) Validate() error { return p.Request().Validate() }
+
+// Change returns the update line of the payload.
+func (p *UpdatePayload) Change() Change {
+	return Change{Op: OpUpdate, ProductCouponID: p.ProductCouponID, BrandID: p.BrandID, OutRequestNo: p.OutRequestNo, DisplayInfo: p.DisplayInfo}
+}
+
+// DeactivatePayload is the payload of a coupon:deactivate task.
+type DeactivatePayload struct {
+	ProductCouponID  string `json:"product_coupon_id"`
+	BrandID          string `json:"brand_id"`
+	OutRequestNo     string `json:"out_request_no"`
+	DeactivateReason string `json:"deactivate_reason"`
+}
+
+// Request returns the wechatpay request this payload makes.
+func (p *DeactivatePayload) Request() *wechatpay.DeactivateProductCouponRequest {
+	return &wechatpay.DeactivateProductCouponRequest{ProductCouponID: p.ProductCouponID, BrandID: p.BrandID,
+		OutRequestNo: p.OutRequestNo, DeactivateReason: p.DeactivateReason}
+}
+
+// Validate checks the payload against the limits of its request.
+func (p *DeactivatePayload) Validate() error { return p.Request().Validate() }
+
+// Change returns the deactivate line of the payload.
+func (p *DeactivatePayload) Change() Change {
+	return Change{Op: OpDeactivate, ProductCouponID: p.ProductCouponID, BrandID: p.BrandID, OutRequestNo: p.OutRequestNo, DeactivateReason: p.DeactivateReason}
+}
 
 // GetPayload is the payload of a coupon:get task. OutRequestNo is not sent
 // to WeChat Pay; it only names the task (the producer makes one up when the
@@ -44,14 +96,17 @@ type GetPayload struct {
 
 // Validate checks the payload: the identifiers, and the task key.
 func (p *GetPayload) Validate() error {
-	errs := []error{(&wechatpay.GetProductCouponRequest{ProductCouponID: p.ProductCouponID, BrandID: p.BrandID}).Validate()}
-	errs = append(errs, wechatpay.ValidateOutRequestNo(p.OutRequestNo))
-	return errors.Join(errs...)
+	return errors.Join(p.Request().Validate(), wechatpay.ValidateOutRequestNo(p.OutRequestNo))
 }
 
 // Request returns the wechatpay request this payload makes.
 func (p *GetPayload) Request() *wechatpay.GetProductCouponRequest {
 	return &wechatpay.GetProductCouponRequest{ProductCouponID: p.ProductCouponID, BrandID: p.BrandID}
+}
+
+// Change returns the get line of the payload.
+func (p *GetPayload) Change() Change {
+	return Change{Op: OpGet, ProductCouponID: p.ProductCouponID, BrandID: p.BrandID, OutRequestNo: p.OutRequestNo}
 }
 
 func notAllowed(field string, op Op) error {
@@ -66,17 +121,17 @@ func (c *Change) Validate() error {
 	var errs []error
 	switch c.Op {
 	case OpUpdate:
-		errs = append(errs, c.updatePayload().Validate())
+		errs = append(errs, c.payload().Validate())
 		if c.DeactivateReason != "" {
 			errs = append(errs, notAllowed("deactivate_reason", c.Op))
 		}
 	case OpDeactivate:
-		errs = append(errs, c.deactivatePayload().Validate())
+		errs = append(errs, c.payload().Validate())
 		if c.DisplayInfo != nil {
 			errs = append(errs, notAllowed("display_info", c.Op))
 		}
 	case OpGet:
-		errs = append(errs, (&wechatpay.GetProductCouponRequest{ProductCouponID: c.ProductCouponID, BrandID: c.BrandID}).Validate())
+		errs = append(errs, (&GetPayload{ProductCouponID: c.ProductCouponID, BrandID: c.BrandID}).Request().Validate())
 		if c.OutRequestNo != "" {
 			errs = append(errs, wechatpay.ValidateOutRequestNo(c.OutRequestNo))
 		}
@@ -103,16 +158,17 @@ func (c *Change) TaskID() string {
 	return TaskID(c.Op, c.BrandID, c.OutRequestNo)
 }
 
-func (c *Change) updatePayload() *UpdatePayload {
-	return &UpdatePayload{ProductCouponID: c.ProductCouponID, BrandID: c.BrandID, OutRequestNo: c.OutRequestNo, DisplayInfo: c.DisplayInfo}
-}
-
-func (c *Change) deactivatePayload() *DeactivatePayload {
-	return &DeactivatePayload{ProductCouponID: c.ProductCouponID, BrandID: c.BrandID, OutRequestNo: c.OutRequestNo, DeactivateReason: c.DeactivateReason}
-}
-
-func (c *Change) getPayload() *GetPayload {
-	return &GetPayload{ProductCouponID: c.ProductCouponID, BrandID: c.BrandID, OutRequestNo: c.OutRequestNo}
+// payload returns the task payload of the change, nil for an unknown op.
+func (c *Change) payload() Payload {
+	switch c.Op {
+	case OpUpdate:
+		return &UpdatePayload{ProductCouponID: c.ProductCouponID, BrandID: c.BrandID, OutRequestNo: c.OutRequestNo, DisplayInfo: c.DisplayInfo}
+	case OpDeactivate:
+		return &DeactivatePayload{ProductCouponID: c.ProductCouponID, BrandID: c.BrandID, OutRequestNo: c.OutRequestNo, DeactivateReason: c.DeactivateReason}
+	case OpGet:
+		return &GetPayload{ProductCouponID: c.ProductCouponID, BrandID: c.BrandID, OutRequestNo: c.OutRequestNo}
+	}
+	return nil
 }
 
 // Payload returns the task payload of the change: the JSON of the change
@@ -120,29 +176,21 @@ func (c *Change) getPayload() *GetPayload {
 // same change always encodes to the same bytes (duplicate and conflict
 // detection compares their SHA-256). It does not validate.
 func (c *Change) Payload() ([]byte, error) {
-	switch c.Op {
-	case OpUpdate:
-		return encodePayload(c.updatePayload())
-	case OpDeactivate:
-		return encodePayload(c.deactivatePayload())
-	case OpGet:
-		return encodePayload(c.getPayload())
+	p := c.payload()
+	if p == nil {
+		return nil, fmt.Errorf("couponq: payload of unknown op %q", c.Op)
 	}
-	return nil, fmt.Errorf("couponq: payload of unknown op %q", c.Op)
+	return encodePayload(p)
 }
 
 // Task returns the asynq task of a valid change, with its TaskID set. A get
 // must have its out_request_no by now.
 func (c *Change) Task(opts ...asynq.Option) (*asynq.Task, error) {
-	switch c.Op {
-	case OpUpdate:
-		return NewUpdateTask(c.updatePayload(), opts...)
-	case OpDeactivate:
-		return NewDeactivateTask(c.deactivatePayload(), opts...)
-	case OpGet:
-		return NewGetTask(c.getPayload(), opts...)
+	p := c.payload()
+	if p == nil {
+		return nil, c.Validate()
 	}
-	return nil, c.Validate()
+	return newTask(c.Op, c.TaskID(), p, opts)
 }
 
 func encodePayload(v any) ([]byte, error) {
@@ -171,23 +219,23 @@ func newTask(op Op, taskID string, v interface{ Validate() error }, opts []asynq
 		return nil, err
 	}
 	// asynq lets later options win: the task ID goes last so no caller
-	// option can replace the SPEC's.
+	// option can replace "<op>:<brand_id>:<out_request_no>".
 	return asynq.NewTask(op.TaskType(), b, append(opts[:len(opts):len(opts)], asynq.TaskID(taskID))...), nil
 }
 
-// NewUpdateTask returns a coupon:update task for p with the SPEC task ID
+// NewUpdateTask returns a coupon:update task for p with the task ID
 // ("update:<brand_id>:<out_request_no>"). p is validated first.
 func NewUpdateTask(p *UpdatePayload, opts ...asynq.Option) (*asynq.Task, error) {
 	return newTask(OpUpdate, TaskID(OpUpdate, p.BrandID, p.OutRequestNo), p, opts)
 }
 
-// NewDeactivateTask returns a coupon:deactivate task for p with the SPEC
+// NewDeactivateTask returns a coupon:deactivate task for p with the
 // task ID ("deactivate:<brand_id>:<out_request_no>"). p is validated first.
 func NewDeactivateTask(p *DeactivatePayload, opts ...asynq.Option) (*asynq.Task, error) {
 	return newTask(OpDeactivate, TaskID(OpDeactivate, p.BrandID, p.OutRequestNo), p, opts)
 }
 
-// NewGetTask returns a coupon:get task for p with the SPEC task ID
+// NewGetTask returns a coupon:get task for p with the task ID
 // ("get:<brand_id>:<out_request_no>"). p is validated first; its
 // OutRequestNo is required here (see NewGetOutRequestNo).
 func NewGetTask(p *GetPayload, opts ...asynq.Option) (*asynq.Task, error) {
@@ -211,43 +259,29 @@ func (e *PayloadError) Error() string {
 
 func (e *PayloadError) Unwrap() error { return e.Err }
 
-// DecodePayload turns a task's type and payload back into the change it was
-// made from, validated. Unknown task types, malformed JSON, unknown fields
-// and invalid values are a *PayloadError.
-func DecodePayload(taskType string, payload []byte) (Change, error) {
-	op := OpOfType(taskType)
-	if op == "" {
-		return Change{}, &PayloadError{TaskType: taskType, Err: fmt.Errorf("unknown task type %q (want %s, %s or %s)", taskType, TypeUpdate, TypeDeactivate, TypeGet)}
-	}
-	var (
-		dst interface{ Validate() error }
-		to  func() Change
-	)
-	switch op {
+// DecodePayload decodes and validates a task's payload. Unknown task
+// types, malformed JSON, unknown fields and invalid values are a
+// *PayloadError; for invalid values the payload is returned too, since its
+// identity fields still name the task whose failure is to be recorded.
+func DecodePayload(taskType string, payload []byte) (Payload, error) {
+	var p Payload
+	switch OpOfType(taskType) {
 	case OpUpdate:
-		p := &UpdatePayload{}
-		dst, to = p, func() Change {
-			return Change{Op: op, ProductCouponID: p.ProductCouponID, BrandID: p.BrandID, OutRequestNo: p.OutRequestNo, DisplayInfo: p.DisplayInfo}
-		}
+		p = &UpdatePayload{}
 	case OpDeactivate:
-		p := &DeactivatePayload{}
-		dst, to = p, func() Change {
-			return Change{Op: op, ProductCouponID: p.ProductCouponID, BrandID: p.BrandID, OutRequestNo: p.OutRequestNo, DeactivateReason: p.DeactivateReason}
-		}
+		p = &DeactivatePayload{}
+	case OpGet:
+		p = &GetPayload{}
 	default:
-		p := &GetPayload{}
-		dst, to = p, func() Change {
-			return Change{Op: op, ProductCouponID: p.ProductCouponID, BrandID: p.BrandID, OutRequestNo: p.OutRequestNo}
-		}
+		return nil, &PayloadError{TaskType: taskType, Err: fmt.Errorf("unknown task type %q (want %s, %s or %s)", taskType, TypeUpdate, TypeDeactivate, TypeGet)}
 	}
-	if err := decodeStrict(payload, dst); err != nil {
-		return Change{}, &PayloadError{TaskType: taskType, Err: err}
+	if err := decodeStrict(payload, p); err != nil {
+		return nil, &PayloadError{TaskType: taskType, Err: err}
 	}
-	if err := dst.Validate(); err != nil {
-		// The identity fields still name the task, so its failure can be recorded.
-		return to(), &PayloadError{TaskType: taskType, Err: err}
+	if err := p.Validate(); err != nil {
+		return p, &PayloadError{TaskType: taskType, Err: err}
 	}
-	return to(), nil
+	return p, nil
 }
 
 // decodeStrict decodes exactly one JSON object into v, rejecting unknown

@@ -17,21 +17,24 @@ type change struct {
 }
 
 // decodePayload decodes and validates a task payload through
-// tasks.DecodePayload (the one owner of the payload format). On a
-// validation error the change still holds the identity fields, so the
-// failure can be recorded.
+// tasks.DecodePayload (the one owner of the payload format) and maps it to
+// its WeChat Pay request. On a validation error the change still holds the
+// identity fields, so the failure can be recorded.
 func decodePayload(taskType string, b []byte) (*change, error) {
-	tc, err := tasks.DecodePayload(taskType, b)
-	c := &change{op: tasks.OpOfType(taskType), productCouponID: tc.ProductCouponID, brandID: tc.BrandID, outRequestNo: tc.OutRequestNo}
-	switch c.op {
-	case tasks.OpUpdate:
-		c.update = &wechatpay.UpdateProductCouponRequest{ProductCouponID: tc.ProductCouponID, BrandID: tc.BrandID,
-			OutRequestNo: tc.OutRequestNo, DisplayInfo: tc.DisplayInfo}
-	case tasks.OpDeactivate:
-		c.deactivate = &wechatpay.DeactivateProductCouponRequest{ProductCouponID: tc.ProductCouponID, BrandID: tc.BrandID,
-			OutRequestNo: tc.OutRequestNo, DeactivateReason: tc.DeactivateReason}
-	case tasks.OpGet:
-		c.get = &wechatpay.GetProductCouponRequest{ProductCouponID: tc.ProductCouponID, BrandID: tc.BrandID}
+	p, err := tasks.DecodePayload(taskType, b)
+	c := &change{op: tasks.OpOfType(taskType)}
+	if p == nil {
+		return c, err
+	}
+	tc := p.Change()
+	c.productCouponID, c.brandID, c.outRequestNo = tc.ProductCouponID, tc.BrandID, tc.OutRequestNo
+	switch p := p.(type) {
+	case *tasks.UpdatePayload:
+		c.update = p.Request()
+	case *tasks.DeactivatePayload:
+		c.deactivate = p.Request()
+	case *tasks.GetPayload:
+		c.get = p.Request()
 	}
 	return c, err
 }
