@@ -35,12 +35,12 @@ func FormatOf(path string) (Format, error) {
 	return "", fmt.Errorf("couponq: %s: unknown change file format (want .jsonl, .ndjson or .csv)", path)
 }
 
-// MaxLineBytes is the longest line (a JSONL line, or a CSV record) a change
+// maxLineBytes is the longest line (a JSONL line, or a CSV record) a change
 // file may have.
-const MaxLineBytes = 1 << 20
+const maxLineBytes = 1 << 20
 
-// ErrLineTooLong is the error of a line longer than MaxLineBytes.
-var ErrLineTooLong = fmt.Errorf("line longer than %d bytes", MaxLineBytes)
+// errLineTooLong is the error of a line longer than maxLineBytes.
+var errLineTooLong = fmt.Errorf("line longer than %d bytes", maxLineBytes)
 
 // LineError is one bad line of a change file. Reading goes on after it.
 type LineError struct {
@@ -149,7 +149,7 @@ func (r *ChangeReader) nextJSONL() (Change, error) {
 		}
 		r.line++
 		if tooLong {
-			return Change{}, &LineError{Line: r.line, Err: ErrLineTooLong}
+			return Change{}, &LineError{Line: r.line, Err: errLineTooLong}
 		}
 		if r.line == 1 {
 			line = bytes.TrimPrefix(line, bom)
@@ -170,13 +170,13 @@ func (r *ChangeReader) nextJSONL() (Change, error) {
 }
 
 // readLine reads one line without its newline. A line longer than
-// MaxLineBytes is skipped to its end and reported as tooLong.
+// maxLineBytes is skipped to its end and reported as tooLong.
 func (r *ChangeReader) readLine() (line []byte, tooLong bool, err error) {
 	r.buf = r.buf[:0]
 	for {
 		chunk, err := r.br.ReadSlice('\n')
 		if !tooLong {
-			if len(r.buf)+len(chunk) > MaxLineBytes+1 { // +1: the newline
+			if len(r.buf)+len(chunk) > maxLineBytes+1 { // +1: the newline
 				tooLong = true
 				r.buf = r.buf[:0]
 			} else {
@@ -232,9 +232,9 @@ func (r *ChangeReader) nextCSV() (Change, error) {
 func (r *ChangeReader) csvErr(err error) error {
 	var pe *csv.ParseError
 	switch {
-	case errors.Is(err, ErrLineTooLong):
+	case errors.Is(err, errLineTooLong):
 		r.err = io.EOF // the CSV reader cannot resynchronise inside a record
-		return &LineError{Line: r.lim.lines + 1, Err: ErrLineTooLong}
+		return &LineError{Line: r.lim.lines + 1, Err: errLineTooLong}
 	case errors.As(err, &pe):
 		return &LineError{Line: pe.StartLine, Err: csvError(pe)}
 	}
@@ -341,8 +341,8 @@ func (r *ChangeReader) changeOf(rec []string) (Change, error) {
 }
 
 // limitedLines feeds encoding/csv while refusing lines longer than
-// MaxLineBytes, so a file without newlines cannot make the CSV reader
-// buffer all of it: such a line ends the file with ErrLineTooLong (the CSV
+// maxLineBytes, so a file without newlines cannot make the CSV reader
+// buffer all of it: such a line ends the file with errLineTooLong (the CSV
 // reader cannot resynchronise inside a record it did not read).
 type limitedLines struct {
 	r     io.Reader
@@ -351,11 +351,11 @@ type limitedLines struct {
 }
 
 func (l *limitedLines) Read(p []byte) (int, error) {
-	if l.run > MaxLineBytes {
-		return 0, ErrLineTooLong
+	if l.run > maxLineBytes {
+		return 0, errLineTooLong
 	}
-	if len(p) > MaxLineBytes-l.run+1 {
-		p = p[:MaxLineBytes-l.run+1]
+	if len(p) > maxLineBytes-l.run+1 {
+		p = p[:maxLineBytes-l.run+1]
 	}
 	n, err := l.r.Read(p)
 	for _, c := range p[:n] {

@@ -49,7 +49,7 @@ get,1000000013,120344,,,
 
 func TestChangeReader(t *testing.T) {
 	t.Parallel()
-	long := `{"op":"get","product_coupon_id":"1","brand_id":"b","x":"` + strings.Repeat("a", MaxLineBytes) + `"}`
+	long := `{"op":"get","product_coupon_id":"1","brand_id":"b","x":"` + strings.Repeat("a", maxLineBytes) + `"}`
 	tests := []struct {
 		name   string
 		format Format
@@ -123,7 +123,7 @@ func TestChangeReader(t *testing.T) {
 			want:  []Change{{Op: OpGet, ProductCouponID: "1", BrandID: "b"}},
 			bad:   map[int]string{3: `extraneous or missing " in quoted-field`}},
 		{name: "csv line too long ends the file", format: FormatCSV,
-			input: "op,product_coupon_id,brand_id\nget,1,b\nget,1," + strings.Repeat("b", MaxLineBytes) + "\nget,1,b\n",
+			input: "op,product_coupon_id,brand_id\nget,1,b\nget,1," + strings.Repeat("b", maxLineBytes) + "\nget,1,b\n",
 			want:  []Change{{Op: OpGet, ProductCouponID: "1", BrandID: "b"}},
 			bad:   map[int]string{3: "line longer than"}},
 	}

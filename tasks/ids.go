@@ -6,14 +6,14 @@ import (
 	"github.com/oklog/ulid/v2"
 )
 
-// MaxBatchIDLen is the longest batch ID accepted.
-const MaxBatchIDLen = 128
+// maxBatchIDLen is the longest batch ID accepted.
+const maxBatchIDLen = 128
 
 func newULID() string { return ulid.Make().String() }
 
-// NewBatchID returns a new batch ID: a ULID, so batch IDs sort by creation
+// newBatchID returns a new batch ID: a ULID, so batch IDs sort by creation
 // time.
-func NewBatchID() string { return newULID() }
+func newBatchID() string { return newULID() }
 
 // ValidateBatchID checks a batch ID: 1–128 characters of [0-9A-Za-z_.-].
 // (":" is refused so that no batch key can spell another batch's task set.)
@@ -21,8 +21,8 @@ func ValidateBatchID(id string) error {
 	if id == "" {
 		return fmt.Errorf("couponq: invalid batch ID: empty")
 	}
-	if len(id) > MaxBatchIDLen {
-		return fmt.Errorf("couponq: invalid batch ID: %d characters, at most %d", len(id), MaxBatchIDLen)
+	if len(id) > maxBatchIDLen {
+		return fmt.Errorf("couponq: invalid batch ID: %d characters, at most %d", len(id), maxBatchIDLen)
 	}
 	for i := 0; i < len(id); i++ {
 		c := id[i]

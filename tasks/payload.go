@@ -237,14 +237,15 @@ func NewDeactivateTask(p *DeactivatePayload, opts ...asynq.Option) (*asynq.Task,
 
 // NewGetTask returns a coupon:get task for p with the task ID
 // ("get:<brand_id>:<out_request_no>"). p is validated first; its
-// OutRequestNo is required here (see NewGetOutRequestNo).
+// OutRequestNo is required here (the Producer makes one up for a get
+// change without it).
 func NewGetTask(p *GetPayload, opts ...asynq.Option) (*asynq.Task, error) {
 	return newTask(OpGet, TaskID(OpGet, p.BrandID, p.OutRequestNo), p, opts)
 }
 
-// NewGetOutRequestNo returns a fresh, unique out_request_no for a get that
+// newGetOutRequestNo returns a fresh, unique out_request_no for a get that
 // has none: "get" followed by a ULID (29 characters).
-func NewGetOutRequestNo() string { return "get" + newULID() }
+func newGetOutRequestNo() string { return "get" + newULID() }
 
 // PayloadError is returned by DecodePayload for a task payload that does
 // not decode or validate. The worker fails such a task at once.

@@ -186,9 +186,9 @@ func TestNewTaskConstructors(t *testing.T) {
 	if _, err := NewGetTask(&GetPayload{ProductCouponID: "1", BrandID: "b"}); !slicesContain(fields(err), "out_request_no") {
 		t.Errorf("NewGetTask without out_request_no: %v", err)
 	}
-	orn := NewGetOutRequestNo()
-	if err := wechatpay.ValidateOutRequestNo(orn); err != nil || orn == NewGetOutRequestNo() {
-		t.Errorf("NewGetOutRequestNo %q: %v (or not unique)", orn, err)
+	orn := newGetOutRequestNo()
+	if err := wechatpay.ValidateOutRequestNo(orn); err != nil || orn == newGetOutRequestNo() {
+		t.Errorf("newGetOutRequestNo %q: %v (or not unique)", orn, err)
 	}
 }
 
@@ -238,7 +238,7 @@ func TestValidateBatchID(t *testing.T) {
 		id string
 		ok bool
 	}{
-		{NewBatchID(), true}, {"nightly-2025.01_01", true}, {strings.Repeat("a", 128), true},
+		{newBatchID(), true}, {"nightly-2025.01_01", true}, {strings.Repeat("a", 128), true},
 		{"", false}, {strings.Repeat("a", 129), false}, {"a:tasks", false}, {"a b", false}, {"批次", false},
 	} {
 		if err := ValidateBatchID(tt.id); (err == nil) != tt.ok {

@@ -18,17 +18,23 @@ import (
 
 // Producer defaults.
 const (
-	DefaultQueue       = "couponq"
-	DefaultConcurrency = 32
+	// DefaultQueue is the asynq queue tasks go to, and the queue couponq's
+	// worker serves, unless configured otherwise.
+	DefaultQueue = "couponq"
+	// DefaultEnqueueConcurrency is how many changes of a batch are being
+	// enqueued at once (WithConcurrency).
+	DefaultEnqueueConcurrency = 32
+	// DefaultTaskTimeout is asynq's per-attempt timeout of each task
+	// (WithTaskTimeout).
 	DefaultTaskTimeout = 2 * time.Minute
 	// acceptGroupSize is how many changes EnqueueBatch accepts in one
 	// script call.
 	acceptGroupSize = 64
 	// acceptWorkers is how many groups may be being accepted at once.
 	acceptWorkers = 4
-	// DefaultMaxFailures is how many changes of a batch may fail to enqueue
+	// defaultMaxFailures is how many changes of a batch may fail to enqueue
 	// before EnqueueBatch gives up (ErrTooManyFailures).
-	DefaultMaxFailures = 100
+	defaultMaxFailures = 100
 )
 
 // Errors of the producer. Test with errors.Is.
@@ -154,9 +160,9 @@ func WithTaskTimeout(d time.Duration) ProducerOption {
 	}
 }
 
-// WithClock injects the clock of enqueued_at and batch timestamps
+// withClock injects the clock of enqueued_at and batch timestamps
 // (tests).
-func WithClock(now func() time.Time) ProducerOption {
+func withClock(now func() time.Time) ProducerOption {
 	return func(p *Producer) error {
 		if now == nil {
 			return errors.New("clock: must not be nil")
@@ -175,7 +181,7 @@ func NewProducer(rdb redis.UniversalClient, opts ...ProducerOption) (*Producer, 
 	p := &Producer{
 		rdb:         rdb,
 		queue:       DefaultQueue,
-		concurrency: DefaultConcurrency,
+		concurrency: DefaultEnqueueConcurrency,
 		timeout:     DefaultTaskTimeout,
 		ttl:         DefaultResultTTL,
 		now:         time.Now,
@@ -229,7 +235,7 @@ type prepared struct {
 // prepare names a get that has none, validates and encodes c.
 func prepare(c Change, batch string) (*prepared, error) {
 	if c.Op == OpGet && c.OutRequestNo == "" {
-		c.OutRequestNo = NewGetOutRequestNo()
+		c.OutRequestNo = newGetOutRequestNo()
 	}
 	if err := c.Validate(); err != nil {
 		return nil, err
@@ -326,7 +332,7 @@ type BatchOptions struct {
 	// at the end; never concurrently.
 	OnProgress func(BatchProgress)
 	// MaxFailures stops the batch after this many changes failed to
-	// enqueue (invalid, or refused by Redis); 0 means DefaultMaxFailures,
+	// enqueue (invalid, or refused by Redis); 0 means 100,
 	// a negative value never stops. Conflicts do not count.
 	MaxFailures int
 }
@@ -378,14 +384,14 @@ func (r *BatchReport) Err() error {
 func (p *Producer) EnqueueBatch(ctx context.Context, changes iter.Seq2[Change, error], opts BatchOptions) (*BatchReport, error) {
 	id := opts.ID
 	if id == "" {
-		id = NewBatchID()
+		id = newBatchID()
 	}
 	if err := ValidateBatchID(id); err != nil {
 		return nil, err
 	}
 	maxFail := opts.MaxFailures
 	if maxFail == 0 {
-		maxFail = DefaultMaxFailures
+		maxFail = defaultMaxFailures
 	}
 	if err := p.store.OpenBatch(ctx, id); err != nil {
 		return nil, err

@@ -35,7 +35,7 @@ func setup(t *testing.T, opts ...ProducerOption) *testBundle {
 	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
 	t.Cleanup(func() { _ = rdb.Close() })
 	now := func() time.Time { return testNow }
-	p, err := NewProducer(rdb, append([]ProducerOption{WithClock(now)}, opts...)...)
+	p, err := NewProducer(rdb, append([]ProducerOption{withClock(now)}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -524,7 +524,7 @@ func TestProducerOptions(t *testing.T) {
 		{"zero concurrency", WithConcurrency(0), "concurrency: must be 1–4096, got 0"},
 		{"nil logger", WithLogger(nil), "logger"},
 		{"zero timeout", WithTaskTimeout(0), "task timeout"},
-		{"nil clock", WithClock(nil), "clock"},
+		{"nil clock", withClock(nil), "clock"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -14,7 +14,7 @@ import (
 
 // Defaults of Config.
 const (
-	DefaultQueue           = "couponq"
+	DefaultQueue           = tasks.DefaultQueue // one name for producer and worker
 	DefaultConcurrency     = 20
 	DefaultMaxRetry        = 10
 	DefaultRetryBase       = time.Second

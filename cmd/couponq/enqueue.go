@@ -61,7 +61,7 @@ with another payload it is a conflict (reported, exit status 1).`,
 	f.StringVar(&c.Queue, "queue", tasks.DefaultQueue, "asynq queue to enqueue into")
 	ef.add(f, "queue", "COUPONQ_QUEUE")
 	addRedisFlag(cmd, &ef, &c.RedisURL)
-	f.IntVar(&c.Concurrency, "concurrency", tasks.DefaultConcurrency, "enqueues in flight at once")
+	f.IntVar(&c.Concurrency, "concurrency", tasks.DefaultEnqueueConcurrency, "enqueues in flight at once")
 	ef.add(f, "concurrency", "COUPONQ_ENQUEUE_CONCURRENCY")
 	f.DurationVar(&c.ResultTTL, "result-ttl", tasks.DefaultResultTTL, "how long result and batch keys live")
 	ef.add(f, "result-ttl", "COUPONQ_RESULT_TTL")
