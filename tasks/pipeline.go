@@ -21,7 +21,7 @@ var errPipelineClosed = errors.New("couponq: producer closed")
 // the order "Accept, then enqueue" of each task holds, but 32 goroutines
 // cost Redis a handful of socket reads and writes instead of 64.
 //
-// asynq v0.26 has no batch enqueue (see asynq-notes §1.11); this gives the
+// asynq v0.26 has no batch enqueue; this gives the
 // producer its throughput without touching asynq's task encoding.
 type pipelinedClient struct {
 	redis.UniversalClient

@@ -18,7 +18,7 @@ import (
 // enqueued, or expired after the result TTL.
 var ErrNotFound = errors.New("not found")
 
-// Result is one task's result hash (SPEC "Results in Redis"), typed.
+// Result is one task's result hash, typed (its fields: README, "Results in Redis").
 type Result struct {
 	TaskID          string          `json:"task_id"`
 	Op              Op              `json:"op"`
