@@ -1,5 +1,5 @@
 // Package redisurl parses couponq's Redis URLs (redis://, rediss://,
-// redis-sentinel://, redis-cluster://) into go-redis options that also serve
+// redis-sentinel://) into go-redis options that also serve
 // as an asynq.RedisConnOpt.
 package redisurl
 
