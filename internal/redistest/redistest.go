@@ -2,9 +2,12 @@
 // free loopback port with its own data directory, and stops it through
 // tb.Cleanup. It never touches port 6379 or data it did not create.
 //
-// Without redis-server on PATH the test is skipped with a clear message,
-// except under CI (CI=true), where a missing server fails the test: CI must
-// prove the integration paths.
+// Under go test -short every test that needs a server is skipped at once,
+// whether or not redis-server is installed: -short means the unit tests
+// only (make test-short). Otherwise, without redis-server on PATH the test
+// is skipped with a message saying "integration test skipped", except
+// under CI (CI=true), where a missing server fails the test: CI must prove
+// the integration paths, and it also refuses any log with that message.
 package redistest
 
 import (
@@ -47,10 +50,13 @@ func Available() bool {
 	return err == nil
 }
 
-// Require skips tb (fails it under CI) when redis-server is missing and
-// returns its path otherwise.
+// Require skips tb under -short, skips it (fails it under CI) when
+// redis-server is missing, and returns the server's path otherwise.
 func Require(tb testing.TB) string {
 	tb.Helper()
+	if testing.Short() {
+		tb.Skip("needs redis-server: not run under -short")
+	}
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
 		if os.Getenv("CI") != "" {
