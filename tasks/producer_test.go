@@ -12,6 +12,7 @@ import (
 
 	"github.com/alicebob/miniredis/v2"
 	"github.com/couponq/couponq/internal/results"
+	"github.com/couponq/couponq/internal/testutil"
 	"github.com/couponq/couponq/wechatpay"
 	"github.com/google/go-cmp/cmp"
 	"github.com/hibiken/asynq"
@@ -260,16 +261,9 @@ func TestBatchRecordBeforeFirstFinish(t *testing.T) {
 			return
 		}
 		// Wait (bounded) for the first task to be in asynq, then be its worker.
-		deadline := time.Now().Add(10 * time.Second)
-		for {
-			if _, err := b.inspector.GetTaskInfo(DefaultQueue, first.TaskID()); err == nil {
-				break
-			}
-			if time.Now().After(deadline) {
-				fail("first task never enqueued")
-				return
-			}
-			time.Sleep(time.Millisecond)
+		if err := pollEnqueued(ctx, b, first.TaskID()); err != nil {
+			fail("first task never enqueued: %v", err)
+			return
 		}
 		if s, err := b.reader.Batch(ctx, "w"); err != nil || s.Total != 1 || b.members(t, "w") != 1 {
 			fail("when the first task is in asynq: batch %+v, %v", s, err)
@@ -396,16 +390,22 @@ func TestEnqueueBatchStops(t *testing.T) {
 
 var cancelChange = getChange("cancel_now")
 
-// waitEnqueued waits (bounded) until asynq holds task taskID.
+// pollEnqueued waits (bounded) until asynq holds task taskID. It only
+// returns an error: the changes iterators that call it must not stop the
+// test themselves.
+func pollEnqueued(ctx context.Context, b *testBundle, taskID string) error {
+	return testutil.Poll(ctx, 10*time.Second, time.Millisecond, func() error {
+		_, err := b.inspector.GetTaskInfo(DefaultQueue, taskID)
+		return err
+	})
+}
+
+// waitEnqueued is pollEnqueued reporting, without stopping, a task never
+// enqueued.
 func waitEnqueued(t *testing.T, b *testBundle, taskID string) {
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		if _, err := b.inspector.GetTaskInfo(DefaultQueue, taskID); err == nil {
-			return
-		}
-		time.Sleep(time.Millisecond)
+	if err := pollEnqueued(t.Context(), b, taskID); err != nil {
+		t.Errorf("task %s never enqueued: %v", taskID, err)
 	}
-	t.Errorf("task %s never enqueued", taskID)
 }
 
 // failEnqueue makes asynq's enqueue script fail, as a Redis refusing

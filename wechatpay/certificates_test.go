@@ -2,10 +2,12 @@ package wechatpay_test
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/couponq/couponq/internal/testutil"
 	"github.com/couponq/couponq/wechatpay"
 	"github.com/couponq/couponq/wechatpay/wechatpaytest"
 )
@@ -179,14 +181,12 @@ func TestBackgroundRefresh(t *testing.T) {
 	if err := c.Ready(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	// Poll, with a bounded deadline, for the refresh to happen.
-	deadline := time.Now().Add(20 * time.Second)
-	for countOp(s, wechatpaytest.OpCertificates) < 2 {
-		if time.Now().After(deadline) {
-			t.Fatal("no background refresh within 20 s")
+	testutil.Eventually(t, 20*time.Second, 50*time.Millisecond, func() error {
+		if n := countOp(s, wechatpaytest.OpCertificates); n < 2 {
+			return fmt.Errorf("%d certificate download(s), want 2", n)
 		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return nil
+	}, "no background refresh")
 	c.Close()
 	n := countOp(s, wechatpaytest.OpCertificates)
 	// After Close the loop is gone: Close waits for it.

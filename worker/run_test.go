@@ -17,6 +17,7 @@ import (
 	"github.com/couponq/couponq/internal/redistest"
 	"github.com/couponq/couponq/internal/redisurl"
 	"github.com/couponq/couponq/internal/results"
+	"github.com/couponq/couponq/internal/testutil"
 	"github.com/couponq/couponq/tasks"
 	"github.com/couponq/couponq/wechatpay"
 )
@@ -182,15 +183,16 @@ func TestRunEndToEnd(t *testing.T) {
 
 func pollBatch(t *testing.T, rdb redis.UniversalClient, batch string, within time.Duration) map[string]string {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	for {
-		m, err := rdb.HGetAll(t.Context(), results.BatchKey(batch)).Result()
-		if err == nil && m[results.BatchFieldFinishedAt] != "" {
-			return m
+	var m map[string]string
+	testutil.Eventually(t, within, 50*time.Millisecond, func() error {
+		var err error
+		if m, err = rdb.HGetAll(t.Context(), results.BatchKey(batch)).Result(); err != nil {
+			return err
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("batch %s not finished within %v: %v (%v)", batch, within, m, err)
+		if m[results.BatchFieldFinishedAt] == "" {
+			return fmt.Errorf("batch hash %v", m)
 		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return nil
+	}, "batch %s not finished", batch)
+	return m
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/alicebob/miniredis/v2"
 
+	"github.com/couponq/couponq/internal/testutil"
 	"github.com/couponq/couponq/wechatpay/wechatpaytest"
 )
 
@@ -323,11 +325,13 @@ func TestMockPrintsUsableEnv(t *testing.T) {
 		done <- runWith(ctx, func(string) string { return "" }, "", "mock", "--dir", dir, "--coupons", "5", "--ready-file", ready)
 	}()
 	var env []byte
-	deadline := time.Now().Add(30 * time.Second)
-	for len(env) == 0 && time.Now().Before(deadline) {
-		env, _ = os.ReadFile(ready)
-		time.Sleep(20 * time.Millisecond)
-	}
+	testutil.Eventually(t, 30*time.Second, 20*time.Millisecond, func() error {
+		var err error
+		if env, err = os.ReadFile(ready); err == nil && len(env) == 0 {
+			err = errors.New("empty")
+		}
+		return err
+	}, "mock never wrote its settings to --ready-file")
 	vars := map[string]string{}
 	for _, line := range strings.Split(strings.TrimSpace(string(env)), "\n") {
 		k, v, _ := strings.Cut(strings.TrimPrefix(line, "export "), "=")

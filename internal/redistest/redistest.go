@@ -24,6 +24,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/couponq/couponq/internal/testutil"
 )
 
 // Server is one redis-server process.
@@ -116,24 +118,25 @@ func (s *Server) start() {
 	}
 	s.done = make(chan struct{})
 	go func(cmd *exec.Cmd, done chan struct{}) { _ = cmd.Wait(); close(done) }(s.cmd, s.done)
-	// Wait until it answers PING; bounded.
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	// Wait until it answers PING; bounded. Not tb's context: Restart may
+	// run in a Cleanup.
+	err := testutil.Poll(context.Background(), 10*time.Second, 20*time.Millisecond, func() error {
 		c, err := net.DialTimeout("tcp", s.Addr(), 200*time.Millisecond)
-		if err == nil {
-			fmt.Fprintf(c, "PING\r\n")
-			_ = c.SetReadDeadline(time.Now().Add(time.Second))
-			line, _ := bufio.NewReader(c).ReadString('\n')
-			c.Close()
-			if strings.HasPrefix(line, "+PONG") {
-				return
-			}
+		if err != nil {
+			return err
 		}
-		if time.Now().After(deadline) {
-			log, _ := os.ReadFile(filepath.Join(s.dir, "redis.log"))
-			s.tb.Fatalf("redistest: redis-server did not answer on %s: %v\n%s", s.Addr(), err, log)
+		defer c.Close()
+		fmt.Fprintf(c, "PING\r\n")
+		_ = c.SetReadDeadline(time.Now().Add(time.Second))
+		line, err := bufio.NewReader(c).ReadString('\n')
+		if !strings.HasPrefix(line, "+PONG") {
+			return fmt.Errorf("PING answered %q, %v", line, err)
 		}
-		time.Sleep(20 * time.Millisecond)
+		return nil
+	})
+	if err != nil {
+		log, _ := os.ReadFile(filepath.Join(s.dir, "redis.log"))
+		s.tb.Fatalf("redistest: redis-server did not answer on %s: %v\n%s", s.Addr(), err, log)
 	}
 }
 
