@@ -21,6 +21,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/couponq/couponq/internal/redistest"
+	"github.com/couponq/couponq/internal/testutil"
 	"github.com/couponq/couponq/tasks"
 	"github.com/couponq/couponq/wechatpay"
 	"github.com/couponq/couponq/wechatpay/wechatpaytest"
@@ -238,6 +239,18 @@ func verify(t *testing.T, rdb redis.UniversalClient, fake *wechatpaytest.Server,
 	return succeeded, failed
 }
 
+// doneAtLeast says whether at least n tasks of batch are terminal.
+func doneAtLeast(ctx context.Context, r *tasks.Reader, batch string, n int) error {
+	st, err := r.Batch(ctx, batch)
+	if err != nil {
+		return err
+	}
+	if st.Succeeded+st.Failed < n {
+		return fmt.Errorf("%d of %d done, want %d: %+v", st.Succeeded+st.Failed, st.Total, n, st)
+	}
+	return nil
+}
+
 func faultCounts(fake *wechatpaytest.Server) map[string]int {
 	m := map[string]int{}
 	for _, q := range fake.Requests() {
@@ -297,12 +310,22 @@ func TestReenqueueIsDuplicates(t *testing.T) {
 	if st2.Total != 0 || st2.Duplicates != len(cs) || !st2.Done() {
 		t.Errorf("second batch %+v: want empty, done, all duplicates", st2)
 	}
+	// Once no task is pending, active, scheduled or retrying, the worker has
+	// nothing left that could call the API: only then is the count final.
+	// (Active may still hold the first batch's last task for a moment after
+	// its result is written.)
 	insp := asynq.NewInspector(asynq.RedisClientOpt{Addr: srv.Addr()})
 	defer insp.Close()
-	if qi, err := insp.GetQueueInfo(tasks.DefaultQueue); err == nil && qi.Pending+qi.Active+qi.Scheduled+qi.Retry != 0 {
-		t.Errorf("re-enqueue left work in the queue: %+v", qi)
-	}
-	time.Sleep(300 * time.Millisecond)
+	testutil.Eventually(t, 10*time.Second, 20*time.Millisecond, func() error {
+		qi, err := insp.GetQueueInfo(tasks.DefaultQueue)
+		if err != nil {
+			return err
+		}
+		if qi.Pending+qi.Active+qi.Scheduled+qi.Retry != 0 {
+			return fmt.Errorf("queue %+v", qi)
+		}
+		return nil
+	}, "re-enqueue left work in the queue")
 	if n := len(fake.Requests()); n != calls {
 		t.Errorf("re-enqueue made %d new API calls", n-calls)
 	}
@@ -319,17 +342,9 @@ func TestRedisRestartMidBatch(t *testing.T) {
 	enqueue(t, rdb, cs, "restart")
 
 	r := tasks.NewReader(rdb)
-	deadline := time.Now().Add(time.Minute)
-	for {
-		st, err := r.Batch(t.Context(), "restart")
-		if err == nil && st.Succeeded+st.Failed >= 100 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("batch did not reach 100 done: %+v %v", st, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testutil.Eventually(t, time.Minute, 20*time.Millisecond, func() error {
+		return doneAtLeast(t.Context(), r, "restart", 100)
+	}, "batch did not reach 100 done")
 	srv.Restart()
 	// Producers recover too: a second batch right after the restart.
 	more := fake.SeedCoupons(fake.BrandID(), 40)
@@ -382,17 +397,9 @@ func TestWorkerSIGKILL(t *testing.T) {
 	a := startChild("worker-a")
 	enqueue(t, rdb, cs, "sigkill")
 	r := tasks.NewReader(rdb)
-	deadline := time.Now().Add(time.Minute)
-	for {
-		st, err := r.Batch(t.Context(), "sigkill")
-		if err == nil && st.Succeeded+st.Failed >= len(cs)*3/10 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("worker A made no progress: %+v %v", st, err)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testutil.Eventually(t, time.Minute, 10*time.Millisecond, func() error {
+		return doneAtLeast(t.Context(), r, "sigkill", len(cs)*3/10)
+	}, "worker A made no progress")
 	if err := a.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
