@@ -17,6 +17,7 @@ import (
 	"testing"
 
 	"github.com/couponq/couponq/internal/redisurl"
+	"github.com/couponq/couponq/internal/wpenv"
 	"github.com/couponq/couponq/tasks"
 	"github.com/couponq/couponq/wechatpay"
 	"github.com/couponq/couponq/worker"
@@ -57,19 +58,7 @@ func runWorkerProcess() error {
 	if err != nil {
 		return fmt.Errorf("COUPONQ_BENCH_CONCURRENCY: %w", err)
 	}
-	key, err := wechatpay.LoadPrivateKeyFile(os.Getenv("WECHATPAY_MCH_PRIVATE_KEY_FILE"))
-	if err != nil {
-		return err
-	}
-	pub, err := wechatpay.LoadPublicKeyFile(os.Getenv("WECHATPAY_PUBLIC_KEY_FILE"))
-	if err != nil {
-		return err
-	}
-	client, err := wechatpay.NewClient(
-		wechatpay.WithPartner(os.Getenv("WECHATPAY_MCHID"), os.Getenv("WECHATPAY_MCH_CERT_SERIAL"), key),
-		wechatpay.WithPublicKey(os.Getenv("WECHATPAY_PUBLIC_KEY_ID"), pub),
-		wechatpay.WithBaseURL(os.Getenv("WECHATPAY_BASE_URL")),
-	)
+	client, err := wpenv.Client(os.Getenv)
 	if err != nil {
 		return err
 	}

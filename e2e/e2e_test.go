@@ -22,6 +22,7 @@ import (
 
 	"github.com/couponq/couponq/internal/redistest"
 	"github.com/couponq/couponq/internal/testutil"
+	"github.com/couponq/couponq/internal/wpenv"
 	"github.com/couponq/couponq/tasks"
 	"github.com/couponq/couponq/wechatpay"
 	"github.com/couponq/couponq/wechatpay/wechatpaytest"
@@ -42,20 +43,7 @@ func TestMain(m *testing.M) {
 func childWorker() int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
-	key, err := wechatpay.LoadPrivateKeyFile(os.Getenv("WECHATPAY_MCH_PRIVATE_KEY_FILE"))
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 2
-	}
-	pub, err := wechatpay.LoadPublicKeyFile(os.Getenv("WECHATPAY_PUBLIC_KEY_FILE"))
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 2
-	}
-	api, err := wechatpay.NewClient(
-		wechatpay.WithPartner(os.Getenv("WECHATPAY_MCHID"), os.Getenv("WECHATPAY_MCH_CERT_SERIAL"), key),
-		wechatpay.WithPublicKey(os.Getenv("WECHATPAY_PUBLIC_KEY_ID"), pub),
-		wechatpay.WithBaseURL(os.Getenv("WECHATPAY_BASE_URL")))
+	api, err := wpenv.Client(os.Getenv)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 2

@@ -4,11 +4,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"reflect"
 	"strings"
 	"time"
 
 	"github.com/hibiken/asynq"
 
+	"github.com/couponq/couponq/internal/results"
 	"github.com/couponq/couponq/tasks"
 )
 
@@ -21,6 +23,10 @@ const (
 	DefaultRetryCap        = 5 * time.Minute
 	DefaultShutdownTimeout = 30 * time.Second
 	DefaultLimiterMaxWait  = 2 * time.Second
+	// NoRetry as Config.MaxRetry fails a task on its first retryable
+	// failure (0 takes DefaultMaxRetry, as every zero field takes its
+	// default).
+	NoRetry = -1
 	// DefaultTaskCheckInterval is how long an idle processor sleeps between
 	// polls of empty queues (asynq's default is 1 s; lower means less
 	// latency for a new task and more Redis traffic).
@@ -44,7 +50,9 @@ type Config struct {
 	// Concurrency is the number of tasks processed at once. Default 20.
 	Concurrency int
 	// MaxRetry: a task whose call still fails with a retryable error after
-	// min(MaxRetry, the task's asynq max retry) retries is failed. Default 10.
+	// MaxRetry retries is failed. Default 10; NoRetry for none; at most
+	// 1000, the asynq MaxRetry couponq enqueues with, so that the worker
+	// and not asynq decides when a task fails.
 	MaxRetry int
 	// RetryBase and RetryCap shape the retry delay: full jitter over
 	// min(RetryBase·2^n, RetryCap). Defaults 1 s and 5 min.
@@ -67,12 +75,31 @@ type Config struct {
 	LimiterMaxWait time.Duration
 	// Logger receives the worker's and asynq's logs. Default: discarded.
 	Logger *slog.Logger
-	// Metrics receives call, retry, limiter and outcome observations
-	// (a *Metrics). nil = none.
-	Metrics metricsSink
-	// Limiter is the shared rate limiter (a *Limiter). nil = built from
-	// Rate and Identity, or unlimited when Rate is 0.
-	Limiter rateLimiter
+	// Metrics receives call, retry, limiter and outcome observations.
+	// nil = none.
+	Metrics *Metrics
+	// Limiter is the shared rate limiter. nil = built from Rate and
+	// Identity, or unlimited when Rate is 0.
+	Limiter *Limiter
+}
+
+// DefaultConfig returns a Config with every default filled in, Redis
+// and Identity left to the caller; cmd binds its flags into it so that
+// each default is stated once.
+func DefaultConfig() Config {
+	return Config{Rate: 20}.withDefaults()
+}
+
+// ConfigError is a setting of Config or HTTPConfig that cannot work.
+type ConfigError struct {
+	Struct  string // "Config" or "HTTPConfig"
+	Field   string // the field's name
+	Problem string // what is wrong, e.g. "is -2: must be NoRetry (-1) or more"
+}
+
+// Error implements error.
+func (e *ConfigError) Error() string {
+	return "worker: " + e.Struct + "." + e.Field + " " + e.Problem
 }
 
 // withDefaults returns cfg with zero values replaced by defaults.
@@ -112,9 +139,9 @@ func (cfg Config) withDefaults() Config {
 func (cfg Config) Validate() error {
 	var errs []error
 	bad := func(field, format string, args ...any) {
-		errs = append(errs, fmt.Errorf("worker: Config.%s %s", field, fmt.Sprintf(format, args...)))
+		errs = append(errs, &ConfigError{Struct: "Config", Field: field, Problem: fmt.Sprintf(format, args...)})
 	}
-	if isNil(cfg.Redis) {
+	if nilConnOpt(cfg.Redis) {
 		bad("Redis", "is required (a *redisurl.Conn from redisurl.Parse)")
 	}
 	for q, p := range cfg.Queues {
@@ -131,8 +158,11 @@ func (cfg Config) Validate() error {
 	if cfg.Concurrency < 0 {
 		bad("Concurrency", "is %d: must be ≥ 1 (0 for the default %d)", cfg.Concurrency, DefaultConcurrency)
 	}
-	if cfg.MaxRetry < 0 {
-		bad("MaxRetry", "is %d: must be ≥ 1 (0 for the default %d)", cfg.MaxRetry, DefaultMaxRetry)
+	switch {
+	case cfg.MaxRetry < NoRetry:
+		bad("MaxRetry", "is %d: must be NoRetry (-1) or more", cfg.MaxRetry)
+	case cfg.MaxRetry > results.MaxRetry:
+		bad("MaxRetry", "is %d: must be at most %d, the queue's retry ceiling", cfg.MaxRetry, results.MaxRetry)
 	}
 	if cfg.RetryBase < 0 {
 		bad("RetryBase", "is %v: must be positive", cfg.RetryBase)
@@ -157,8 +187,18 @@ func (cfg Config) Validate() error {
 	if cfg.Rate < 0 {
 		bad("Rate", "is %d: must be ≥ 0 (0 = unlimited)", cfg.Rate)
 	}
-	if cfg.Rate > 0 && isNil(cfg.Limiter) && cfg.Identity == "" {
+	if cfg.Rate > 0 && cfg.Limiter == nil && cfg.Identity == "" {
 		bad("Identity", "is required when Config.Rate > 0 (the mchid, or brand_id in brand mode)")
 	}
 	return errors.Join(errs...)
+}
+
+// nilConnOpt reports whether opt is nil or a nil pointer in the interface
+// (a nil *redisurl.Conn), which would panic in MakeRedisClient.
+func nilConnOpt(opt asynq.RedisConnOpt) bool {
+	if opt == nil {
+		return true
+	}
+	v := reflect.ValueOf(opt)
+	return v.Kind() == reflect.Pointer && v.IsNil()
 }

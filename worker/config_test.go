@@ -1,12 +1,14 @@
 package worker
 
 import (
+	"errors"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
 	"github.com/hibiken/asynq"
+	"github.com/redis/go-redis/v9"
 )
 
 func TestConfigValidate(t *testing.T) {
@@ -21,7 +23,9 @@ func TestConfigValidate(t *testing.T) {
 		{"no redis", Config{}, []string{"Config.Redis is required"}},
 		{"typed nil redis", Config{Redis: (*asynq.RedisClientOpt)(nil)}, []string{"Config.Redis is required"}},
 		{"negative concurrency", Config{Redis: redisOpt, Concurrency: -1}, []string{"Config.Concurrency is -1"}},
-		{"negative max retry", Config{Redis: redisOpt, MaxRetry: -2}, []string{"Config.MaxRetry is -2"}},
+		{"no retry", Config{Redis: redisOpt, MaxRetry: NoRetry}, nil},
+		{"max retry below NoRetry", Config{Redis: redisOpt, MaxRetry: -2}, []string{"Config.MaxRetry is -2: must be NoRetry (-1) or more"}},
+		{"max retry above the queue's ceiling", Config{Redis: redisOpt, MaxRetry: 1001}, []string{"Config.MaxRetry is 1001: must be at most 1000"}},
 		{"cap below base", Config{Redis: redisOpt, RetryBase: time.Minute, RetryCap: time.Second}, []string{"Config.RetryCap (1s) is below Config.RetryBase (1m0s)"}},
 		{"negative base", Config{Redis: redisOpt, RetryBase: -time.Second}, []string{"Config.RetryBase is -1s"}},
 		{"tiny ttl", Config{Redis: redisOpt, ResultTTL: time.Millisecond}, []string{"Config.ResultTTL is 1ms"}},
@@ -30,8 +34,8 @@ func TestConfigValidate(t *testing.T) {
 			[]string{`queue "a{b}" contains { or }`, "blank queue name", `queue "q" has priority 0`}},
 		{"negative rate", Config{Redis: redisOpt, Rate: -1}, []string{"Config.Rate is -1"}},
 		{"rate without identity", Config{Redis: redisOpt, Rate: 20}, []string{"Config.Identity is required when Config.Rate > 0"}},
-		{"rate with a limiter needs no identity", Config{Redis: redisOpt, Rate: 20, Limiter: &fakeLimiter{}}, nil},
-		{"several at once", Config{Concurrency: -1, MaxRetry: -1}, []string{"Config.Redis", "Config.Concurrency", "Config.MaxRetry"}},
+		{"rate with a limiter needs no identity", Config{Redis: redisOpt, Rate: 20, Limiter: NewLimiter(redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"}), "x", 20)}, nil},
+		{"several at once", Config{Concurrency: -1, MaxRetry: -2}, []string{"Config.Redis", "Config.Concurrency", "Config.MaxRetry"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -86,16 +90,15 @@ func TestNewDefaultsAndRejections(t *testing.T) {
 	if _, ok := w3.limiter.(*Limiter); !ok {
 		t.Errorf("limiter = %T, want *Limiter", w3.limiter)
 	}
-	// A typed nil limiter or metrics means none.
-	w2, err := New(Config{Redis: asynq.RedisClientOpt{Addr: mr.Addr()}, Limiter: (*fakeLimiter)(nil), Metrics: (*fakeMetrics)(nil)}, newStubAPI())
-	if err != nil {
-		t.Fatal(err)
+	if w3.limiter.(*Limiter) == nil {
+		t.Error("limiter is nil")
 	}
-	defer w2.Close()
-	if _, ok := w2.limiter.(noLimiter); !ok {
-		t.Errorf("limiter = %T, want none", w2.limiter)
+	// No rate and no limiter: a nil *Limiter, which is unlimited.
+	if l, ok := w.limiter.(*Limiter); !ok || l != nil {
+		t.Errorf("limiter = %#v, want a nil *Limiter", w.limiter)
 	}
-	if _, ok := w2.metrics.(noMetrics); !ok {
-		t.Errorf("metrics = %T, want none", w2.metrics)
+	var ce *ConfigError
+	if _, err := New(Config{Redis: asynq.RedisClientOpt{Addr: mr.Addr()}, MaxRetry: -5}, newStubAPI()); !errors.As(err, &ce) || ce.Field != "MaxRetry" || ce.Struct != "Config" {
+		t.Errorf("New: %v, want a *ConfigError of MaxRetry", err)
 	}
 }

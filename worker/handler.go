@@ -21,36 +21,15 @@ import (
 // have ended (a shutdown during the call): the outcome is still recorded.
 const storeTimeout = 10 * time.Second
 
-// deferError hands a task back to the queue after a 429 without counting a
-// failure: IsFailure reports false and RetryDelayFunc waits RetryAfter.
-type deferError struct {
-	op    tasks.Op
-	after time.Duration
-	err   error
-}
-
-func (e *deferError) Error() string {
-	return fmt.Sprintf("worker: %s rate limited, retry in %v: %v", e.op, e.after, e.err)
-}
-
-// Unwrap returns the API error.
-func (e *deferError) Unwrap() error { return e.err }
-
-// RetryAfter is how long to wait before the next attempt.
-func (e *deferError) RetryAfter() time.Duration { return e.after }
-
 // run is one execution of a task's handler.
 type run struct {
 	w          *Worker
 	c          *change
 	taskID     string
 	log        *slog.Logger
-	retried    int  // asynq retries so far
-	maxRetry   int  // min(Config.MaxRetry, the task's asynq max retry)
-	asynqMax   int  // the task's asynq max retry; asynq archives a failure at retried >= asynqMax
-	hasMax     bool // asynqMax is known (false when ProcessTask is called directly)
-	calls      int  // API calls made in this run
-	priorCalls int  // API calls recorded by earlier runs, as Store.Begin read them
+	retried    int // asynq retries so far
+	calls      int // API calls made in this run
+	priorCalls int // API calls recorded by earlier runs, as Store.Begin read them
 }
 
 // process is the asynq handler of all three task types.
@@ -66,11 +45,8 @@ func (w *Worker) process(ctx context.Context, t *asynq.Task) error {
 		}
 		taskID = tasks.TaskID(c.op, c.brandID, c.outRequestNo)
 	}
-	r := &run{w: w, c: c, taskID: taskID, maxRetry: w.cfg.MaxRetry}
+	r := &run{w: w, c: c, taskID: taskID}
 	r.retried, _ = w.retryCount(ctx)
-	if r.asynqMax, r.hasMax = w.maxRetry(ctx); r.hasMax {
-		r.maxRetry = min(r.maxRetry, r.asynqMax)
-	}
 	r.log = w.log.With("task_id", taskID, "op", string(c.op), "out_request_no", c.outRequestNo, "attempt", r.retried+1)
 
 	st, priorCalls, err := w.store.Begin(ctx, results.Identity{TaskID: taskID, Op: string(c.op), BrandID: c.brandID,
@@ -98,30 +74,50 @@ func (r *run) execute(ctx context.Context) error {
 	if err == nil {
 		return r.succeed(ctx, coupon)
 	}
-	_, a := classify(err)
-	if ctx.Err() != nil && !errors.Is(ctx.Err(), context.DeadlineExceeded) {
-		// Shut down during the call: asynq hands the task back; the call
-		// may have been applied, so the next run may reconcile.
-		r.retrying(ctx, a, "interrupted")
+	v := r.judge(ctx, err)
+	if v.action == reconcile {
+		return r.reconcile(ctx, v, err)
+	}
+	return r.act(ctx, v, err)
+}
+
+// judge is the verdict on err for this run.
+func (r *run) judge(ctx context.Context, err error) verdict {
+	return judge(err, attemptState{
+		op:           r.c.op,
+		retried:      r.retried,
+		maxRetry:     r.w.cfg.MaxRetry,
+		applied:      r.mayHaveAppliedBefore(),
+		shutdown:     ctx.Err() != nil && !errors.Is(ctx.Err(), context.DeadlineExceeded),
+		defaultAfter: r.w.cfg.RetryBase,
+	})
+}
+
+// act carries out a verdict other than reconcile and returns the handler's
+// error for asynq.
+func (r *run) act(ctx context.Context, v verdict, err error) error {
+	switch v.action {
+	case comeBack:
+		if v.reason == reasonRateLimited {
+			// WeChat Pay refused the call: slow every worker down a little.
+			berr := detached(ctx, func(ctx context.Context) error { return r.w.limiter.Backoff(ctx, string(r.c.op), v.after) })
+			if berr != nil {
+				r.log.Warn("rate limiter backoff failed", "err", berr)
+			}
+		}
+		var cb *comeBackError
+		if !errors.As(err, &cb) {
+			err = &comeBackError{reason: v.reason, after: v.after, err: err}
+		}
+		return r.retrying(ctx, v, err)
+	case retryLater:
+		return r.retrying(ctx, v, err)
+	case handBack:
+		_ = r.retrying(ctx, v, nil)
 		return fmt.Errorf("worker: interrupted: %w", err)
+	default: // failNow
+		return r.finish(ctx, tasks.StatusFailed, v.attempt, fmt.Errorf("worker: %s: %w: %w", v.reason, err, asynq.SkipRetry))
 	}
-	if d, limited := wechatpay.IsRateLimited(err); limited {
-		if d <= 0 {
-			d = r.w.cfg.RetryBase
-		}
-		berr := detached(ctx, func(ctx context.Context) error { return r.w.limiter.Backoff(ctx, string(r.c.op), d) })
-		if berr != nil {
-			r.log.Warn("rate limiter backoff failed", "err", berr)
-		}
-		return r.deferTask(ctx, a, "rate_limited", &deferError{op: r.c.op, after: d, err: err})
-	}
-	if wechatpay.IsRetryable(err) || errors.Is(err, context.DeadlineExceeded) {
-		return r.retryOrGiveUp(ctx, a, err)
-	}
-	if r.c.op != tasks.OpGet && mayBeAlreadyApplied(err) && r.mayHaveAppliedBefore() {
-		return r.reconcile(ctx, a, err)
-	}
-	return r.finish(ctx, tasks.StatusFailed, a, fmt.Errorf("worker: permanent error: %w: %w", err, asynq.SkipRetry))
 }
 
 // wait takes a rate-limit slot for op. A slot beyond LimiterMaxWait hands
@@ -135,11 +131,12 @@ func (r *run) wait(ctx context.Context, op tasks.Op) error {
 	if ctx.Err() != nil {
 		return fmt.Errorf("worker: interrupted waiting for a %s slot: %w", op, err)
 	}
-	if d, ok := retryAfter(err); ok {
-		a := results.Attempt{ErrorCode: CodeRateLimited, ErrorMessage: clip(fmt.Sprintf("rate limit: next %s slot in %v", op, d))}
-		return r.deferTask(ctx, a, "rate_limited_local", fmt.Errorf("worker: %w", err))
+	var rl *RateLimitedError
+	if !errors.As(err, &rl) {
+		return fmt.Errorf("worker: rate limiter: %w", err)
 	}
-	return fmt.Errorf("worker: rate limiter: %w", err)
+	v := judge(err, attemptState{op: op})
+	return r.act(ctx, v, &comeBackError{reason: v.reason, after: v.after, err: err})
 }
 
 // call makes one API call for op and reports it.
@@ -185,44 +182,22 @@ func (r *run) succeed(ctx context.Context, coupon *wechatpay.ProductCoupon) erro
 	return r.finish(ctx, tasks.StatusSucceeded, a, nil)
 }
 
-// retryOrGiveUp handles a retryable error: retrying while retries remain,
-// failed (and archived through SkipRetry) once they are used up.
-func (r *run) retryOrGiveUp(ctx context.Context, a results.Attempt, err error) error {
-	if r.retried >= r.maxRetry {
-		return r.finish(ctx, tasks.StatusFailed, a,
-			fmt.Errorf("worker: giving up after %d attempts: %w: %w", r.retried+1, err, asynq.SkipRetry))
-	}
-	outcome, _ := classify(err)
-	if rerr := r.retrying(ctx, a, outcome); rerr != nil {
-		return fmt.Errorf("%w (and %w)", err, rerr)
-	}
-	return err
-}
-
-// deferTask hands the task back for a rate limit. asynq archives any error
-// once retried reaches its max retry, rate limits included, so on that last
-// run the task fails here rather than in the archive.
-func (r *run) deferTask(ctx context.Context, a results.Attempt, reason string, err error) error {
-	if r.hasMax && r.retried >= r.asynqMax {
-		return r.finish(ctx, tasks.StatusFailed, a,
-			fmt.Errorf("worker: giving up after %d attempts: %w: %w", r.retried+1, err, asynq.SkipRetry))
-	}
-	if rerr := r.retrying(ctx, a, reason); rerr != nil {
-		return fmt.Errorf("%w (and %w)", err, rerr)
-	}
-	return err
-}
-
-func (r *run) retrying(ctx context.Context, a results.Attempt, reason string) error {
+// retrying records a non-terminal attempt and returns err for asynq (with
+// the recording's own error, if any, joined to it).
+func (r *run) retrying(ctx context.Context, v verdict, err error) error {
+	a := v.attempt
 	a.Calls = r.calls
-	r.w.metrics.ObserveRetry(string(r.c.op), reason)
-	err := detached(ctx, func(ctx context.Context) error { return r.w.store.Retrying(ctx, r.taskID, a) })
-	if err != nil {
-		r.log.Error("cannot record retry", "err", err)
-		return err
+	r.w.metrics.ObserveRetry(string(r.c.op), v.reason)
+	rerr := detached(ctx, func(ctx context.Context) error { return r.w.store.Retrying(ctx, r.taskID, a) })
+	if rerr != nil {
+		r.log.Error("cannot record retry", "err", rerr)
+		if err == nil {
+			return rerr
+		}
+		return fmt.Errorf("%w (and %w)", err, rerr)
 	}
-	r.log.Info("will retry", "reason", reason, "error_code", a.ErrorCode, "request_id", a.RequestID)
-	return nil
+	r.log.Info("will retry", "reason", v.reason, "action", v.action.String(), "error_code", a.ErrorCode, "request_id", a.RequestID)
+	return err
 }
 
 // finish records the terminal outcome (once; a second finish changes
@@ -265,18 +240,22 @@ func (r *run) mayHaveAppliedBefore() bool {
 // reconcile decides a refused retry of a write from the coupon itself: a
 // GET shows whether our earlier attempt took effect (deactivate_request_no
 // is our out_request_no; display_info holds what we sent).
-func (r *run) reconcile(ctx context.Context, orig results.Attempt, origErr error) error {
+func (r *run) reconcile(ctx context.Context, orig verdict, origErr error) error {
 	fail := func() error {
-		return r.finish(ctx, tasks.StatusFailed, orig, fmt.Errorf("worker: permanent error: %w: %w", origErr, asynq.SkipRetry))
+		return r.act(ctx, verdict{action: failNow, reason: "permanent error", attempt: orig.attempt}, origErr)
 	}
 	if err := r.wait(ctx, tasks.OpGet); err != nil {
 		return err
 	}
 	got, err := r.call(ctx, tasks.OpGet)
 	if err != nil {
-		if wechatpay.IsRetryable(err) {
-			// Cannot tell yet: retry the write (same out_request_no) later.
-			return r.retryOrGiveUp(ctx, orig, fmt.Errorf("worker: reconcile %w after: %w", err, origErr))
+		v := r.judge(ctx, err)
+		switch v.action {
+		case retryLater, comeBack, handBack:
+			// Cannot tell yet: try the write again (same out_request_no)
+			// later, recording the write's refusal.
+			v.attempt = orig.attempt
+			return r.act(ctx, v, fmt.Errorf("worker: reconcile %w after: %w", err, origErr))
 		}
 		r.log.Warn("reconcile GET failed", "err", err)
 		return fail()
@@ -288,7 +267,7 @@ func (r *run) reconcile(ctx context.Context, orig results.Attempt, origErr error
 	case tasks.OpUpdate:
 		applied = displayInfoApplied(r.c.update.DisplayInfo, got.DisplayInfo)
 	}
-	r.log.Info("reconciled a refused retry", "applied", applied, "error_code", orig.ErrorCode, "coupon_state", string(got.State))
+	r.log.Info("reconciled a refused retry", "applied", applied, "error_code", orig.attempt.ErrorCode, "coupon_state", string(got.State))
 	if !applied {
 		return fail()
 	}

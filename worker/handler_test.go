@@ -54,7 +54,7 @@ func setup(t *testing.T, mutate ...func(*Config)) *testBundle {
 	b.rdb = redis.NewClient(&redis.Options{Addr: mr.Addr()})
 	t.Cleanup(func() { b.rdb.Close() })
 	b.store = results.NewStore(b.rdb)
-	cfg := Config{Redis: asynq.RedisClientOpt{Addr: mr.Addr()}, MaxRetry: 3, Limiter: b.limiter, Metrics: b.metrics}
+	cfg := Config{Redis: asynq.RedisClientOpt{Addr: mr.Addr()}, MaxRetry: 3}
 	for _, m := range mutate {
 		m(&cfg)
 	}
@@ -67,10 +67,7 @@ func setup(t *testing.T, mutate ...func(*Config)) *testBundle {
 		ri, ok := ctx.Value(retryKey{}).(retryInfo)
 		return ri.retried, ok
 	}
-	w.maxRetry = func(ctx context.Context) (int, bool) {
-		ri, ok := ctx.Value(retryKey{}).(retryInfo)
-		return ri.max, ok
-	}
+	w.limiter, w.metrics = b.limiter, b.metrics
 	b.w = w
 	return b
 }
@@ -226,22 +223,16 @@ func TestHandlerOutcomes(t *testing.T) {
 			batch:  map[string]string{"succeeded": "0", "failed": "1"}, calls: 1,
 		},
 		{
-			name: "retries used up (asynq max retry lower)", req: updateReq("1000000013", "update_000006"), retried: 1, maxR: 1,
-			script: []error{netErr()}, skipRetry: true,
-			result: map[string]string{"status": "failed", "attempts": "1", "http_status": "", "error_code": "NETWORK_ERROR", "coupon_state": ""},
-			batch:  map[string]string{"succeeded": "0", "failed": "1"}, calls: 1,
-		},
-		{
 			name: "429 defers without a failure", req: updateReq("1000000013", "update_000007"), retried: 2, maxR: 25,
 			script: []error{rateLimitedErr(3 * time.Second)}, notFailure: true, backoffs: 1, retryReason: "update rate_limited",
 			result: map[string]string{"status": "retrying", "attempts": "1", "http_status": "429", "error_code": "RATELIMIT_EXCEEDED", "coupon_state": ""},
 			batch:  map[string]string{"succeeded": "0", "failed": "0"}, calls: 1,
 		},
 		{
-			name: "429 on asynq's last retry fails", req: updateReq("1000000013", "update_000008"), retried: 5, maxR: 5,
-			script: []error{rateLimitedErr(0)}, skipRetry: true, backoffs: 1,
-			result: map[string]string{"status": "failed", "attempts": "1", "http_status": "429", "error_code": "RATELIMIT_EXCEEDED", "coupon_state": ""},
-			batch:  map[string]string{"succeeded": "0", "failed": "1"}, calls: 1,
+			name: "429 never uses up retries", req: updateReq("1000000013", "update_000008"), retried: 5, maxR: 5,
+			script: []error{rateLimitedErr(0)}, notFailure: true, backoffs: 1, retryReason: "update rate_limited",
+			result: map[string]string{"status": "retrying", "attempts": "1", "http_status": "429", "error_code": "RATELIMIT_EXCEEDED", "coupon_state": ""},
+			batch:  map[string]string{"succeeded": "0", "failed": "0"}, calls: 1,
 		},
 		{
 			name: "invalid payload fails at once", req: &wechatpay.UpdateProductCouponRequest{ProductCouponID: "1000000013", BrandID: testBrand, OutRequestNo: "update_000009"},
@@ -388,7 +379,7 @@ func TestLocalRateLimitDefersWithoutCall(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	task := b.enqueue(t, updateReq("1000000013", "update_limit1"))[0]
-	b.limiter.waitErrs = []error{&limitedErr{endpoint: "update", in: 4 * time.Second}}
+	b.limiter.waitErrs = []error{&RateLimitedError{Endpoint: "update", RetryIn: 4 * time.Second}}
 	err := b.w.Handler().ProcessTask(withRetry(t.Context(), 0, 25), task)
 	if err == nil || IsFailure(err) {
 		t.Fatalf("err = %v, IsFailure = %v; want a deferral", err, IsFailure(err))

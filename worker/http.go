@@ -159,7 +159,7 @@ func parseMonitoringAuth(s string) (user, pass string, err error) {
 	}
 	user, pass, ok := strings.Cut(s, ":")
 	if !ok || user == "" || pass == "" {
-		return "", "", errors.New(`worker: HTTPConfig.MonitoringAuth (--monitoring-auth): want "user:pass" with a non-empty user and password`)
+		return "", "", &ConfigError{Struct: "HTTPConfig", Field: "MonitoringAuth", Problem: `must be "user:pass" with a non-empty user and password`}
 	}
 	return user, pass, nil
 }

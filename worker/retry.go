@@ -7,14 +7,12 @@ import (
 
 	"github.com/cenkalti/backoff/v4"
 	"github.com/hibiken/asynq"
-
-	"github.com/couponq/couponq/wechatpay"
 )
 
 // RetryPolicy computes the delay before a task's next attempt: exponential
 // backoff min(Base·2^n, Cap) with full jitter (a uniform draw in [0, d)),
-// unless the error names its own wait (a 429's Retry-After, a rate-limit
-// deferral), which wins.
+// unless the error is a come-back-later with its own wait (a 429's
+// Retry-After, the limiter's next slot), which wins.
 //
 // It keeps no state between calls: asynq calls it concurrently from every
 // worker goroutine and from its recoverer, so each call builds its own
@@ -83,21 +81,18 @@ func (p RetryPolicy) RetryDelayFunc(n int, err error, _ *asynq.Task) time.Durati
 	return p.Delay(n, err)
 }
 
-// retryAfter returns the wait an error asks for: a RetryAfter() method in
-// its chain, or a 429's Retry-After.
+// retryAfter returns the wait a come-back-later error asks for.
 func retryAfter(err error) (time.Duration, bool) {
-	if err == nil {
-		return 0, false
+	var cb *comeBackError
+	if errors.As(err, &cb) {
+		return cb.after, true
 	}
-	var ra retryAfterer
-	if errors.As(err, &ra) {
-		return ra.RetryAfter(), true
-	}
-	return wechatpay.IsRateLimited(err)
+	return 0, false
 }
 
-// IsFailure is asynq.Config.IsFailure: a rate-limit deferral (local limiter
-// or a 429) is not a failure, so it does not use up the task's retries.
+// IsFailure is asynq.Config.IsFailure: a come-back-later (a 429, or no local
+// rate-limit slot soon enough) is not a failure, so it does not use up the
+// task's retries.
 func IsFailure(err error) bool {
 	if err == nil {
 		return false
@@ -105,6 +100,6 @@ func IsFailure(err error) bool {
 	if errors.Is(err, asynq.SkipRetry) {
 		return true
 	}
-	_, limited := retryAfter(err)
-	return !limited
+	_, later := retryAfter(err)
+	return !later
 }

@@ -89,11 +89,10 @@ func TestDelayHonoursHints(t *testing.T) {
 		err  error
 		want time.Duration
 	}{
-		{"429 Retry-After", rateLimitedErr(7 * time.Second), 7 * time.Second},
-		{"wrapped 429 Retry-After", fmt.Errorf("call: %w", rateLimitedErr(3*time.Second)), 3 * time.Second},
-		{"limiter deferral", fmt.Errorf("worker: %w", &limitedErr{in: 1500 * time.Millisecond}), 1500 * time.Millisecond},
-		{"worker deferral", &deferError{after: 2 * time.Second, err: rateLimitedErr(0)}, 2 * time.Second},
-		{"429 without a hint uses backoff", rateLimitedErr(0), time.Second - 1},
+		{"come back after a 429's Retry-After", &comeBackError{after: 7 * time.Second, err: rateLimitedErr(7 * time.Second)}, 7 * time.Second},
+		{"wrapped come back", fmt.Errorf("call: %w", &comeBackError{after: 3 * time.Second, err: rateLimitedErr(0)}), 3 * time.Second},
+		{"come back for a local slot", &comeBackError{after: 1500 * time.Millisecond, err: &RateLimitedError{Endpoint: "update", RetryIn: 1500 * time.Millisecond}}, 1500 * time.Millisecond},
+		{"a bare 429 uses backoff (the handler wraps it)", rateLimitedErr(7 * time.Second), time.Second - 1},
 		{"no hint", apiErr(500, wechatpay.CodeSystemError, ""), time.Second - 1},
 		{"lease expired", asynq.ErrLeaseExpired, time.Second - 1},
 	}
@@ -117,10 +116,9 @@ func TestIsFailure(t *testing.T) {
 		{"nil", nil, false},
 		{"500", apiErr(500, wechatpay.CodeSystemError, ""), true},
 		{"network", netErr(), true},
-		{"429", rateLimitedErr(time.Second), false},
-		{"limiter deferral", fmt.Errorf("worker: %w", &limitedErr{in: time.Second}), false},
-		{"worker deferral", &deferError{after: time.Second, err: rateLimitedErr(0)}, false},
-		{"skip retry wins", fmt.Errorf("%w: %w", rateLimitedErr(0), asynq.SkipRetry), true},
+		{"come back after a 429", &comeBackError{after: time.Second, err: rateLimitedErr(time.Second)}, false},
+		{"wrapped come back", fmt.Errorf("worker: %w", &comeBackError{after: time.Second, err: &RateLimitedError{Endpoint: "update", RetryIn: time.Second}}), false},
+		{"skip retry wins", fmt.Errorf("%w: %w", &comeBackError{err: rateLimitedErr(0)}, asynq.SkipRetry), true},
 		{"lease expired", asynq.ErrLeaseExpired, true},
 	}
 	for _, tt := range tests {

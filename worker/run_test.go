@@ -95,11 +95,12 @@ func TestRunEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	w, err := New(Config{Redis: conn, Concurrency: 8, MaxRetry: 5, RetryBase: 10 * time.Millisecond, RetryCap: 50 * time.Millisecond,
-		ShutdownTimeout: 2 * time.Second, Metrics: metrics, Logger: slog.New(slog.DiscardHandler)}, api)
+		ShutdownTimeout: 2 * time.Second, Logger: slog.New(slog.DiscardHandler)}, api)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer w.Close()
+	w.metrics = metrics
 
 	const n, batch = 50, "e2e-batch"
 	if err := store.OpenBatch(ctx, batch); err != nil {

@@ -169,15 +169,6 @@ func netErr() error {
 	return &url.Error{Op: "Patch", URL: "https://api.mch.weixin.qq.com/v3/…", Err: io.ErrUnexpectedEOF}
 }
 
-// limitedErr is what the ops limiter returns when no slot is near.
-type limitedErr struct {
-	endpoint string
-	in       time.Duration
-}
-
-func (e *limitedErr) Error() string             { return "rate limited: " + e.endpoint }
-func (e *limitedErr) RetryAfter() time.Duration { return e.in }
-
 // fakeLimiter scripts Wait answers and records Backoff calls.
 type fakeLimiter struct {
 	mu       sync.Mutex

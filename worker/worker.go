@@ -32,7 +32,6 @@ type Worker struct {
 	// asynq's view of the task being handled; replaced in tests, where
 	// ProcessTask runs without asynq's context.
 	retryCount func(context.Context) (int, bool)
-	maxRetry   func(context.Context) (int, bool)
 
 	sweepInterval time.Duration
 	health        atomic.Pointer[healthState]
@@ -47,7 +46,7 @@ var errNotRunning = errors.New("worker: not running")
 // api. It opens a Redis client for results (closed by Close); Run starts
 // the asynq server.
 func New(cfg Config, api API) (*Worker, error) {
-	if isNil(api) {
+	if api == nil {
 		return nil, errors.New("worker: New: api is nil")
 	}
 	if err := cfg.Validate(); err != nil {
@@ -64,24 +63,14 @@ func New(cfg Config, api API) (*Worker, error) {
 		rdb:           rdb,
 		store:         results.NewStore(rdb, results.WithResultTTL(cfg.ResultTTL)),
 		log:           cfg.Logger,
-		limiter:       noLimiter{},
-		metrics:       noMetrics{},
+		limiter:       cfg.Limiter,
+		metrics:       cfg.Metrics,
 		policy:        RetryPolicy{Base: cfg.RetryBase, Cap: cfg.RetryCap},
 		retryCount:    asynq.GetRetryCount,
-		maxRetry:      asynq.GetMaxRetry,
 		sweepInterval: DefaultArchiveSweepInterval,
 	}
-	switch {
-	case !isNil(cfg.Limiter):
-		w.limiter = cfg.Limiter
-	case cfg.Rate > 0 && newDefaultLimiter != nil:
-		w.limiter = newDefaultLimiter(rdb, cfg.Identity, cfg.Rate)
-	case cfg.Rate > 0:
-		rdb.Close()
-		return nil, errors.New("worker: Config.Rate is set but no Config.Limiter was given")
-	}
-	if !isNil(cfg.Metrics) {
-		w.metrics = cfg.Metrics
+	if cfg.Limiter == nil && cfg.Rate > 0 {
+		w.limiter = NewLimiter(rdb, cfg.Identity, cfg.Rate)
 	}
 	w.health.Store(&healthState{err: errNotRunning})
 	w.mux = asynq.NewServeMux()

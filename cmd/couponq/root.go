@@ -16,7 +16,7 @@ import (
 	"golang.org/x/term"
 )
 
-// Exit codes (SPEC "The binary").
+// Exit statuses, as the README lists them.
 const (
 	exitOK      = 0
 	exitFailure = 1
@@ -128,14 +128,24 @@ func noArgs(cmd *cobra.Command, args []string) error {
 	return nil
 }
 
+// envFlag names a flag, the environment variable it falls back to and, for
+// commands that build a worker.Config, the field it sets.
+type envFlag struct{ flag, env, field string }
+
 // envFlags binds flags to environment variables: a flag not given on the
 // command line takes the variable's value, validated like the flag.
-type envFlags []struct{ flag, env string }
+type envFlags []envFlag
 
 func (ef *envFlags) add(fs *pflag.FlagSet, flag, env string) {
-	*ef = append(*ef, struct{ flag, env string }{flag, env})
-	f := fs.Lookup(flag)
-	f.Usage += " (env " + env + ")"
+	*ef = append(*ef, envFlag{flag: flag, env: env})
+	fs.Lookup(flag).Usage += " (env " + env + ")"
+}
+
+// describe adds each variable to its flag's help.
+func (ef envFlags) describe(fs *pflag.FlagSet) {
+	for _, b := range ef {
+		fs.Lookup(b.flag).Usage += " (env " + b.env + ")"
+	}
 }
 
 func (ef envFlags) apply(fs *pflag.FlagSet, getenv func(string) string) error {

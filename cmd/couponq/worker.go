@@ -16,60 +16,98 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/couponq/couponq/internal/redisurl"
-	"github.com/couponq/couponq/tasks"
 	"github.com/couponq/couponq/wechatpay"
 	"github.com/couponq/couponq/worker"
 )
 
 const defaultRedisURL = "redis://127.0.0.1:6379/0"
 
-// workerConfig is every setting of couponq worker, from flags with
-// environment fallbacks.
-type workerConfig struct {
-	RedisURL        string
-	Concurrency     int
-	Rate            int
-	MaxRetry        int
-	HTTPAddr        string
-	ResultTTL       time.Duration
-	LogFormat       string
-	ShutdownTimeout time.Duration
-	Queues          string
-	MonitoringAuth  string
-	RetryBase       time.Duration
-	RetryCap        time.Duration
+// workerFlags is every setting of couponq worker: the worker.Config that
+// its flags are bound into (its defaults are worker.DefaultConfig's), and
+// the settings of the command itself.
+type workerFlags struct {
+	cfg            worker.Config
+	RedisURL       string
+	MaxRetry       int
+	HTTPAddr       string
+	LogFormat      string
+	Queues         string
+	MonitoringAuth string
 }
 
-// Validate names the flag and variable at fault.
-func (c *workerConfig) Validate() error {
+// workerSettings names each setting's flag, variable and worker.Config
+// field once; a ConfigError about a field is reported by its flag.
+var workerSettings = []envFlag{
+	{"redis", "COUPONQ_REDIS_URL", "Redis"},
+	{"concurrency", "COUPONQ_CONCURRENCY", "Concurrency"},
+	{"rate", "COUPONQ_RATE", "Rate"},
+	{"max-retry", "COUPONQ_MAX_RETRY", "MaxRetry"},
+	{"http", "COUPONQ_HTTP_ADDR", ""},
+	{"result-ttl", "COUPONQ_RESULT_TTL", "ResultTTL"},
+	{"log-format", "COUPONQ_LOG_FORMAT", ""},
+	{"shutdown-timeout", "COUPONQ_SHUTDOWN_TIMEOUT", "ShutdownTimeout"},
+	{"queues", "COUPONQ_QUEUES", "Queues"},
+	{"monitoring-auth", "COUPONQ_MONITORING_AUTH", "MonitoringAuth"},
+	{"retry-base", "COUPONQ_RETRY_BASE", "RetryBase"},
+	{"retry-cap", "COUPONQ_RETRY_CAP", "RetryCap"},
+}
+
+// config completes the worker.Config from the command's own settings:
+// --max-retry 0 means no retries, and a zero where the library would take a
+// default is refused rather than silently replaced.
+func (c *workerFlags) config() (worker.Config, error) {
+	cfg := c.cfg
 	switch {
-	case c.Concurrency < 1:
-		return usageErrorf("--concurrency (COUPONQ_CONCURRENCY) must be at least 1, got %d", c.Concurrency)
-	case c.Rate < 0:
-		return usageErrorf("--rate (COUPONQ_RATE) must be 0 (unlimited) or more, got %d", c.Rate)
 	case c.MaxRetry < 0:
-		return usageErrorf("--max-retry (COUPONQ_MAX_RETRY) must be 0 or more, got %d", c.MaxRetry)
-	case c.ResultTTL <= 0:
-		return usageErrorf("--result-ttl (COUPONQ_RESULT_TTL) must be positive, got %s", c.ResultTTL)
-	case c.ShutdownTimeout <= 0:
-		return usageErrorf("--shutdown-timeout (COUPONQ_SHUTDOWN_TIMEOUT) must be positive, got %s", c.ShutdownTimeout)
-	case c.RetryBase <= 0 || c.RetryCap < c.RetryBase:
-		return usageErrorf("--retry-base and --retry-cap must be positive with base ≤ cap, got %s and %s", c.RetryBase, c.RetryCap)
+		return cfg, settingError("MaxRetry", fmt.Sprintf("is %d: must be 0 (no retries) or more", c.MaxRetry))
+	case c.MaxRetry == 0:
+		cfg.MaxRetry = worker.NoRetry
+	default:
+		cfg.MaxRetry = c.MaxRetry
 	}
+	for field, zero := range map[string]bool{
+		"Concurrency":     cfg.Concurrency == 0,
+		"ResultTTL":       cfg.ResultTTL == 0,
+		"ShutdownTimeout": cfg.ShutdownTimeout == 0,
+		"RetryBase":       cfg.RetryBase == 0,
+		"RetryCap":        cfg.RetryCap == 0,
+	} {
+		if zero {
+			return cfg, settingError(field, "is 0: must be positive")
+		}
+	}
+	qs, err := parseQueues(c.Queues)
+	if err != nil {
+		return cfg, err
+	}
+	cfg.Queues = qs
 	if c.HTTPAddr != "" {
 		if _, _, err := net.SplitHostPort(c.HTTPAddr); err != nil {
-			return usageErrorf("--http (COUPONQ_HTTP_ADDR) %q is not host:port: %v", c.HTTPAddr, err)
+			return cfg, usageErrorf("--http (COUPONQ_HTTP_ADDR) %q is not host:port: %v", c.HTTPAddr, err)
 		}
 	}
-	if c.MonitoringAuth != "" {
-		if u, p, ok := strings.Cut(c.MonitoringAuth, ":"); !ok || u == "" || p == "" {
-			return usageErrorf("--monitoring-auth (COUPONQ_MONITORING_AUTH) must be user:password")
+	return cfg, nil
+}
+
+// settingError reports a problem of a worker.Config field by its flag and
+// variable.
+func settingError(field, problem string) error {
+	for _, s := range workerSettings {
+		if s.field == field {
+			return usageErrorf("--%s (%s) %s", s.flag, s.env, problem)
 		}
 	}
-	if _, err := parseQueues(c.Queues); err != nil {
-		return err
+	return usageErrorf("worker: %s %s", field, problem)
+}
+
+// asSettingError turns the worker's *ConfigError into a usage error naming
+// the flag; other errors pass unchanged.
+func asSettingError(err error) error {
+	var ce *worker.ConfigError
+	if errors.As(err, &ce) {
+		return settingError(ce.Field, ce.Problem)
 	}
-	return nil
+	return err
 }
 
 // parseQueues reads "name[=priority],…" (priority default 1).
@@ -114,8 +152,8 @@ func parseRedis(s string) (*redisurl.Conn, error) {
 }
 
 func newWorkerCmd(e *env) *cobra.Command {
-	var c workerConfig
-	var ef envFlags
+	c := workerFlags{cfg: worker.DefaultConfig()}
+	ef := envFlags(workerSettings)
 	cmd := &cobra.Command{
 		Use:   "worker",
 		Short: "Run the worker: apply queued changes through the WeChat Pay API",
@@ -132,40 +170,32 @@ The HTTP listener (--http) serves /metrics (Prometheus), /healthz, /readyz and
 			if err := ef.apply(cmd.Flags(), e.getenv); err != nil {
 				return err
 			}
-			if err := c.Validate(); err != nil {
+			cfg, err := c.config()
+			if err != nil {
 				return err
 			}
-			return runWorker(cmd.Context(), e, &c)
+			return runWorker(cmd.Context(), e, &c, cfg)
 		},
 	}
 	f := cmd.Flags()
-	addRedisFlag(cmd, &ef, &c.RedisURL)
-	f.IntVar(&c.Concurrency, "concurrency", 20, "tasks processed at once by this worker")
-	ef.add(f, "concurrency", "COUPONQ_CONCURRENCY")
-	f.IntVar(&c.Rate, "rate", 20, "API calls per second for each endpoint, shared by all workers of one identity (mchid, or brand_id in brand mode); 0 = unlimited")
-	ef.add(f, "rate", "COUPONQ_RATE")
-	f.IntVar(&c.MaxRetry, "max-retry", 10, "retries of a retryable failure before the task is failed")
-	ef.add(f, "max-retry", "COUPONQ_MAX_RETRY")
+	d := &c.cfg
+	f.StringVar(&c.RedisURL, "redis", defaultRedisURL, "Redis URL: redis://, rediss:// or redis-sentinel://h1:p1,h2:p2/0?master=NAME")
+	f.IntVar(&d.Concurrency, "concurrency", d.Concurrency, "tasks processed at once by this worker")
+	f.IntVar(&d.Rate, "rate", d.Rate, "API calls per second for each endpoint, shared by all workers of one identity (mchid, or brand_id in brand mode); 0 = unlimited")
+	f.IntVar(&c.MaxRetry, "max-retry", d.MaxRetry, "retries of a retryable failure before the task is failed; 0 = none")
 	f.StringVar(&c.HTTPAddr, "http", "127.0.0.1:9090", "address of /metrics, /healthz, /readyz and /monitoring/; empty to disable")
-	ef.add(f, "http", "COUPONQ_HTTP_ADDR")
-	f.DurationVar(&c.ResultTTL, "result-ttl", tasks.DefaultResultTTL, "how long result and batch keys live")
-	ef.add(f, "result-ttl", "COUPONQ_RESULT_TTL")
+	f.DurationVar(&d.ResultTTL, "result-ttl", d.ResultTTL, "how long result and batch keys live")
 	f.StringVar(&c.LogFormat, "log-format", "auto", "auto (colour text on a terminal, JSON otherwise), text or json")
-	ef.add(f, "log-format", "COUPONQ_LOG_FORMAT")
-	f.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 30*time.Second, "on SIGINT/SIGTERM, how long in-flight tasks may finish before they are handed back")
-	ef.add(f, "shutdown-timeout", "COUPONQ_SHUTDOWN_TIMEOUT")
-	f.StringVar(&c.Queues, "queues", tasks.DefaultQueue, "queues to serve with priorities: name[=priority],…")
-	ef.add(f, "queues", "COUPONQ_QUEUES")
+	f.DurationVar(&d.ShutdownTimeout, "shutdown-timeout", d.ShutdownTimeout, "on SIGINT/SIGTERM, how long in-flight tasks may finish before they are handed back")
+	f.StringVar(&c.Queues, "queues", worker.DefaultQueue, "queues to serve with priorities: name[=priority],…")
 	f.StringVar(&c.MonitoringAuth, "monitoring-auth", "", "user:password for basic auth on /monitoring/ (default: no auth)")
-	ef.add(f, "monitoring-auth", "COUPONQ_MONITORING_AUTH")
-	f.DurationVar(&c.RetryBase, "retry-base", time.Second, "first retry delay; doubles each retry, with full jitter")
-	ef.add(f, "retry-base", "COUPONQ_RETRY_BASE")
-	f.DurationVar(&c.RetryCap, "retry-cap", 5*time.Minute, "longest retry delay")
-	ef.add(f, "retry-cap", "COUPONQ_RETRY_CAP")
+	f.DurationVar(&d.RetryBase, "retry-base", d.RetryBase, "first retry delay; doubles each retry, with full jitter")
+	f.DurationVar(&d.RetryCap, "retry-cap", d.RetryCap, "longest retry delay")
+	ef.describe(f)
 	return cmd
 }
 
-func runWorker(ctx context.Context, e *env, c *workerConfig) error {
+func runWorker(ctx context.Context, e *env, c *workerFlags, cfg worker.Config) error {
 	log, err := newLogger(c.LogFormat, e.stderr, slog.LevelInfo)
 	if err != nil {
 		return err
@@ -179,30 +209,17 @@ func runWorker(ctx context.Context, e *env, c *workerConfig) error {
 		return err
 	}
 	defer api.Close()
-	queues, _ := parseQueues(c.Queues)
 	rdb := rc.NewClient()
 	defer rdb.Close()
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics := worker.NewMetrics(reg)
-	w, err := worker.New(worker.Config{
-		Redis:           rc,
-		Queues:          queues,
-		Concurrency:     c.Concurrency,
-		MaxRetry:        c.MaxRetry,
-		RetryBase:       c.RetryBase,
-		RetryCap:        c.RetryCap,
-		ResultTTL:       c.ResultTTL,
-		ShutdownTimeout: c.ShutdownTimeout,
-		Identity:        api.Identity(),
-		Rate:            c.Rate,
-		Logger:          log,
-		Metrics:         metrics,
-		Limiter:         worker.NewLimiter(rdb, api.Identity(), c.Rate),
-	}, api)
+	cfg.Redis, cfg.Identity, cfg.Logger, cfg.Metrics = rc, api.Identity(), log, metrics
+	cfg.Limiter = worker.NewLimiter(rdb, api.Identity(), cfg.Rate)
+	w, err := worker.New(cfg, api)
 	if err != nil {
-		return usageErrorf("%v", err)
+		return asSettingError(err)
 	}
 
 	if c.HTTPAddr != "" {
@@ -213,7 +230,7 @@ func runWorker(ctx context.Context, e *env, c *workerConfig) error {
 			Ready:          api.Ready,
 		})
 		if err != nil {
-			return err
+			return asSettingError(err)
 		}
 		defer closer.Close()
 		ln, err := net.Listen("tcp", c.HTTPAddr)
@@ -234,6 +251,6 @@ func runWorker(ctx context.Context, e *env, c *workerConfig) error {
 		log.Info("serving http", "addr", ln.Addr().String(), "paths", "/metrics /healthz /readyz /monitoring/")
 	}
 	log.Info("worker starting", "redis", rc.String(), "mode", string(api.Mode()), "identity", api.Identity(),
-		"concurrency", c.Concurrency, "rate", c.Rate, "queues", c.Queues)
+		"concurrency", cfg.Concurrency, "rate", cfg.Rate, "max_retry", cfg.MaxRetry, "queues", c.Queues)
 	return w.Run(ctx)
 }

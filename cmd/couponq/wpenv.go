@@ -1,127 +1,19 @@
 package main
 
 import (
-	"net/url"
-	"strings"
-
+	"github.com/couponq/couponq/internal/wpenv"
 	"github.com/couponq/couponq/wechatpay"
 )
 
-// The WeChat Pay settings, all from the environment (SPEC).
-const (
-	envMode          = "WECHATPAY_MODE"
-	envMchID         = "WECHATPAY_MCHID"
-	envBrandID       = "WECHATPAY_BRAND_ID"
-	envCertSerial    = "WECHATPAY_MCH_CERT_SERIAL"
-	envPrivateKey    = "WECHATPAY_MCH_PRIVATE_KEY_FILE"
-	envPublicKeyID   = "WECHATPAY_PUBLIC_KEY_ID"
-	envPublicKeyFile = "WECHATPAY_PUBLIC_KEY_FILE"
-	envAPIv3Key      = "WECHATPAY_APIV3_KEY"
-	envBaseURL       = "WECHATPAY_BASE_URL"
-)
-
-const defaultBaseURL = "https://api.mch.weixin.qq.com"
-
 // wechatpayEnvHelp is appended to the help of commands that call the API.
-const wechatpayEnvHelp = `
-WeChat Pay settings (environment only):
-  WECHATPAY_MODE                  partner (default) or brand (brand-direct access)
-  WECHATPAY_MCHID                 service provider merchant ID (partner mode)
-  WECHATPAY_BRAND_ID              brand ID (brand mode; replaces WECHATPAY_MCHID)
-  WECHATPAY_MCH_CERT_SERIAL       serial number of the merchant API certificate
-  WECHATPAY_MCH_PRIVATE_KEY_FILE  its private key, PEM (PKCS#8 or PKCS#1)
-  WECHATPAY_PUBLIC_KEY_ID         WeChat Pay public-key ID (PUB_KEY_ID_…), with
-  WECHATPAY_PUBLIC_KEY_FILE       the WeChat Pay public key, PEM; or instead
-  WECHATPAY_APIV3_KEY             the APIv3 key (platform-certificate mode)
-  WECHATPAY_BASE_URL              default https://api.mch.weixin.qq.com`
+const wechatpayEnvHelp = wpenv.Help
 
-// wechatpayClient builds the API client from the environment. Any missing,
-// unreadable or malformed setting is a usage error naming the variable;
-// secrets never appear in the message.
+// wechatpayClient builds the API client from the environment; a bad setting
+// is a usage error (exit 2) naming its variable.
 func wechatpayClient(getenv func(string) string, extra ...wechatpay.Option) (*wechatpay.Client, error) {
-	opts, err := wechatpayOptions(getenv)
+	c, err := wpenv.Client(getenv, extra...)
 	if err != nil {
-		return nil, err
-	}
-	c, err := wechatpay.NewClient(append(opts, extra...)...)
-	if err != nil {
-		return nil, usageErrorf("WeChat Pay settings: %v", err)
+		return nil, usageErrorf("%v", err)
 	}
 	return c, nil
-}
-
-func wechatpayOptions(getenv func(string) string) ([]wechatpay.Option, error) {
-	need := func(name string) (string, error) {
-		v := strings.TrimSpace(getenv(name))
-		if v == "" {
-			return "", usageErrorf("%s is not set", name)
-		}
-		return v, nil
-	}
-	mode := wechatpay.Mode(strings.TrimSpace(getenv(envMode)))
-	if mode == "" {
-		mode = wechatpay.ModePartner
-	}
-	if mode != wechatpay.ModePartner && mode != wechatpay.ModeBrand {
-		return nil, usageErrorf("%s=%q is not a mode: use partner or brand", envMode, mode)
-	}
-	serial, err := need(envCertSerial)
-	if err != nil {
-		return nil, err
-	}
-	keyFile, err := need(envPrivateKey)
-	if err != nil {
-		return nil, err
-	}
-	key, err := wechatpay.LoadPrivateKeyFile(keyFile)
-	if err != nil {
-		return nil, usageErrorf("%s: %v", envPrivateKey, err)
-	}
-	var opts []wechatpay.Option
-	switch mode {
-	case wechatpay.ModePartner:
-		mchID, err := need(envMchID)
-		if err != nil {
-			return nil, err
-		}
-		opts = append(opts, wechatpay.WithPartner(mchID, serial, key))
-	case wechatpay.ModeBrand:
-		brandID, err := need(envBrandID)
-		if err != nil {
-			return nil, err
-		}
-		opts = append(opts, wechatpay.WithBrand(brandID, serial, key))
-	}
-	pubID, pubFile, apiV3 := strings.TrimSpace(getenv(envPublicKeyID)), strings.TrimSpace(getenv(envPublicKeyFile)), getenv(envAPIv3Key)
-	switch {
-	case pubID == "" && pubFile == "" && apiV3 == "":
-		return nil, usageErrorf("WeChat Pay's key is not set: set %s and %s (public-key mode) or %s (platform-certificate mode)", envPublicKeyID, envPublicKeyFile, envAPIv3Key)
-	case pubID != "" || pubFile != "":
-		if pubID == "" {
-			return nil, usageErrorf("%s is not set (it goes with %s)", envPublicKeyID, envPublicKeyFile)
-		}
-		if pubFile == "" {
-			return nil, usageErrorf("%s is not set (it goes with %s)", envPublicKeyFile, envPublicKeyID)
-		}
-		pub, err := wechatpay.LoadPublicKeyFile(pubFile)
-		if err != nil {
-			return nil, usageErrorf("%s: %v", envPublicKeyFile, err)
-		}
-		opts = append(opts, wechatpay.WithPublicKey(pubID, pub))
-	}
-	if apiV3 != "" {
-		if len(apiV3) != 32 {
-			return nil, usageErrorf("%s must be 32 characters, got %d", envAPIv3Key, len(apiV3))
-		}
-		opts = append(opts, wechatpay.WithPlatformCertificates(apiV3))
-	}
-	base := strings.TrimSpace(getenv(envBaseURL))
-	if base == "" {
-		base = defaultBaseURL
-	}
-	if u, err := url.Parse(base); err != nil || u.Host == "" || (u.Scheme != "https" && u.Scheme != "http") {
-		return nil, usageErrorf("%s=%q is not an http(s) URL", envBaseURL, base)
-	}
-	opts = append(opts, wechatpay.WithBaseURL(base))
-	return opts, nil
 }
