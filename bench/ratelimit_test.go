@@ -19,8 +19,10 @@ import (
 // BenchmarkRateLimit3Workers is the measurement of issue 5: 3 worker
 // processes (this test binary re-executed with COUPONQ_BENCH_WORKER=1),
 // each with Rate 20 and Concurrency 20, share the Redis limiter against a
-// wechatpaytest server in this process with a 20/s token bucket per
-// endpoint (capacity 20). 3000 mixed changes (1000 update, 1000
+// wechatpaytest server in this process with WithQPS(20): by default a
+// sliding window, at most 20 admitted calls per endpoint in any one-second
+// window (bench/ratelimit.txt was measured when it was a token bucket of
+// capacity 20). 3000 mixed changes (1000 update, 1000
 // deactivate, 1000 get) are enqueued with the Producer. From the fake's
 // request log it reports, per endpoint, the calls answered 2xx per second
 // over that endpoint's window (first to last call: (n-1)/span) and the

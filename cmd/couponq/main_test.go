@@ -121,7 +121,7 @@ func TestHelpNamesEveryFlagAndVariable(t *testing.T) {
 		{"enqueue", []string{"--file", "--batch", "--queue", "--format", "exit status is 2"}},
 		{"status", []string{"--batch", "--task", "--wait", "--json"}},
 		{"get", []string{"--brand", "--coupon", "WECHATPAY_MODE"}},
-		{"mock", []string{"--env", "--faults", "--qps"}},
+		{"mock", []string{"--env", "--faults", "--qps", "--qps-model", "--jitter", "--spurious-429"}},
 		{"demo", []string{"--keep", "--count"}},
 	} {
 		t.Run(tc.cmd, func(t *testing.T) {
@@ -175,6 +175,13 @@ func TestBadUsageExitsTwoNamingTheSetting(t *testing.T) {
 		{"status wait task", nil, []string{"status", "--task", "x", "--wait"}, "--wait"},
 		{"get needs brand", nil, []string{"get", "--coupon", "1"}, "brand"},
 		{"bad faults", nil, []string{"mock", "--faults", "500=2"}, "--faults"},
+		{"unknown qps model", nil, []string{"mock", "--qps-model", "leaky-bucket"}, "--qps-model"},
+		{"negative jitter", nil, []string{"mock", "--jitter", "-1ms"}, "--jitter"},
+		{"jitter not a duration", nil, []string{"mock", "--jitter", "20"}, "--jitter"},
+		{"spurious share over 1", nil, []string{"mock", "--spurious-429", "1.5"}, "--spurious-429"},
+		{"negative spurious share", nil, []string{"mock", "--spurious-429", "-0.1"}, "--spurious-429"},
+		{"spurious share NaN", nil, []string{"mock", "--spurious-429", "NaN"}, "--spurious-429"},
+		{"mock --env checks before detaching", nil, []string{"mock", "--env", "--qps-model", "x"}, "--qps-model"},
 		{"bad batch id", nil, []string{"enqueue", "--file", "-", "--batch", "a:b"}, "--batch"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -329,7 +336,8 @@ func TestMockPrintsUsableEnv(t *testing.T) {
 	ready := filepath.Join(dir, "env.sh")
 	done := make(chan result, 1)
 	go func() {
-		done <- runWith(ctx, func(string) string { return "" }, "", "mock", "--dir", dir, "--coupons", "5", "--ready-file", ready)
+		done <- runWith(ctx, func(string) string { return "" }, "", "mock", "--dir", dir, "--coupons", "5", "--ready-file", ready,
+			"--qps", "20", "--qps-model", "token-bucket", "--jitter", "1ms", "--spurious-429", "0")
 	}()
 	var env []byte
 	testutil.Eventually(t, 30*time.Second, 20*time.Millisecond, func() error {

@@ -35,6 +35,9 @@ type mockConfig struct {
 	PublicKeyID string
 	Coupons     int
 	QPS         int
+	QPSModel    string
+	Jitter      time.Duration
+	Spurious429 float64
 	Latency     time.Duration
 	Faults      string
 	Seed        uint64
@@ -48,20 +51,33 @@ func newMockCmd(e *env) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "mock",
 		Short: "Run a fake WeChat Pay (wechatpaytest) and print the settings a worker needs",
-		Long: `Runs wechatpaytest — a fake WeChat Pay API v3 with real signature checks, coupon
-state, out_request_no idempotency, a QPS ceiling and fault injection — on a port,
-writes its keys to --dir and prints the WECHATPAY_* environment a worker needs.
+		Long: `Runs wechatpaytest — a fake WeChat Pay API v3 with real signature checks,
+coupon state, out_request_no idempotency, a QPS ceiling and fault injection —
+on a port, writes its keys to --dir and prints the WECHATPAY_* environment a
+worker needs.
 
-  eval "$(couponq mock --env)"     # starts it in the background and exports its settings
-  couponq worker                   # now talks to the fake
+  eval "$(couponq mock --env)"  # starts it in the background, exports settings
+  couponq worker                # now talks to the fake
   kill $COUPONQ_MOCK_PID
 
---faults takes probabilities per request, e.g. 500=0.05,503=0.02,429=0.05,drop=0.02,badsig=0.01,signtest=0.01,stale=0.01
+--qps N admits at most N calls per endpoint (update, deactivate, get) in any
+one-second window; --qps-model token-bucket refills N tokens per second
+instead, which forgives bursts. --jitter delays each call before the ceiling
+sees it, as the network does. --spurious-429 answers a share of the admitted
+calls 429 anyway; they count toward the window. --seed drives every draw.
+
+--faults takes probabilities per request, e.g.
+  500=0.05,503=0.02,429=0.05,drop=0.02,badsig=0.01,signtest=0.01,stale=0.01
 (drop: the change is applied, then the connection is closed without an answer).`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if c.Check != "" {
 				return mockCheck(cmd.Context(), c.Check)
+			}
+			// Before detaching, so that a bad flag exits 2 here rather than
+			// in the background process.
+			if _, _, err := c.serverOptions(); err != nil {
+				return err
 			}
 			if c.Env {
 				return mockDetach(cmd.Context(), e, &c)
@@ -80,13 +96,18 @@ writes its keys to --dir and prints the WECHATPAY_* environment a worker needs.
 	f.StringVar(&c.PublicKeyID, "public-key-id", "PUB_KEY_ID_0119000000012025010100000000000000", "WeChat Pay public-key ID")
 	f.IntVar(&c.Coupons, "coupons", 100, "EFFECTIVE coupons to seed, ids 1000000001…")
 	f.IntVar(&c.QPS, "qps", 0, "requests/s ceiling per endpoint (429 above it); 0 = none")
+	f.StringVar(&c.QPSModel, "qps-model", "sliding", "how --qps is read: sliding (any 1 s window) or token-bucket")
+	f.DurationVar(&c.Jitter, "jitter", 0, "network delay before the ceiling, uniform in [0, jitter]")
+	f.Float64Var(&c.Spurious429, "spurious-429", 0, "share (0 to 1) of admitted calls answered 429 anyway")
 	f.DurationVar(&c.Latency, "latency", 0, "added latency per request, uniform in [0, latency)")
 	f.StringVar(&c.Faults, "faults", "", "fault probabilities, e.g. 500=0.05,429=0.05,drop=0.02")
-	f.Uint64Var(&c.Seed, "seed", 1, "seed of the fault draws")
+	f.Uint64Var(&c.Seed, "seed", 1, "seed of the random draws: faults, jitter, 429s")
 	f.BoolVar(&c.Env, "env", false, "start in the background and print `export` lines for eval, then exit")
 	f.StringVar(&c.Check, "check", "", "health check: GET this URL and exit 0 if it answers below 500")
 	f.StringVar(&c.readyFile, "ready-file", "", "")
 	_ = f.MarkHidden("ready-file")
+	// Some defaults are long; wrapping keeps --help within 80 columns.
+	cmd.SetUsageTemplate(strings.ReplaceAll(cmd.UsageTemplate(), ".FlagUsages", ".FlagUsagesWrapped 80"))
 	return cmd
 }
 
@@ -114,18 +135,52 @@ func parseFaults(s string) (wechatpaytest.Faults, error) {
 	return f, nil
 }
 
-// startMock builds the fake from c and serves it on c.Addr.
-func startMock(c *mockConfig) (*wechatpaytest.Server, net.Listener, map[string]string, error) {
+// serverOptions checks the flags that shape the fake and turns them into
+// its options and faults; errors name the flag.
+func (c *mockConfig) serverOptions() ([]wechatpaytest.Option, wechatpaytest.Faults, error) {
 	mode := wechatpay.Mode(c.Mode)
 	if mode != wechatpay.ModePartner && mode != wechatpay.ModeBrand {
-		return nil, nil, nil, usageErrorf("--mode %q: use partner or brand", c.Mode)
+		return nil, wechatpaytest.Faults{}, usageErrorf("--mode %q: use partner or brand", c.Mode)
 	}
 	faults, err := parseFaults(c.Faults)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, faults, err
 	}
 	if c.Coupons < 0 || c.QPS < 0 || c.Latency < 0 {
-		return nil, nil, nil, usageErrorf("--coupons, --qps and --latency must not be negative")
+		return nil, faults, usageErrorf("--coupons, --qps and --latency must not be negative")
+	}
+	var model wechatpaytest.QPSModel
+	switch c.QPSModel {
+	case wechatpaytest.SlidingWindow.String():
+		model = wechatpaytest.SlidingWindow
+	case wechatpaytest.TokenBucket.String():
+		model = wechatpaytest.TokenBucket
+	default:
+		return nil, faults, usageErrorf("--qps-model %q: use sliding or token-bucket", c.QPSModel)
+	}
+	if c.Jitter < 0 {
+		return nil, faults, usageErrorf("--jitter %v: must not be negative", c.Jitter)
+	}
+	if !(c.Spurious429 >= 0 && c.Spurious429 <= 1) { // also refuses NaN
+		return nil, faults, usageErrorf("--spurious-429 %v: want a share from 0 to 1", c.Spurious429)
+	}
+	return []wechatpaytest.Option{
+		wechatpaytest.WithMode(mode),
+		wechatpaytest.WithIdentity(c.MchID, c.BrandID),
+		wechatpaytest.WithQPS(c.QPS),
+		wechatpaytest.WithQPSModel(model),
+		wechatpaytest.WithJitter(0, c.Jitter),
+		wechatpaytest.WithSpurious429(c.Spurious429),
+		wechatpaytest.WithLatency(c.Latency),
+		wechatpaytest.WithSeed(c.Seed),
+	}, faults, nil
+}
+
+// startMock builds the fake from c and serves it on c.Addr.
+func startMock(c *mockConfig) (*wechatpaytest.Server, net.Listener, map[string]string, error) {
+	opts, faults, err := c.serverOptions()
+	if err != nil {
+		return nil, nil, nil, err
 	}
 	mchKey, err := rsa.GenerateKey(rand.Reader, 2048)
 	if err != nil {
@@ -135,15 +190,10 @@ func startMock(c *mockConfig) (*wechatpaytest.Server, net.Listener, map[string]s
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	srv := wechatpaytest.NewServer(nil,
-		wechatpaytest.WithMode(mode),
-		wechatpaytest.WithIdentity(c.MchID, c.BrandID),
+	srv := wechatpaytest.NewServer(nil, append(opts,
 		wechatpaytest.WithMerchantKey(c.Serial, mchKey),
 		wechatpaytest.WithWeChatPayKey(c.PublicKeyID, wxKey),
-		wechatpaytest.WithQPS(c.QPS),
-		wechatpaytest.WithLatency(c.Latency),
-		wechatpaytest.WithSeed(c.Seed),
-	)
+	)...)
 	srv.SetFaults(faults)
 	srv.SeedCoupons(c.BrandID, c.Coupons)
 	ln, err := net.Listen("tcp", c.Addr)
@@ -221,12 +271,7 @@ func mockDetach(ctx context.Context, e *env, c *mockConfig) error {
 	}
 	ready := filepath.Join(c.Dir, "env.sh")
 	_ = os.Remove(ready)
-	args := []string{"mock", "--addr", c.Addr, "--dir", c.Dir, "--mode", c.Mode, "--mchid", c.MchID, "--brand", c.BrandID,
-		"--serial", c.Serial, "--public-key-id", c.PublicKeyID, "--coupons", strconv.Itoa(c.Coupons), "--qps", strconv.Itoa(c.QPS),
-		"--latency", c.Latency.String(), "--faults", c.Faults, "--seed", strconv.FormatUint(c.Seed, 10), "--ready-file", ready}
-	if c.PublicURL != "" {
-		args = append(args, "--public-url", c.PublicURL)
-	}
+	args := c.childArgs(ready)
 	logf, err := os.Create(filepath.Join(c.Dir, "mock.log"))
 	if err != nil {
 		return err
@@ -252,6 +297,19 @@ func mockDetach(ctx context.Context, e *env, c *mockConfig) error {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// childArgs are the arguments of the background mock: every setting of c,
+// with the settings written to ready.
+func (c *mockConfig) childArgs(ready string) []string {
+	args := []string{"mock", "--addr", c.Addr, "--dir", c.Dir, "--mode", c.Mode, "--mchid", c.MchID, "--brand", c.BrandID,
+		"--serial", c.Serial, "--public-key-id", c.PublicKeyID, "--coupons", strconv.Itoa(c.Coupons), "--qps", strconv.Itoa(c.QPS),
+		"--qps-model", c.QPSModel, "--jitter", c.Jitter.String(), "--spurious-429", strconv.FormatFloat(c.Spurious429, 'g', -1, 64),
+		"--latency", c.Latency.String(), "--faults", c.Faults, "--seed", strconv.FormatUint(c.Seed, 10), "--ready-file", ready}
+	if c.PublicURL != "" {
+		args = append(args, "--public-url", c.PublicURL)
+	}
+	return args
 }
 
 // mockCheck is a health probe for images without curl.

@@ -99,6 +99,18 @@ type writeBody struct {
 // ServeHTTP answers one API call.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	now := s.now()
+	if j := s.drawJitter(); j > 0 {
+		// The network's delay comes before the fake sees the call, so the
+		// ceiling judges it at its arrival here.
+		if s.cfg.now != nil {
+			now = now.Add(j)
+		} else {
+			if !sleepCtx(r, j) {
+				return
+			}
+			now = s.now()
+		}
+	}
 	rec := Request{Time: now, Method: r.Method, Path: r.URL.Path}
 	defer func() { s.logRequest(rec) }()
 
@@ -172,10 +184,17 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.reply(w, &rec, a, sigGood)
 		return
 	}
-	if !s.limiter.allow(op+"\x00"+s.Identity(), now) {
+	key := limitKey{op, s.Identity()}
+	if !s.limiter.admit(key, now) {
 		rec.Fault = FaultQPS
-		w.Header().Set("Retry-After", "1")
-		s.reply(w, &rec, errAnswer(429, wechatpay.CodeRateLimitExceeded, internalGeneric, "请求频率超过限制"), sigGood)
+		s.replyRateLimited(w, &rec)
+		return
+	}
+	if s.drawSpurious() {
+		// Answered exactly as over the ceiling: a client cannot tell them apart.
+		rec.Fault = FaultSpurious429
+		s.limiter.countSpurious(key)
+		s.replyRateLimited(w, &rec)
 		return
 	}
 	fault, delay := s.drawFault()
@@ -193,6 +212,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	case Fault429:
 		rec.Fault = fault
+		s.limiter.countSpurious(key)
 		s.reply(w, &rec, errAnswer(429, wechatpay.CodeRateLimitExceeded, internalGeneric, "请求频率超过限制"), sigGood)
 		return
 	}
@@ -226,6 +246,13 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	default:
 		s.reply(w, &rec, a, sigGood)
 	}
+}
+
+// replyRateLimited answers 429 RATELIMIT_EXCEEDED as WeChat Pay does over
+// its quota.
+func (s *Server) replyRateLimited(w http.ResponseWriter, rec *Request) {
+	w.Header().Set("Retry-After", "1")
+	s.reply(w, rec, errAnswer(429, wechatpay.CodeRateLimitExceeded, internalGeneric, "请求频率超过限制"), sigGood)
 }
 
 // sleepCtx waits d or until the client goes away; false means it went.

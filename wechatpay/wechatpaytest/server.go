@@ -79,6 +79,10 @@ type config struct {
 	mode         wechatpay.Mode
 	keyMode      KeyMode
 	qps          int
+	qpsModel     QPSModel
+	jitterMin    time.Duration
+	jitterMax    time.Duration
+	spurious     float64
 	latency      time.Duration
 	seed         uint64
 	repeat       RepeatAnswer
@@ -99,11 +103,34 @@ func WithMode(m wechatpay.Mode) Option { return func(c *config) { c.mode = m } }
 // WithKeyMode sets how the fake signs (default PublicKeyMode).
 func WithKeyMode(k KeyMode) Option { return func(c *config) { c.keyMode = k } }
 
-// WithQPS sets a token-bucket ceiling per endpoint (update, deactivate, get)
-// per identity: capacity n, refilled at n per second. Over it the fake
-// answers 429 RATELIMIT_EXCEEDED without processing the request. 0 (the
+// WithQPS sets a ceiling of n calls per second per endpoint (update,
+// deactivate, get) per identity (the mchid, or the brand_id in brand mode),
+// read as WithQPSModel says. Over it the fake answers 429
+// RATELIMIT_EXCEEDED without processing the request or counting it. 0 (the
 // default) turns it off.
 func WithQPS(n int) Option { return func(c *config) { c.qps = n } }
+
+// WithQPSModel sets how the WithQPS ceiling is read (default
+// SlidingWindow, the strictest).
+func WithQPSModel(m QPSModel) Option { return func(c *config) { c.qpsModel = m } }
+
+// WithJitter delays every request by a uniform random time in [min, max]
+// before the ceiling sees it, as the network between a client and WeChat
+// Pay does: calls a client spaces evenly can arrive bunched. The draws come
+// from the WithSeed generator. Under WithClock the fake cannot wait on the
+// test's clock, so it adds the delay to the time it reads instead of
+// sleeping. NewServer panics unless 0 <= min <= max.
+func WithJitter(min, max time.Duration) Option {
+	return func(c *config) { c.jitterMin, c.jitterMax = min, max }
+}
+
+// WithSpurious429 answers a share (0 to 1) of the calls admitted by the
+// ceiling 429 RATELIMIT_EXCEEDED anyway, as WeChat Pay now and then does
+// below its quota. Such a call counts toward the window but is not
+// processed; Request.Fault is FaultSpurious429 and Stats counts it in
+// Spurious429. The draws come from the WithSeed generator. NewServer panics
+// on a share outside [0, 1].
+func WithSpurious429(share float64) Option { return func(c *config) { c.spurious = share } }
 
 // WithLatency delays every answer by d.
 func WithLatency(d time.Duration) Option { return func(c *config) { c.latency = d } }
@@ -115,7 +142,7 @@ func WithSeed(seed uint64) Option { return func(c *config) { c.seed = seed } }
 func WithRepeatAnswer(r RepeatAnswer) Option { return func(c *config) { c.repeat = r } }
 
 // WithClock sets the fake's clock: request clock window, response
-// timestamps, QPS refill and effect times. Client() passes it on.
+// timestamps, the QPS ceiling's window and effect times. Client() passes it on.
 func WithClock(now func() time.Time) Option { return func(c *config) { c.now = now } }
 
 // WithIdentity sets the service provider's mchid and the brand id used in
@@ -227,8 +254,22 @@ func randomAlnum(n int) string {
 	return string(b)
 }
 
+// validate checks the options that can be out of range; a test helper
+// panics on them rather than run a fake other than the one asked for.
+func (c *config) validate() error {
+	switch {
+	case c.qpsModel != SlidingWindow && c.qpsModel != TokenBucket:
+		return fmt.Errorf("WithQPSModel: unknown model %v", c.qpsModel)
+	case c.jitterMin < 0 || c.jitterMin > c.jitterMax:
+		return fmt.Errorf("WithJitter: want 0 <= min <= max, got min %v, max %v", c.jitterMin, c.jitterMax)
+	case !(c.spurious >= 0 && c.spurious <= 1): // also refuses NaN
+		return fmt.Errorf("WithSpurious429: share %v is outside [0, 1]", c.spurious)
+	}
+	return nil
+}
+
 // NewServer starts a fake WeChat Pay on 127.0.0.1:0. With a non-nil tb it
-// is closed by tb.Cleanup.
+// is closed by tb.Cleanup. It panics on an out-of-range option.
 func NewServer(tb TB, opts ...Option) *Server {
 	if tb != nil {
 		tb.Helper()
@@ -236,6 +277,9 @@ func NewServer(tb TB, opts ...Option) *Server {
 	cfg := config{mode: wechatpay.ModePartner, seed: 1, mchID: "1900000109", brandID: "120344", requestLimit: 100000}
 	for _, o := range opts {
 		o(&cfg)
+	}
+	if err := cfg.validate(); err != nil {
+		panic("wechatpaytest: NewServer: " + err.Error())
 	}
 	if cfg.mchKey == nil {
 		cfg.mchKey, cfg.mchSerial = poolKey(0), randomHex(40)
@@ -262,7 +306,7 @@ func NewServer(tb TB, opts ...Option) *Server {
 	if s.now == nil {
 		s.now = time.Now
 	}
-	s.limiter.init(cfg.qps)
+	s.limiter.init(cfg.qps, cfg.qpsModel)
 	if cfg.keyMode.hasCertificates() {
 		s.certs = append(s.certs, s.newCert(poolKey(2)))
 	}

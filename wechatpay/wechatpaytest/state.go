@@ -4,7 +4,6 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"strconv"
-	"sync"
 	"time"
 
 	"github.com/couponq/couponq/wechatpay"
@@ -14,6 +13,7 @@ import (
 const (
 	FaultScripted       = "scripted"         // FailNext
 	FaultQPS            = "qps"              // the WithQPS ceiling
+	FaultSpurious429    = "spurious_429"     // admitted by the ceiling, RATELIMIT_EXCEEDED anyway (WithSpurious429)
 	Fault500            = "500"              // SYSTEM_ERROR before applying
 	Fault503            = "503"              // SERVICE_UNAVAILABLE before applying
 	Fault429            = "429"              // RATELIMIT_EXCEEDED before applying
@@ -40,7 +40,7 @@ type Faults struct {
 
 // Request is one entry of the request log.
 type Request struct {
-	Time         time.Time
+	Time         time.Time // when the fake got it, after any WithJitter delay
 	Method       string
 	Path         string
 	Op           string // OpUpdate, OpDeactivate, OpGet, OpCertificates; "" when unrouted
@@ -106,6 +106,27 @@ func (s *Server) SetFaults(f Faults) {
 	s.mu.Lock()
 	s.faults = f
 	s.mu.Unlock()
+}
+
+// drawJitter draws the WithJitter delay of one request.
+func (s *Server) drawJitter() time.Duration {
+	lo, hi := s.cfg.jitterMin, s.cfg.jitterMax
+	if hi <= 0 {
+		return 0 // no draw, so seeded fault sequences stay as they were
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return lo + time.Duration(s.rng.Int64N(int64(hi-lo)+1))
+}
+
+// drawSpurious reports whether an admitted call is answered 429 anyway.
+func (s *Server) drawSpurious() bool {
+	if s.cfg.spurious <= 0 {
+		return false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.rng.Float64() < s.cfg.spurious
 }
 
 // drawFault draws this request's fault and extra latency.
@@ -378,43 +399,4 @@ func (s *Server) get(id, brand string) *answer {
 		return a
 	}
 	return couponAnswer(c)
-}
-
-// limiter is a token bucket per endpoint and identity.
-type limiter struct {
-	mu      sync.Mutex
-	rate    float64
-	buckets map[string]*bucket
-}
-
-type bucket struct {
-	tokens float64
-	last   time.Time
-}
-
-func (l *limiter) init(qps int) {
-	l.rate = float64(qps)
-	l.buckets = map[string]*bucket{}
-}
-
-func (l *limiter) allow(key string, now time.Time) bool {
-	if l.rate <= 0 {
-		return true
-	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	b, ok := l.buckets[key]
-	if !ok {
-		b = &bucket{tokens: l.rate, last: now}
-		l.buckets[key] = b
-	}
-	if el := now.Sub(b.last); el > 0 {
-		b.tokens = min(l.rate, b.tokens+el.Seconds()*l.rate)
-		b.last = now
-	}
-	if b.tokens < 1 {
-		return false
-	}
-	b.tokens--
-	return true
 }
