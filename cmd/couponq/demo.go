@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"sort"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -33,6 +34,9 @@ type demoConfig struct {
 	Seed        uint64
 	Timeout     time.Duration
 }
+
+// demoFaults is the demo's default fault mix.
+const demoFaults = "500=0.05,503=0.02,429=0.05,drop=0.03,badsig=0.02,signtest=0.01"
 
 func newDemoCmd(e *env) *cobra.Command {
 	var c demoConfig
@@ -60,7 +64,10 @@ on --http, until interrupted.`,
 	f := cmd.Flags()
 	f.IntVar(&c.Count, "count", 300, "changes in the sample batch")
 	f.IntVar(&c.Concurrency, "concurrency", 16, "worker concurrency")
-	f.StringVar(&c.Faults, "faults", "500=0.05,503=0.02,429=0.05,drop=0.03,badsig=0.02,signtest=0.01", "injected faults (see couponq mock --help)")
+	f.StringVar(&c.Faults, "faults", demoFaults, "injected faults, as couponq mock --faults; default "+
+		strings.ReplaceAll(demoFaults, ",", ", "))
+	// The default is in the usage, broken at its commas to fit 80 columns.
+	f.Lookup("faults").DefValue = ""
 	f.BoolVar(&c.Keep, "keep", false, "stay up afterwards with asynqmon and metrics served on --http")
 	f.StringVar(&c.HTTPAddr, "http", "127.0.0.1:9090", "address of /metrics, /healthz, /readyz, /monitoring/ with --keep")
 	f.Uint64Var(&c.Seed, "seed", 1, "seed of the sample batch and the fault draws")

@@ -50,7 +50,7 @@ func newMockCmd(e *env) *cobra.Command {
 	var c mockConfig
 	cmd := &cobra.Command{
 		Use:   "mock",
-		Short: "Run a fake WeChat Pay (wechatpaytest) and print the settings a worker needs",
+		Short: "Run a fake WeChat Pay and print the settings a worker needs",
 		Long: `Runs wechatpaytest — a fake WeChat Pay API v3 with real signature checks,
 coupon state, out_request_no idempotency, a QPS ceiling and fault injection —
 on a port, writes its keys to --dir and prints the WECHATPAY_* environment a
@@ -106,8 +106,6 @@ calls 429 anyway; they count toward the window. --seed drives every draw.
 	f.StringVar(&c.Check, "check", "", "health check: GET this URL and exit 0 if it answers below 500")
 	f.StringVar(&c.readyFile, "ready-file", "", "")
 	_ = f.MarkHidden("ready-file")
-	// Some defaults are long; wrapping keeps --help within 80 columns.
-	cmd.SetUsageTemplate(strings.ReplaceAll(cmd.UsageTemplate(), ".FlagUsages", ".FlagUsagesWrapped 80"))
 	return cmd
 }
 

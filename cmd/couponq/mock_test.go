@@ -9,15 +9,23 @@ import (
 	"github.com/spf13/pflag"
 )
 
-func TestMockHelpFitsEightyColumns(t *testing.T) {
+// TestHelpFitsEightyColumns: every command's --help reads on an 80-column
+// terminal.
+func TestHelpFitsEightyColumns(t *testing.T) {
 	t.Parallel()
-	r := (&bundle{env: map[string]string{}}).run(t, "", "mock", "--help")
-	if r.code != 0 {
-		t.Fatalf("exit %d: %s", r.code, r.stderr)
-	}
-	for _, line := range strings.Split(r.stdout, "\n") {
-		if n := utf8.RuneCountInString(line); n > 80 {
-			t.Errorf("%d columns: %s", n, line)
+	for _, cmd := range []string{"", "worker", "enqueue", "status", "get", "mock", "demo"} {
+		args := []string{"--help"}
+		if cmd != "" {
+			args = []string{cmd, "--help"}
+		}
+		r := (&bundle{env: map[string]string{}}).run(t, "", args...)
+		if r.code != 0 {
+			t.Fatalf("%s: exit %d: %s", cmd, r.code, r.stderr)
+		}
+		for _, line := range strings.Split(r.stdout, "\n") {
+			if n := utf8.RuneCountInString(line); n > 80 {
+				t.Errorf("couponq %s --help: %d columns: %s", cmd, n, line)
+			}
 		}
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"os"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/lmittmann/tint"
 	"github.com/spf13/cobra"
@@ -94,6 +95,9 @@ failures); 2 bad usage or invalid input.`,
 			return cmd.Help()
 		},
 	}
+	// Flag help is wrapped, and the prose of every command's help
+	// reflowed, so that --help fits 80 columns.
+	root.SetUsageTemplate(strings.ReplaceAll(root.UsageTemplate(), ".FlagUsages", ".FlagUsagesWrapped 80"))
 	root.SetArgs(args)
 	root.SetIn(stdin)
 	root.SetOut(stdout)
@@ -108,6 +112,10 @@ failures); 2 bad usage or invalid input.`,
 		newMockCmd(e),
 		newDemoCmd(e),
 	)
+	for _, c := range root.Commands() {
+		c.Long = reflow(c.Long, 80)
+	}
+	root.Long = reflow(root.Long, 80)
 	err := root.ExecuteContext(ctx)
 	var ee *exitError
 	if err != nil && !errors.As(err, &ee) {
@@ -185,4 +193,40 @@ func newLogger(format string, w io.Writer, level slog.Level) (*slog.Logger, erro
 func isTerminal(w io.Writer) bool {
 	f, ok := w.(*os.File)
 	return ok && term.IsTerminal(int(f.Fd()))
+}
+
+// reflow wraps each paragraph of prose in s to width columns; indented lines
+// (lists, examples) are kept as they are.
+func reflow(s string, width int) string {
+	lines := strings.Split(s, "\n")
+	var out, para []string
+	flush := func() {
+		if len(para) == 0 {
+			return
+		}
+		line := ""
+		for _, w := range strings.Fields(strings.Join(para, " ")) {
+			switch {
+			case line == "":
+				line = w
+			case utf8.RuneCountInString(line)+1+utf8.RuneCountInString(w) > width:
+				out = append(out, line)
+				line = w
+			default:
+				line += " " + w
+			}
+		}
+		out = append(out, line)
+		para = para[:0]
+	}
+	for _, l := range lines {
+		if l == "" || strings.HasPrefix(l, " ") || strings.HasPrefix(l, "\t") {
+			flush()
+			out = append(out, l)
+			continue
+		}
+		para = append(para, l)
+	}
+	flush()
+	return strings.Join(out, "\n")
 }

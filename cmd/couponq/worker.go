@@ -139,7 +139,7 @@ func parseQueues(s string) (map[string]int, error) {
 }
 
 func addRedisFlag(cmd *cobra.Command, ef *envFlags, dst *string) {
-	cmd.Flags().StringVar(dst, "redis", defaultRedisURL, "Redis URL: redis://, rediss:// or redis-sentinel://h1:p1,h2:p2/0?master=NAME")
+	cmd.Flags().StringVar(dst, "redis", defaultRedisURL, "Redis URL: redis://, rediss:// or redis-sentinel:// (see the README)")
 	ef.add(cmd.Flags(), "redis", "COUPONQ_REDIS_URL")
 }
 
@@ -179,7 +179,7 @@ The HTTP listener (--http) serves /metrics (Prometheus), /healthz, /readyz and
 	}
 	f := cmd.Flags()
 	d := &c.cfg
-	f.StringVar(&c.RedisURL, "redis", defaultRedisURL, "Redis URL: redis://, rediss:// or redis-sentinel://h1:p1,h2:p2/0?master=NAME")
+	f.StringVar(&c.RedisURL, "redis", defaultRedisURL, "Redis URL: redis://, rediss:// or redis-sentinel:// (see the README)")
 	f.IntVar(&d.Concurrency, "concurrency", d.Concurrency, "tasks processed at once by this worker")
 	f.IntVar(&d.Rate, "rate", d.Rate, "API calls per second for each endpoint, shared by all workers of one identity (mchid, or brand_id in brand mode); 0 = unlimited")
 	f.IntVar(&c.MaxRetry, "max-retry", d.MaxRetry, "retries of a retryable failure before the task is failed; 0 = none")

@@ -32,9 +32,9 @@ const DefaultBaseURL = "https://api.mch.weixin.qq.com"
 // Help lists the variables, for the help of commands that call the API.
 const Help = `
 WeChat Pay settings (environment only):
-  WECHATPAY_MODE                  partner (default) or brand (brand-direct access)
+  WECHATPAY_MODE                  partner (default) or brand (brand-direct)
   WECHATPAY_MCHID                 service provider merchant ID (partner mode)
-  WECHATPAY_BRAND_ID              brand ID (brand mode; replaces WECHATPAY_MCHID)
+  WECHATPAY_BRAND_ID              brand ID (brand mode, instead of the mchid)
   WECHATPAY_MCH_CERT_SERIAL       serial number of the merchant API certificate
   WECHATPAY_MCH_PRIVATE_KEY_FILE  its private key, PEM (PKCS#8 or PKCS#1)
   WECHATPAY_PUBLIC_KEY_ID         WeChat Pay public-key ID (PUB_KEY_ID_…), with
