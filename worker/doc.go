@@ -7,22 +7,26 @@
 //
 // Every handler run first marks the task running; a task whose result is
 // already terminal (asynq re-delivered it after a crash) returns at once
-// without calling the API. Then:
+// without calling the API. Then one function, judge, decides what a failed
+// attempt means:
 //
 //   - success: the result becomes succeeded with the coupon JSON and state;
-//   - a retryable error (wechatpay.IsRetryable: network errors, 5xx, 2xx
-//     answers that fail verification): the result says retrying and asynq
-//     retries after RetryPolicy's delay (exponential backoff, full jitter);
-//     once the task has been retried min(Config.MaxRetry, its asynq max
-//     retry) times it fails with the last error;
-//   - a 429 (or the shared rate limiter having no slot within
-//     Config.LimiterMaxWait): every worker of the identity pauses the
-//     endpoint, and the task is handed back without counting a failure
-//     (IsFailure), after the Retry-After the answer asked for;
-//   - a permanent error (other 4xx, SIGN_ERROR, …): failed at once, never
-//     retried (asynq.SkipRetry);
-//   - a payload that does not decode or validate: failed at once with
-//     error_code INVALID_PAYLOAD.
+//   - retry later (wechatpay.IsRetryable: network errors, timeouts, 5xx,
+//     2xx answers that fail verification): the result says retrying and
+//     asynq retries after RetryPolicy's delay (exponential backoff, full
+//     jitter); after Config.MaxRetry retries (NoRetry: none) the task
+//     fails with the last error. couponq enqueues with an asynq MaxRetry of
+//     1000, Config.MaxRetry's ceiling, so the worker and not asynq decides;
+//   - come back later (a 429, or no slot of the shared rate limiter within
+//     Config.LimiterMaxWait): the task is handed back without counting a
+//     failure (IsFailure), after the Retry-After or the next slot; a 429
+//     also slows the endpoint down a little for every worker of the
+//     identity (Limiter.Backoff);
+//   - hand back: the worker shut down during the call; the next run may
+//     reconcile;
+//   - fail now (other 4xx, SIGN_ERROR, …): failed at once, never retried
+//     (asynq.SkipRetry), as is a payload that does not decode or validate
+//     (error_code INVALID_PAYLOAD).
 //
 // A retried write refused in a way that may mean the earlier attempt took
 // effect (INVALID_REQUEST, ALREADY_EXISTS, internal 268578927) is
