@@ -199,7 +199,7 @@ func runWorker(ctx context.Context, e *env, c *workerConfig) error {
 		Rate:            c.Rate,
 		Logger:          log,
 		Metrics:         metrics,
-		Limiter:         worker.NewLimiter(rdb, api.Identity(), c.Rate),
+		Limiter:         worker.NewLimiter(rdb, api.Identity(), c.Rate, worker.WithLimiterMetrics(metrics)),
 	}, api)
 	if err != nil {
 		return usageErrorf("%v", err)
