@@ -16,9 +16,10 @@
 //     once the task has been retried min(Config.MaxRetry, its asynq max
 //     retry) times it fails with the last error;
 //   - a 429 (or the shared rate limiter having no slot within
-//     Config.LimiterMaxWait): every worker of the identity pauses the
-//     endpoint, and the task is handed back without counting a failure
-//     (IsFailure), after the Retry-After the answer asked for;
+//     Config.LimiterMaxWait): the task is handed back without counting a
+//     failure (IsFailure), after the Retry-After the answer asked for; a
+//     429 also makes the Limiter leave a slot or a few empty for every
+//     worker of the identity (a short slowdown, no pause);
 //   - a permanent error (other 4xx, SIGN_ERROR, …): failed at once, never
 //     retried (asynq.SkipRetry);
 //   - a payload that does not decode or validate: failed at once with
@@ -34,4 +35,10 @@
 // batch counters move with it. Tasks asynq archives without calling the
 // handler (lease expiry at the last retry) are recorded as failed with
 // error_code ARCHIVED by SweepArchived.
+//
+// # Rate limiting
+//
+// The Limiter keeps each endpoint of an identity within N calls in any
+// one-second window for all processes together, with a margin for arrival
+// jitter: see Limiter and the README's "why the rate limit holds".
 package worker
