@@ -17,8 +17,8 @@ type rateLimiter interface {
 	// Wait blocks until a call slot is free, at most maxWait. A slot further
 	// away is an error with a RetryAfter() time.Duration method.
 	Wait(ctx context.Context, endpoint string, maxWait time.Duration) (time.Duration, error)
-	// Backoff pauses endpoint for every worker of the identity for d (a 429
-	// arrived).
+	// Backoff reports that a 429 arrived on endpoint (d is its Retry-After);
+	// the limiter slows every worker of the identity a little.
 	Backoff(ctx context.Context, endpoint string, d time.Duration) error
 }
 
@@ -40,7 +40,7 @@ type retryAfterer interface {
 }
 
 // newDefaultLimiter builds the limiter New uses when Config.Limiter is nil
-// and Config.Rate > 0: the Redis-shared GCRA limiter.
+// and Config.Rate > 0: the Redis-shared sliding-window limiter.
 var newDefaultLimiter = func(rdb redis.UniversalClient, identity string, rate int) rateLimiter {
 	return NewLimiter(rdb, identity, rate)
 }
