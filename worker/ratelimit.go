@@ -182,7 +182,6 @@ type booking struct {
 	delay    time.Duration // from now to the booked slot
 	retryIn  time.Duration // refused: when the slot would fit maxWait
 	inWindow int           // call slots in the window ending at the slot
-	at       time.Time     // the booked slot, on the script's clock
 }
 
 // book runs bookScript for one call slot of endpoint.
@@ -205,7 +204,6 @@ func (l *Limiter) book(ctx context.Context, endpoint string, maxWait time.Durati
 		booked:   true,
 		delay:    time.Duration(res[1]) * time.Microsecond,
 		inWindow: int(res[2]),
-		at:       time.UnixMicro(res[3]),
 	}, nil
 }
 
