@@ -20,8 +20,8 @@
 //   - come back later (a 429, or no slot of the shared rate limiter within
 //     Config.LimiterMaxWait): the task is handed back without counting a
 //     failure (IsFailure), after the Retry-After or the next slot; a 429
-//     also slows the endpoint down a little for every worker of the
-//     identity (Limiter.Backoff);
+//     also makes the Limiter leave a slot or a few empty for every worker
+//     of the identity (a short slowdown, no pause);
 //   - hand back: the worker shut down during the call; the next run may
 //     reconcile;
 //   - fail now (other 4xx, SIGN_ERROR, …): failed at once, never retried
@@ -38,4 +38,10 @@
 // batch counters move with it. Tasks asynq archives without calling the
 // handler (lease expiry at the last retry) are recorded as failed with
 // error_code ARCHIVED by SweepArchived.
+//
+// # Rate limiting
+//
+// The Limiter keeps each endpoint of an identity within N calls in any
+// one-second window for all processes together, with a margin for arrival
+// jitter: see Limiter and the README's "why the rate limit holds".
 package worker

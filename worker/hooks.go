@@ -8,14 +8,14 @@ import (
 )
 
 // rateLimiter is what the handlers need of the shared rate limiter: a
-// *Limiter (nil = unlimited), or a fake in the package's tests. endpoint is the op: "update",
-// "deactivate" or "get".
+// *Limiter (nil = unlimited), or a fake in the package's tests. endpoint is
+// the op: "update", "deactivate" or "get".
 type rateLimiter interface {
 	// Wait blocks until a call slot is free, at most maxWait. A slot further
 	// away is an error with a RetryAfter() time.Duration method.
 	Wait(ctx context.Context, endpoint string, maxWait time.Duration) (time.Duration, error)
-	// Backoff pauses endpoint for every worker of the identity for d (a 429
-	// arrived).
+	// Backoff reports that a 429 arrived on endpoint (d is its Retry-After);
+	// the limiter slows every worker of the identity a little.
 	Backoff(ctx context.Context, endpoint string, d time.Duration) error
 }
 

@@ -25,6 +25,10 @@ type Metrics struct {
 	retries      *prometheus.CounterVec
 	limiterWait  *prometheus.HistogramVec
 	terminal     *prometheus.CounterVec
+	slots        *prometheus.CounterVec
+	backoffs     *prometheus.CounterVec
+	emptySlots   *prometheus.CounterVec
+	quotaShare   *prometheus.GaugeVec
 }
 
 // NewMetrics creates the worker's metrics and registers them with reg
@@ -35,7 +39,14 @@ type Metrics struct {
 //   - couponq_api_call_duration_seconds{op,outcome}: their latency;
 //   - couponq_task_retries_total{op,reason}: tasks handed back for a retry;
 //   - couponq_rate_limiter_wait_seconds{op}: time spent waiting for a slot;
-//   - couponq_tasks_terminal_total{op,status}: tasks that ended, by status.
+//   - couponq_tasks_terminal_total{op,status}: tasks that ended, by status;
+//   - couponq_rate_limiter_slots_total{op}: call slots this process booked;
+//   - couponq_rate_limiter_backoffs_total{op}: 429s reported to the limiter;
+//   - couponq_rate_limiter_empty_slots_total{op}: slots left empty for them;
+//   - couponq_rate_limiter_quota_share{op}: calls booked by all processes in
+//     the second up to this process's latest slot, over the rate.
+//
+// The limiter ones need a Limiter built WithLimiterMetrics.
 //
 // Registering twice with the same registry reuses the metrics already there.
 func NewMetrics(reg prometheus.Registerer) *Metrics {
@@ -62,6 +73,22 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "couponq_tasks_terminal_total",
 			Help: "Tasks that reached a terminal status (succeeded, failed), by op.",
 		}, []string{"op", "status"}),
+		slots: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "couponq_rate_limiter_slots_total",
+			Help: "Call slots booked in the shared rate limiter by this process, by op.",
+		}, []string{"op"}),
+		backoffs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "couponq_rate_limiter_backoffs_total",
+			Help: "429 answers reported to the shared rate limiter by this process, by op.",
+		}, []string{"op"}),
+		emptySlots: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "couponq_rate_limiter_empty_slots_total",
+			Help: "Slots this process's 429s left empty in the shared rate limiter, by op.",
+		}, []string{"op"}),
+		quotaShare: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "couponq_rate_limiter_quota_share",
+			Help: "Calls booked by all workers in the second up to this process's latest slot, over the rate, by op.",
+		}, []string{"op"}),
 	}
 	if reg != nil {
 		m.calls = register(reg, m.calls)
@@ -69,6 +96,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		m.retries = register(reg, m.retries)
 		m.limiterWait = register(reg, m.limiterWait)
 		m.terminal = register(reg, m.terminal)
+		m.slots = register(reg, m.slots)
+		m.backoffs = register(reg, m.backoffs)
+		m.emptySlots = register(reg, m.emptySlots)
+		m.quotaShare = register(reg, m.quotaShare)
 	}
 	return m
 }
@@ -123,6 +154,25 @@ func (m *Metrics) ObserveTerminal(op string, status tasks.Status) {
 		return
 	}
 	m.terminal.WithLabelValues(op, string(status)).Inc()
+}
+
+// observeSlot records a call slot of op booked with share of the quota in
+// use in the window ending at it.
+func (m *Metrics) observeSlot(op string, share float64) {
+	if m == nil {
+		return
+	}
+	m.slots.WithLabelValues(op).Inc()
+	m.quotaShare.WithLabelValues(op).Set(share)
+}
+
+// observeBackoff records a 429 on op that booked empty slots.
+func (m *Metrics) observeBackoff(op string, empty int) {
+	if m == nil {
+		return
+	}
+	m.backoffs.WithLabelValues(op).Inc()
+	m.emptySlots.WithLabelValues(op).Add(float64(empty))
 }
 
 // queueStates are the asynq task states reported by asynq_queue_size.

@@ -2,79 +2,92 @@ package worker
 
 import (
 	"context"
-	"errors"
+	"crypto/rand"
+	"encoding/hex"
 	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
-	"github.com/go-redis/redis_rate/v10"
 	"github.com/redis/go-redis/v9"
 )
 
-// DefaultBurst is the number of calls a Limiter lets through at once after an
-// idle period, before spacing them 1/rate apart.
+// DefaultJitterMargin is how much later than its booked slot, relative to
+// the other calls, a call may reach WeChat Pay without a 429.
 //
-// It is 1 on purpose. Under a steady backlog the achieved rate is exactly the
-// configured rate whatever the burst: GCRA books one slot every 1/rate seconds
-// and the burst only decides how much unused quota an idle endpoint may spend
-// at once afterwards. The limit we must not trip is modelled (and, as far as
-// WeChat Pay documents it, implemented) as a token bucket of capacity rate
-// refilled at rate per second. Against that bucket a GCRA of the same rate and
-// burst b keeps rate−b tokens in reserve, so calls may reach the server up to
-// (rate−b)/rate seconds later than their slot (network, signing, scheduling
-// jitter, a slow Redis round trip) and a later call may catch up with them
-// without a 429. Burst 1 maximises that margin (0.95 s at 20/s) and is also the
-// safest shape should the real quota be a fixed or sliding one-second window:
-// at most rate+1 calls can fall in any window. The quota it gives up is at
-// most rate−1 calls after each idle spell, i.e. only when there was no demand.
-const DefaultBurst = 1
+// WeChat Pay counts calls as they arrive, and arrival = slot + (Redis round
+// trip, timer overshoot, signing, network). Only the spread of that delay
+// matters: the limiter keeps any N+1 consecutive slots at least
+// window + margin apart, so however each call's delay falls within a range
+// of width margin, N+1 arrivals never fit in one window. 25 ms covers the
+// usual loopback-to-internet spread and costs margin/(window+margin) ≈ 2.4%
+// of the quota.
+const DefaultJitterMargin = 25 * time.Millisecond
 
-// DefaultPause is how long Backoff pauses an endpoint when given no duration.
-const DefaultPause = time.Second
+// rateWindow is the window of WeChat Pay's quota: N calls per any second.
+const rateWindow = time.Second
 
-// slack is the precision of the slot arithmetic (the GCRA script works in
-// float seconds since 2017, exact to about 10 µs).
-const slack = 100 * time.Microsecond
+// backoffHalfLife is how fast the memory of 429s fades: each 429 adds 1 to
+// a level halving every backoffHalfLife, and books floor(level) empty
+// slots. A lone 429 books one; a run of them within a second books more;
+// once they stop the level is back near 0 within a few seconds. Half a
+// second keeps random 429s at a few per cent of calls near one empty slot
+// each (a longer memory made them cost 1.2 on average).
+const backoffHalfLife = 500 * time.Millisecond
 
-// slotUnits divides an interval so that maxWait is honoured to a thousandth
-// of it (see reserve).
-const slotUnits = 1000
+// backoffStateTTL is how long the 429 state outlives the last 429: ten
+// half-lives, when the level is below 0.001.
+const backoffStateTTL = 10 * backoffHalfLife
 
-// maxQueueSeconds caps how far ahead a Wait may book, whatever its maxWait.
-const maxQueueSeconds = 3600
+// maxQueue caps how far ahead a Wait may book, whatever its maxWait, so a
+// huge maxWait cannot overflow the microsecond arithmetic.
+const maxQueue = time.Hour
 
-// Limiter spaces the calls to each WeChat Pay endpoint of one identity so that
-// all worker processes together stay within rate calls per second. Its state
-// lives in Redis (a GCRA bucket per endpoint, by go-redis/redis_rate, timed by
-// the Redis clock), so any number of processes share one budget, and a 429 seen
-// by one of them (Backoff) pauses the endpoint for all.
+// Limiter keeps the calls to each WeChat Pay endpoint of one identity within
+// rate calls in any sliding window of one second, for every worker process
+// together. Its state lives in Redis, a log of booked slot times per
+// endpoint written by one Lua script on the Redis clock, so any number of
+// processes share one budget and one clock.
+//
+// A call books the earliest slot t ≥ now such that the slots booked before
+// it and later than t − (1 s + margin) number fewer than rate: any rate+1
+// consecutive slots are then 1 s + margin apart, which tolerates arrival
+// jitter up to the margin (DefaultJitterMargin). A 429 seen by any process
+// (Backoff) books a few empty slots in the same log: a short slowdown shared
+// by all, proportional to how often 429s come, never a pause.
 //
 // A nil *Limiter is valid and unlimited.
 type Limiter struct {
 	rdb      redis.UniversalClient
-	gcra     *redis_rate.Limiter
 	identity string
 	rate     int
-	burst    int
-	pause    time.Duration
+	margin   time.Duration
+	metrics  *Metrics
 	sleep    func(ctx context.Context, d time.Duration) error
+	// now, when set (tests only), replaces the Redis clock in the scripts.
+	now func() time.Time
+
+	id  string        // makes this process's log members unique
+	seq atomic.Uint64 // and this counter within it
 }
 
 // LimiterOption configures a Limiter.
 type LimiterOption func(*Limiter)
 
-// WithBurst sets the GCRA burst (default DefaultBurst); values below 1 mean 1.
-func WithBurst(n int) LimiterOption {
-	return func(l *Limiter) { l.burst = max(n, 1) }
+// WithJitterMargin sets the margin added to the window between any slot and
+// the one rate slots later (default DefaultJitterMargin): the arrival
+// jitter the limiter absorbs, at a cost of margin/(1 s + margin) of the
+// quota. Negative values mean 0.
+func WithJitterMargin(d time.Duration) LimiterOption {
+	return func(l *Limiter) { l.margin = max(d, 0) }
 }
 
-// WithDefaultPause sets how long Backoff pauses an endpoint when called with
-// d == 0 (default DefaultPause).
-func WithDefaultPause(d time.Duration) LimiterOption {
-	return func(l *Limiter) {
-		if d > 0 {
-			l.pause = d
-		}
-	}
+// WithLimiterMetrics reports booked slots, 429 backoffs, empty slots and
+// the share of the quota in use to m. A nil m reports nothing.
+func WithLimiterMetrics(m *Metrics) LimiterOption {
+	return func(l *Limiter) { l.metrics = m }
 }
 
 // WithSleep replaces the function Wait blocks with. It must return nil after
@@ -99,14 +112,15 @@ func NewLimiter(rdb redis.UniversalClient, identity string, rate int, opts ...Li
 	if rdb == nil {
 		panic("worker.NewLimiter: nil Redis client")
 	}
+	var id [6]byte
+	_, _ = rand.Read(id[:]) // never fails (crypto/rand since Go 1.24)
 	l := &Limiter{
 		rdb:      rdb,
-		gcra:     redis_rate.NewLimiter(rdb),
 		identity: identity,
 		rate:     rate,
-		burst:    DefaultBurst,
-		pause:    DefaultPause,
+		margin:   DefaultJitterMargin,
 		sleep:    sleepCtx,
+		id:       hex.EncodeToString(id[:]),
 	}
 	for _, opt := range opts {
 		opt(l)
@@ -135,133 +149,286 @@ func (e *RateLimitedError) RetryAfter() time.Duration { return e.RetryIn }
 // Wait blocks until the caller may make one call to endpoint, and reports how
 // long it waited. The endpoint is the op ("update", "deactivate", "get").
 //
-// Wait first honours a pause set by Backoff, then books the next free GCRA
-// slot — but only if that slot is at most maxWait away; otherwise it books
-// nothing and returns a *RateLimitedError. A slot is booked only by a caller
-// that then waits for it, so refused callers never eat the quota. If ctx ends
-// while waiting, Wait returns ctx's error and the booked slot is lost. If a
-// Backoff pauses the endpoint while Wait sleeps, the slot is given up and Wait
-// goes on waiting for the pause within what is left of maxWait.
+// Wait books the earliest free slot — but only if it is at most maxWait
+// away; otherwise it books nothing and returns a *RateLimitedError. A slot
+// is booked only by a caller that then waits for it, so refused callers
+// never eat the quota. If ctx ends while waiting, Wait returns ctx's error
+// and the booked slot is lost (it still counts: the call may be made by
+// nobody, but never by two).
 func (l *Limiter) Wait(ctx context.Context, endpoint string, maxWait time.Duration) (waited time.Duration, err error) {
 	if l == nil || l.rate <= 0 {
 		return 0, nil
 	}
-	maxWait = max(maxWait, 0)
-	pauseKey := l.pauseKey(endpoint)
-	pause, err := l.rdb.PTTL(ctx, pauseKey).Result()
-	for {
-		if err != nil {
-			return waited, fmt.Errorf("worker: rate limiter %s: %w", endpoint, err)
-		}
-		if pause > 0 {
-			if pause > maxWait-waited {
-				return waited, &RateLimitedError{Endpoint: endpoint, RetryIn: pause}
-			}
-			if err := l.sleep(ctx, pause); err != nil {
-				return waited, fmt.Errorf("worker: rate limiter %s: paused: %w", endpoint, err)
-			}
-			waited += pause
-			pause, err = l.rdb.PTTL(ctx, pauseKey).Result()
-			continue
-		}
-
-		var slot, retryIn time.Duration
-		slot, retryIn, err = l.reserve(ctx, endpoint, maxWait-waited)
-		if err != nil {
-			return waited, fmt.Errorf("worker: rate limiter %s: %w", endpoint, err)
-		}
-		if retryIn > 0 {
-			return waited, &RateLimitedError{Endpoint: endpoint, RetryIn: retryIn}
-		}
-		if slot == 0 {
-			return waited, nil
-		}
-		if err := l.sleep(ctx, slot); err != nil {
-			return waited, fmt.Errorf("worker: rate limiter %s: %w", endpoint, err)
-		}
-		waited += slot
-		// A 429 may have paused every worker while this one slept. The
-		// check is best effort: the slot was ours, so a Redis error here
-		// does not cost it.
-		pause, err = l.rdb.PTTL(ctx, pauseKey).Result()
-		if err != nil || pause <= 0 {
-			return waited, nil
-		}
-	}
-}
-
-// reserve books the next slot of endpoint if it is at most budget away and
-// returns how far away it is; otherwise it books nothing and returns when a
-// call with the same budget may succeed.
-//
-// It relies on a property of GCRA as redis_rate implements it: the stored
-// state is only the theoretical arrival time (TAT), while rate, burst and
-// cost are arguments of each call. A call of cost c at rate r·c costs one
-// interval T = 1/r like any other, and with burst (b+k)·c it is admitted
-// exactly when the slot it books (new TAT − b·T) is at most k·T/c away, and
-// refused without writing otherwise. With c = slotUnits, k expresses budget
-// to a thousandth of an interval. ResetAfter of an admitted call is
-// new TAT − now, from which the slot's distance follows. Callers with
-// different budgets therefore share one bucket consistently.
-func (l *Limiter) reserve(ctx context.Context, endpoint string, budget time.Duration) (slot, retryIn time.Duration, err error) {
-	ahead := min(int64(budget.Seconds()*float64(l.rate)*slotUnits), int64(l.rate)*slotUnits*maxQueueSeconds)
-	limit := redis_rate.Limit{
-		Rate:   l.rate * slotUnits,
-		Period: time.Second,
-		Burst:  l.burst*slotUnits + int(ahead),
-	}
-	res, err := l.gcra.AllowN(ctx, l.bucketKey(endpoint), limit, slotUnits)
+	b, err := l.book(ctx, endpoint, maxWait)
 	if err != nil {
-		return 0, 0, err
+		return 0, fmt.Errorf("worker: rate limiter %s: %w", endpoint, err)
 	}
-	if res.Allowed == 0 {
-		return 0, max(res.RetryAfter.Round(time.Millisecond), time.Millisecond), nil
+	if !b.booked {
+		return 0, &RateLimitedError{Endpoint: endpoint, RetryIn: b.retryIn}
 	}
-	// Round the float noise away: an immediate slot is 0, the others whole
-	// intervals.
-	interval := time.Second / time.Duration(l.rate)
-	slot = (res.ResetAfter - time.Duration(l.burst)*interval).Round(slack)
-	return max(slot, 0), 0, nil
+	l.metrics.observeSlot(endpoint, float64(b.inWindow)/float64(l.rate))
+	if b.delay <= 0 {
+		return 0, nil
+	}
+	if err := l.sleep(ctx, b.delay); err != nil {
+		return 0, fmt.Errorf("worker: rate limiter %s: %w", endpoint, err)
+	}
+	return b.delay, nil
 }
 
-// Backoff pauses endpoint for d (DefaultPause, or WithDefaultPause, when d is
-// 0) for every process sharing the limiter: call it when WeChat Pay answered
-// 429 anyway, with the Retry-After it gave if any. A pause already running
-// longer is kept. When the pause ends, calls resume at the full rate. Backoff
-// on an unlimited Limiter does nothing.
+// booking is the answer of the booking script.
+type booking struct {
+	booked   bool
+	delay    time.Duration // from now to the booked slot
+	retryIn  time.Duration // refused: when the slot would fit maxWait
+	inWindow int           // call slots in the window ending at the slot
+}
+
+// book runs bookScript for one call slot of endpoint.
+func (l *Limiter) book(ctx context.Context, endpoint string, maxWait time.Duration) (booking, error) {
+	maxWait = min(max(maxWait, 0), maxQueue)
+	member := l.id + ":" + strconv.FormatUint(l.seq.Add(1), 36)
+	res, err := bookScript.Run(ctx, l.rdb, []string{l.logKey(endpoint)},
+		l.rate, rateWindow.Microseconds(), l.margin.Microseconds(),
+		maxWait.Microseconds(), member, l.nowArg()).Int64Slice()
+	if err != nil {
+		return booking{}, err
+	}
+	if len(res) != 4 {
+		return booking{}, fmt.Errorf("booking script answered %v", res)
+	}
+	if res[0] == 0 {
+		return booking{retryIn: max(time.Duration(res[1])*time.Microsecond, time.Millisecond)}, nil
+	}
+	return booking{
+		booked:   true,
+		delay:    time.Duration(res[1]) * time.Microsecond,
+		inWindow: int(res[2]),
+	}, nil
+}
+
+// Backoff tells every process sharing the limiter that WeChat Pay answered
+// 429 on endpoint anyway. The call that got it is lost, not the quota: no
+// pause; instead the next free slots are booked empty (left unused), one for
+// a lone 429 and more when 429s come in quick succession, at most rate/4
+// (at least 1) per second, and none once 429s stop. d, the Retry-After
+// WeChat Pay gave, is the task's own delay (the handler defers the task by
+// it) and does not slow the others. Backoff on an unlimited Limiter does
+// nothing.
 func (l *Limiter) Backoff(ctx context.Context, endpoint string, d time.Duration) error {
 	if l == nil || l.rate <= 0 {
 		return nil
 	}
-	if d <= 0 {
-		d = l.pause
-	}
-	ms := max(d.Milliseconds(), 1)
-	if err := extendPause.Run(ctx, l.rdb, []string{l.pauseKey(endpoint)}, ms).Err(); err != nil && !errors.Is(err, redis.Nil) {
+	_ = d
+	member := l.id + ":" + strconv.FormatUint(l.seq.Add(1), 36)
+	n, err := backoffScript.Run(ctx, l.rdb, []string{l.logKey(endpoint), l.backoffKey(endpoint)},
+		l.rate, rateWindow.Microseconds(), l.margin.Microseconds(),
+		backoffHalfLife.Microseconds(), max(l.rate/4, 1), backoffStateTTL.Milliseconds(),
+		member, l.nowArg()).Int64()
+	if err != nil {
 		return fmt.Errorf("worker: rate limiter %s: backoff: %w", endpoint, err)
 	}
+	l.metrics.observeBackoff(endpoint, int(n))
 	return nil
 }
 
-// extendPause sets the pause key to expire in ARGV[1] ms unless it already
-// lives longer.
-var extendPause = redis.NewScript(`
-local ttl = redis.call("PTTL", KEYS[1])
-if ttl < tonumber(ARGV[1]) then
-  redis.call("SET", KEYS[1], "1", "PX", ARGV[1])
-  return 1
+// nowArg is the clock override of the scripts: "" (use Redis TIME) unless a
+// test set l.now.
+func (l *Limiter) nowArg() string {
+	if l.now == nil {
+		return ""
+	}
+	return strconv.FormatInt(l.now().UnixMicro(), 10)
+}
+
+// The script library. Every script touches only keys of one identity's hash
+// tag, so they run on Redis Cluster. Times are integer microseconds (exact
+// in a Lua double until the year 2255); members are "c:<µs>:<owner>" for a
+// call slot and "e:<µs>:<owner>" for an empty one, scored by their time.
+const luaCommon = `
+local function clock(arg)
+  if arg ~= nil and arg ~= "" then return tonumber(arg) end
+  local t = redis.call("TIME")
+  return tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
-return 0
+
+-- earliest returns the first time t ≥ now such that the n slots before t
+-- all lie at or before t - span: then no n+1 consecutive slots fit in
+-- span. Slots are booked in order (t ≥ the last one), so only the tail
+-- needs checking, and at least span/n apart, so that a backlog is served
+-- evenly rather than in bursts of n at once (same rate, no bunched
+-- arrivals for a stricter or burst-limited server to refuse together).
+local function earliest(key, n, span, now)
+  local t = now
+  local last = redis.call("ZRANGE", key, -1, -1, "WITHSCORES")
+  if last[2] then t = math.max(t, tonumber(last[2]) + math.floor(span / n)) end
+  local nth = redis.call("ZRANGE", key, -n, -n, "WITHSCORES")
+  if nth[2] then t = math.max(t, tonumber(nth[2]) + span) end
+  return t
+end
+
+local function fmt(t) return string.format("%d", t) end
+
+local function add(key, kind, t, owner, now, span)
+  redis.call("ZADD", key, fmt(t), kind .. ":" .. fmt(t) .. ":" .. owner)
+  -- The log lives until its last slot can no longer constrain anyone.
+  redis.call("PEXPIRE", key, math.floor((t - now + span) / 1000) + 1000)
+end
+
+-- trim drops slots that cannot constrain any slot ≥ now.
+local function trim(key, span, now)
+  redis.call("ZREMRANGEBYSCORE", key, "-inf", fmt(now - span))
+end
+
+-- calls counts call slots (not empty ones) in (t - window, t].
+local function calls(key, window, t)
+  local n = 0
+  for _, m in ipairs(redis.call("ZRANGEBYSCORE", key, "(" .. fmt(t - window), fmt(t))) do
+    if string.sub(m, 1, 2) == "c:" then n = n + 1 end
+  end
+  return n
+end
+`
+
+// bookScript books one call slot if it is at most maxWait away.
+// KEYS[1] the log; ARGV rate, window µs, margin µs, maxWait µs, owner,
+// now µs ("" = TIME). Answers {1, delay µs, calls in the window ending at
+// the slot, slot µs} or {0, retryIn µs, 0, 0}.
+var bookScript = redis.NewScript(luaCommon + `
+local key = KEYS[1]
+local n, window, margin = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local maxwait, owner = tonumber(ARGV[4]), ARGV[5]
+local span = window + margin
+local now = clock(ARGV[6])
+trim(key, span, now)
+local t = earliest(key, n, span, now)
+if t - now > maxwait then
+  return {0, t - now - maxwait, 0, 0}
+end
+add(key, "c", t, owner, now, span)
+return {1, t - now, calls(key, window, t), t}
 `)
 
-// bucketKey names the GCRA bucket; redis_rate stores it under "rate:" + key.
-func (l *Limiter) bucketKey(endpoint string) string {
-	return "couponq:rate:" + l.identity + ":" + endpoint
+// backoffScript records a 429 and books the empty slots it costs.
+// KEYS[1] the log; KEYS[2] the 429 state, a hash of level (at its time
+// at) and booked (empty slots booked in the window that began at since).
+// ARGV rate, window µs, margin µs, half-life µs, cap of empty slots per
+// window, state TTL ms, owner, now µs ("" = TIME). Answers the empty slots
+// booked.
+var backoffScript = redis.NewScript(luaCommon + `
+local key, state = KEYS[1], KEYS[2]
+local n, window, margin = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local halflife, cap, ttl, owner = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
+local span = window + margin
+local now = clock(ARGV[8])
+trim(key, span, now)
+
+local s = redis.call("HMGET", state, "level", "at", "since", "booked")
+local level, at = tonumber(s[1]) or 0, tonumber(s[2]) or now
+local since, booked = tonumber(s[3]) or now, tonumber(s[4]) or 0
+level = level * math.pow(0.5, math.max(now - at, 0) / halflife) + 1
+-- At most cap empty slots are booked per window (since … since+window).
+if now - since >= window or now < since then since, booked = now, 0 end
+local k = math.max(math.min(math.floor(level), cap - booked), 0)
+for i = 1, k do
+  add(key, "e", earliest(key, n, span, now), owner .. ":" .. i, now, span)
+end
+redis.call("HSET", state, "level", tostring(level), "at", fmt(now),
+  "since", fmt(since), "booked", tostring(booked + k))
+redis.call("PEXPIRE", state, ttl)
+return k
+`)
+
+// quotaScript counts the call slots of one log in the last window.
+// KEYS[1] the log; ARGV window µs, now µs ("" = TIME).
+var quotaScript = redis.NewScript(luaCommon + `
+return calls(KEYS[1], tonumber(ARGV[1]), clock(ARGV[2]))
+`)
+
+// LimitedOps are the endpoints the limiter keeps logs for, in display order.
+var LimitedOps = []string{"update", "deactivate", "get"}
+
+// QuotaUse returns, for each op of LimitedOps, the calls the limiters of
+// identity booked in the last second on the Redis clock: what WeChat Pay
+// will count against the quota. Read-only; one script per key, so it works
+// on Redis Cluster.
+func QuotaUse(ctx context.Context, rdb redis.UniversalClient, identity string) (map[string]int, error) {
+	return quotaUse(ctx, rdb, identity, "")
 }
 
-func (l *Limiter) pauseKey(endpoint string) string {
-	return l.bucketKey(endpoint) + ":pause"
+func quotaUse(ctx context.Context, rdb redis.UniversalClient, identity, now string) (map[string]int, error) {
+	use := make(map[string]int, len(LimitedOps))
+	for _, op := range LimitedOps {
+		n, err := quotaScript.Run(ctx, rdb, []string{limiterLogKey(identity, op)}, rateWindow.Microseconds(), now).Int()
+		if err != nil {
+			return nil, fmt.Errorf("worker: quota use of %s: %w", op, err)
+		}
+		use[op] = n
+	}
+	return use, nil
 }
+
+// LimiterIdentities returns the identities that have limiter logs in rdb
+// (each master of a cluster is scanned), for callers that do not know
+// which identity the workers use.
+func LimiterIdentities(ctx context.Context, rdb redis.UniversalClient) ([]string, error) {
+	seen := map[string]bool{}
+	var ids []string
+	scan := func(ctx context.Context, c *redis.Client) error {
+		it := c.Scan(ctx, 0, limiterKeyPrefix+"{*}:*", 100).Iterator()
+		for it.Next(ctx) {
+			if id, ok := identityOfKey(it.Val()); ok && !seen[id] {
+				seen[id] = true
+				ids = append(ids, id)
+			}
+		}
+		return it.Err()
+	}
+	var err error
+	switch c := rdb.(type) {
+	case *redis.ClusterClient:
+		var mu sync.Mutex // ForEachMaster runs in parallel
+		err = c.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error {
+			mu.Lock()
+			defer mu.Unlock()
+			return scan(ctx, m)
+		})
+	case *redis.Client:
+		err = scan(ctx, c)
+	default:
+		err = fmt.Errorf("cannot scan a %T", rdb)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("worker: limiter identities: %w", err)
+	}
+	return ids, nil
+}
+
+// identityOfKey extracts the identity of a log key
+// couponq:rate:{<identity>}:<op>; other keys (the :429 state) are ignored.
+func identityOfKey(key string) (string, bool) {
+	rest, ok := strings.CutPrefix(key, limiterKeyPrefix+"{")
+	if !ok {
+		return "", false
+	}
+	id, op, ok := strings.Cut(rest, "}:")
+	if !ok || strings.Contains(op, ":") {
+		return "", false
+	}
+	return id, true
+}
+
+const limiterKeyPrefix = "couponq:rate:"
+
+// limiterLogKey names the slot log of one endpoint of identity. The hash tag
+// keeps all of an identity's limiter keys in one Cluster slot.
+func limiterLogKey(identity, op string) string {
+	return limiterKeyPrefix + "{" + identity + "}:" + op
+}
+
+func (l *Limiter) logKey(endpoint string) string { return limiterLogKey(l.identity, endpoint) }
+
+func (l *Limiter) backoffKey(endpoint string) string { return l.logKey(endpoint) + ":429" }
 
 // sleepCtx waits for d or until ctx is done, whichever comes first.
 func sleepCtx(ctx context.Context, d time.Duration) error {

@@ -70,7 +70,7 @@ func New(cfg Config, api API) (*Worker, error) {
 		sweepInterval: DefaultArchiveSweepInterval,
 	}
 	if cfg.Limiter == nil && cfg.Rate > 0 {
-		w.limiter = NewLimiter(rdb, cfg.Identity, cfg.Rate)
+		w.limiter = NewLimiter(rdb, cfg.Identity, cfg.Rate, WithLimiterMetrics(cfg.Metrics))
 	}
 	w.health.Store(&healthState{err: errNotRunning})
 	w.mux = asynq.NewServeMux()

@@ -119,7 +119,7 @@ func TestHelpNamesEveryFlagAndVariable(t *testing.T) {
 			"--max-retry", "COUPONQ_MAX_RETRY", "--http", "COUPONQ_HTTP_ADDR", "--result-ttl", "COUPONQ_RESULT_TTL",
 			"--log-format", "COUPONQ_LOG_FORMAT", "--shutdown-timeout", "WECHATPAY_MCH_PRIVATE_KEY_FILE", "WECHATPAY_APIV3_KEY"}},
 		{"enqueue", []string{"--file", "--batch", "--queue", "--format", "exit status is 2"}},
-		{"status", []string{"--batch", "--task", "--wait", "--json"}},
+		{"status", []string{"--batch", "--task", "--wait", "--json", "--rate", "COUPONQ_RATE"}},
 		{"get", []string{"--brand", "--coupon", "WECHATPAY_MODE"}},
 		{"mock", []string{"--env", "--faults", "--qps", "--qps-model", "--jitter", "--spurious-429"}},
 		{"demo", []string{"--keep", "--count"}},
@@ -255,6 +255,11 @@ func TestPipelineEndToEnd(t *testing.T) {
 	if r.code != 0 {
 		t.Fatalf("status --wait exit %d: %s", r.code, r.stderr)
 	}
+	// The quota line, for the mchid of the environment (its counts are
+	// the worker package's to test, on an injected clock).
+	if want := "quota " + b.env["WECHATPAY_MCHID"] + ": update "; !strings.Contains(r.stderr, want) || !strings.Contains(r.stderr, "/20 calls/s") {
+		t.Errorf("status --wait stderr lacks %q … calls/s:\n%s", want, r.stderr)
+	}
 	var v struct {
 		Total, Succeeded, Failed, Duplicates int
 		Done                                 bool
@@ -366,5 +371,46 @@ func TestMockPrintsUsableEnv(t *testing.T) {
 	cancel()
 	if r := <-done; r.code != 0 {
 		t.Errorf("mock exit %d: %s", r.code, r.stderr)
+	}
+}
+
+func TestQuotaLines(t *testing.T) {
+	t.Parallel()
+	use := map[string]int{"update": 19, "deactivate": 20, "get": 0}
+	tests := []struct {
+		name     string
+		identity string
+		want     []string
+	}{
+		{"one line", "1900000001", []string{"quota 1900000001: update 19/20, deactivate 20/20, get 0/20 calls/s"}},
+		{"long identity", strings.Repeat("9", 30), []string{"quota " + strings.Repeat("9", 30) + ":", "  update 19/20, deactivate 20/20, get 0/20 calls/s"}},
+	}
+	for _, tt := range tests {
+		got := quotaLines(tt.identity, 20, use)
+		if strings.Join(got, "\n") != strings.Join(tt.want, "\n") {
+			t.Errorf("%s: %q, want %q", tt.name, got, tt.want)
+		}
+		for _, l := range got {
+			if len(l) > 80 {
+				t.Errorf("%s: %d columns: %q", tt.name, len(l), l)
+			}
+		}
+	}
+}
+
+func TestLimiterIdentity(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		env  map[string]string
+		want string
+	}{
+		{map[string]string{"WECHATPAY_MCHID": "1900000001", "WECHATPAY_BRAND_ID": "120344"}, "1900000001"},
+		{map[string]string{"WECHATPAY_MODE": "brand", "WECHATPAY_BRAND_ID": "120344"}, "120344"},
+		{nil, ""},
+	}
+	for _, tt := range tests {
+		if got := limiterIdentity(func(k string) string { return tt.env[k] }); got != tt.want {
+			t.Errorf("%v: %q, want %q", tt.env, got, tt.want)
+		}
 	}
 }

@@ -58,6 +58,15 @@ func (p *progress) set(done int64, suffix string) {
 	fmt.Fprintf(p.w, "%s %d/%d %s\n", p.label, done, p.total, suffix)
 }
 
+// note prints a line of its own: on a terminal above the bar, which is
+// cleared and drawn again on the next set.
+func (p *progress) note(line string) {
+	if p.bar != nil {
+		_ = p.bar.Clear()
+	}
+	fmt.Fprintln(p.w, line)
+}
+
 // finish ends the bar line.
 func (p *progress) finish() {
 	if p.bar != nil {

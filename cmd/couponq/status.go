@@ -5,14 +5,18 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/couponq/couponq/internal/wpenv"
 	"io"
+	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/spf13/cobra"
 
 	"github.com/couponq/couponq/internal/results"
 	"github.com/couponq/couponq/tasks"
+	"github.com/couponq/couponq/worker"
 )
 
 type statusConfig struct {
@@ -23,6 +27,7 @@ type statusConfig struct {
 	RedisURL string
 	Interval time.Duration
 	Failed   int
+	Rate     int
 }
 
 // batchView is what status prints of a batch (also its --json form).
@@ -44,7 +49,11 @@ func newStatusCmd(e *env) *cobra.Command {
 		Long: `Reads results from Redis: a batch's counters (total, succeeded, failed,
 pending, duplicates), its rate and ETA, and its failed tasks with their error
 codes; or one task's result hash. --wait follows a batch until it is done, with a
-progress bar on a terminal; its exit status is 1 when any task failed.`,
+progress bar on a terminal; its exit status is 1 when any task failed. While
+waiting it also shows, every 5 s, the API calls per second of each endpoint
+against --rate, read from the workers' rate limiter in Redis, for the identity
+in WECHATPAY_MCHID (WECHATPAY_BRAND_ID in brand mode), or for every identity
+found when neither is set.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := ef.apply(cmd.Flags(), e.getenv); err != nil {
@@ -68,7 +77,11 @@ progress bar on a terminal; its exit status is 1 when any task failed.`,
 			if c.Task != "" {
 				return showTask(cmd.Context(), e, r, &c)
 			}
-			return showBatch(cmd.Context(), e, r, &c)
+			var q *quotaWatch
+			if c.Wait && c.Rate > 0 {
+				q = &quotaWatch{rdb: rdb, identity: limiterIdentity(e.getenv), rate: c.Rate, every: 5 * time.Second}
+			}
+			return showBatch(cmd.Context(), e, r, &c, q)
 		},
 	}
 	f := cmd.Flags()
@@ -78,6 +91,8 @@ progress bar on a terminal; its exit status is 1 when any task failed.`,
 	f.BoolVar(&c.JSON, "json", false, "print JSON instead of text")
 	f.DurationVar(&c.Interval, "interval", time.Second, "poll interval with --wait")
 	f.IntVar(&c.Failed, "failed", 20, "failed tasks to list")
+	f.IntVar(&c.Rate, "rate", 20, "the workers' --rate, to show calls/s against with --wait; 0 = do not show")
+	ef.add(f, "rate", "COUPONQ_RATE")
 	addRedisFlag(cmd, &ef, &c.RedisURL)
 	return cmd
 }
@@ -128,7 +143,7 @@ func stamp(t time.Time) string {
 	return t.UTC().Format(results.TimeFormat)
 }
 
-func showBatch(ctx context.Context, e *env, r *tasks.Reader, c *statusConfig) error {
+func showBatch(ctx context.Context, e *env, r *tasks.Reader, c *statusConfig, q *quotaWatch) error {
 	var st *tasks.BatchStatus
 	var err error
 	if c.Wait {
@@ -145,6 +160,9 @@ func showBatch(ctx context.Context, e *env, r *tasks.Reader, c *statusConfig) er
 				suffix += fmt.Sprintf(", ETA %s", (time.Duration(v.ETASec) * time.Second).String())
 			}
 			prog.set(int64(s.Succeeded+s.Failed), suffix+")")
+			if lines := q.lines(ctx, time.Now()); len(lines) > 0 {
+				prog.note(strings.Join(lines, "\n"))
+			}
 		})
 		if prog != nil {
 			prog.finish()
@@ -242,3 +260,62 @@ func writeJSON(w io.Writer, v any) error {
 	enc.SetEscapeHTML(false)
 	return enc.Encode(v)
 }
+
+// quotaWatch reads the workers' use of their API quota from the rate
+// limiter's keys in Redis, at most every every. A nil *quotaWatch shows
+// nothing.
+type quotaWatch struct {
+	rdb      redis.UniversalClient
+	identity string // "" = every identity with limiter keys
+	rate     int
+	every    time.Duration
+	last     time.Time
+}
+
+// lines returns one line per identity, or nothing when it is not yet time
+// or Redis did not answer (the batch poll reports outages).
+func (q *quotaWatch) lines(ctx context.Context, now time.Time) []string {
+	if q == nil || (!q.last.IsZero() && now.Sub(q.last) < q.every) {
+		return nil
+	}
+	q.last = now
+	ids := []string{q.identity}
+	if q.identity == "" {
+		var err error
+		if ids, err = worker.LimiterIdentities(ctx, q.rdb); err != nil {
+			return nil
+		}
+	}
+	var out []string
+	for _, id := range ids {
+		use, err := worker.QuotaUse(ctx, q.rdb, id)
+		if err != nil {
+			return nil
+		}
+		out = append(out, quotaLines(id, q.rate, use)...)
+	}
+	return out
+}
+
+// quotaLines formats one identity's calls in the last second against the
+// rate, e.g. "quota 1900000001: update 19/20, deactivate 20/20, get 0/20
+// calls/s", on two lines when one would pass 80 columns.
+func quotaLines(identity string, rate int, use map[string]int) []string {
+	var b strings.Builder
+	for i, op := range worker.LimitedOps {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		fmt.Fprintf(&b, "%s %d/%d", op, use[op], rate)
+	}
+	b.WriteString(" calls/s")
+	line := "quota " + identity + ": " + b.String()
+	if len(line) <= 80 {
+		return []string{line}
+	}
+	return []string{"quota " + identity + ":", "  " + b.String()}
+}
+
+// limiterIdentity is the identity the workers' limiter uses, from the same
+// environment as the worker's WeChat Pay settings; "" when unset.
+func limiterIdentity(getenv func(string) string) string { return wpenv.Identity(getenv) }

@@ -216,7 +216,7 @@ func runWorker(ctx context.Context, e *env, c *workerFlags, cfg worker.Config) e
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics := worker.NewMetrics(reg)
 	cfg.Redis, cfg.Identity, cfg.Logger, cfg.Metrics = rc, api.Identity(), log, metrics
-	cfg.Limiter = worker.NewLimiter(rdb, api.Identity(), cfg.Rate)
+	cfg.Limiter = worker.NewLimiter(rdb, api.Identity(), cfg.Rate, worker.WithLimiterMetrics(metrics))
 	w, err := worker.New(cfg, api)
 	if err != nil {
 		return asSettingError(err)

@@ -137,3 +137,13 @@ func Options(getenv func(string) string) ([]wechatpay.Option, error) {
 	opts = append(opts, wechatpay.WithBaseURL(base))
 	return opts, nil
 }
+
+// Identity is the identity the environment names, as the client's
+// Identity() would be: WECHATPAY_BRAND_ID in brand mode, WECHATPAY_MCHID
+// otherwise; "" when unset. It reads no key, so it needs no secret.
+func Identity(getenv func(string) string) string {
+	if wechatpay.Mode(strings.TrimSpace(getenv(envMode))) == wechatpay.ModeBrand {
+		return strings.TrimSpace(getenv(envBrandID))
+	}
+	return strings.TrimSpace(getenv(envMchID))
+}
