@@ -209,14 +209,11 @@ func runWorker(ctx context.Context, e *env, c *workerFlags, cfg worker.Config) e
 		return err
 	}
 	defer api.Close()
-	rdb := rc.NewClient()
-	defer rdb.Close()
-
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics := worker.NewMetrics(reg)
 	cfg.Redis, cfg.Identity, cfg.Logger, cfg.Metrics = rc, api.Identity(), log, metrics
-	cfg.Limiter = worker.NewLimiter(rdb, api.Identity(), cfg.Rate, worker.WithLimiterMetrics(metrics))
+	// worker.New builds the shared limiter from Rate and Identity.
 	w, err := worker.New(cfg, api)
 	if err != nil {
 		return asSettingError(err)
