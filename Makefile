@@ -34,6 +34,10 @@ test-short: ## Run the unit tests only (no redis-server needed), without -race
 bench: ## Run the benchmarks (real redis-server needed for the pipeline ones)
 	$(GO) test -run '^$$' -bench . -benchmem -timeout 30m ./wechatpay/ && $(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./tasks/ ./bench/
 
+.PHONY: bench-quota
+bench-quota: ## Measure the limiter's share of the 20/s quota, 3 scenarios x 3 runs (~5-10 min; redis-server needed)
+	$(GO) test ./bench/ -run '^$$' -bench 'Quota' -benchtime=1x -count=3 -timeout 30m
+
 .PHONY: lint
 lint: $(GOBIN)/staticcheck ## gofmt, go vet and staticcheck
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi

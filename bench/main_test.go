@@ -1,7 +1,8 @@
 // Package bench holds couponq's end-to-end benchmarks: the whole pipeline
 // against direct signed calls (BenchmarkPipelineVsDirect) and the shared
-// rate limiter with three worker processes (BenchmarkRateLimit3Workers).
-// They run only with -bench; plain `go test ./bench/` runs no benchmark.
+// rate limiter's share of WeChat Pay's quota with three worker processes
+// (BenchmarkQuota). They run only with -bench; plain `go test ./bench/`
+// runs no benchmark.
 // Figures and commands are in bench/pipeline.txt and bench/ratelimit.txt.
 package bench
 
@@ -15,6 +16,7 @@ import (
 	"strconv"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/couponq/couponq/internal/redisurl"
 	"github.com/couponq/couponq/internal/wpenv"
@@ -27,6 +29,10 @@ import (
 // of the tests (see runWorkerProcess).
 const workerEnv = "COUPONQ_BENCH_WORKER"
 
+// parentEnv holds the pid of the benchmark process that started a worker
+// process; the worker stops when its parent is gone.
+const parentEnv = "COUPONQ_BENCH_PARENT"
+
 func TestMain(m *testing.M) {
 	if os.Getenv(workerEnv) == "1" {
 		if err := runWorkerProcess(); err != nil {
@@ -35,16 +41,39 @@ func TestMain(m *testing.M) {
 		}
 		os.Exit(0)
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	printQuotaReport(os.Stdout)
+	os.Exit(code)
 }
 
 // runWorkerProcess runs one worker.Worker until SIGTERM or SIGINT, configured
 // from the environment: COUPONQ_BENCH_REDIS (a redis:// URL),
 // COUPONQ_BENCH_RATE, COUPONQ_BENCH_CONCURRENCY and the WECHATPAY_* variables
 // written by wechatpaytest.Server.WriteEnv (partner mode, public-key mode).
+// With COUPONQ_BENCH_PARENT set to a pid, it also stops (as on SIGTERM)
+// once that process is no longer its parent, so that a benchmark killed
+// before its cleanup (a -timeout panic, SIGKILL) leaves no worker behind.
 func runWorkerProcess() error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	if parent, err := strconv.Atoi(os.Getenv(parentEnv)); err == nil {
+		go func() {
+			t := time.NewTicker(500 * time.Millisecond)
+			defer t.Stop()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-t.C:
+					if os.Getppid() != parent {
+						fmt.Fprintln(os.Stderr, "bench worker: parent process gone; stopping")
+						stop()
+						return
+					}
+				}
+			}
+		}()
+	}
 
 	conn, err := redisurl.Parse(os.Getenv("COUPONQ_BENCH_REDIS"))
 	if err != nil {
