@@ -135,8 +135,8 @@ func (r *run) wait(ctx context.Context, op tasks.Op) error {
 	if !errors.As(err, &rl) {
 		return fmt.Errorf("worker: rate limiter: %w", err)
 	}
-	v := judge(err, attemptState{op: op})
-	return r.act(ctx, v, &comeBackError{reason: v.reason, after: v.after, err: err})
+	// act wraps it as the come-back judge finds it to be.
+	return r.act(ctx, judge(err, attemptState{op: op}), err)
 }
 
 // call makes one API call for op and reports it.

@@ -12,7 +12,7 @@ import (
 // the op: "update", "deactivate" or "get".
 type rateLimiter interface {
 	// Wait blocks until a call slot is free, at most maxWait. A slot further
-	// away is an error with a RetryAfter() time.Duration method.
+	// away is a *RateLimitedError.
 	Wait(ctx context.Context, endpoint string, maxWait time.Duration) (time.Duration, error)
 	// Backoff reports that a 429 arrived on endpoint (d is its Retry-After);
 	// the limiter slows every worker of the identity a little.

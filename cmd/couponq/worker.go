@@ -20,7 +20,10 @@ import (
 	"github.com/couponq/couponq/worker"
 )
 
-const defaultRedisURL = "redis://127.0.0.1:6379/0"
+const (
+	defaultRedisURL = "redis://127.0.0.1:6379/0"
+	redisFlagUsage  = "Redis URL: redis://, rediss:// or redis-sentinel:// (see the README)"
+)
 
 // workerFlags is every setting of couponq worker: the worker.Config that
 // its flags are bound into (its defaults are worker.DefaultConfig's), and
@@ -139,7 +142,7 @@ func parseQueues(s string) (map[string]int, error) {
 }
 
 func addRedisFlag(cmd *cobra.Command, ef *envFlags, dst *string) {
-	cmd.Flags().StringVar(dst, "redis", defaultRedisURL, "Redis URL: redis://, rediss:// or redis-sentinel:// (see the README)")
+	cmd.Flags().StringVar(dst, "redis", defaultRedisURL, redisFlagUsage)
 	ef.add(cmd.Flags(), "redis", "COUPONQ_REDIS_URL")
 }
 
@@ -179,7 +182,7 @@ The HTTP listener (--http) serves /metrics (Prometheus), /healthz, /readyz and
 	}
 	f := cmd.Flags()
 	d := &c.cfg
-	f.StringVar(&c.RedisURL, "redis", defaultRedisURL, "Redis URL: redis://, rediss:// or redis-sentinel:// (see the README)")
+	f.StringVar(&c.RedisURL, "redis", defaultRedisURL, redisFlagUsage)
 	f.IntVar(&d.Concurrency, "concurrency", d.Concurrency, "tasks processed at once by this worker")
 	f.IntVar(&d.Rate, "rate", d.Rate, "API calls per second for each endpoint, shared by all workers of one identity (mchid, or brand_id in brand mode); 0 = unlimited")
 	f.IntVar(&c.MaxRetry, "max-retry", d.MaxRetry, "retries of a retryable failure before the task is failed; 0 = none")
