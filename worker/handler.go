@@ -29,6 +29,7 @@ type run struct {
 	log        *slog.Logger
 	retried    int // asynq retries so far
 	calls      int // API calls made in this run
+	recorded   int // of which already added to the result's attempts
 	priorCalls int // API calls recorded by earlier runs, as Store.Begin read them
 }
 
@@ -66,19 +67,53 @@ func (w *Worker) process(ctx context.Context, t *asynq.Task) error {
 	return r.execute(ctx)
 }
 
+// maxStays is how many 429s in a row a run rides out in the handler (stay)
+// before it hands the task back to asynq.
+const maxStays = 3
+
 func (r *run) execute(ctx context.Context) error {
-	if err := r.wait(ctx, r.c.op); err != nil {
-		return err
+	for stays := 0; ; stays++ {
+		if err := r.wait(ctx, r.c.op); err != nil {
+			return err
+		}
+		coupon, err := r.call(ctx, r.c.op)
+		if err == nil {
+			return r.succeed(ctx, coupon)
+		}
+		v := r.judge(ctx, err)
+		if v.action == reconcile {
+			return r.reconcile(ctx, v, err)
+		}
+		if stays < maxStays && r.stay(ctx, v) {
+			continue
+		}
+		return r.act(ctx, v, err)
 	}
-	coupon, err := r.call(ctx, r.c.op)
-	if err == nil {
-		return r.succeed(ctx, coupon)
+}
+
+// stay rides out a 429 within the handler when WeChat Pay's Retry-After is
+// no longer than the limiter's wait: it records the attempt, slows every
+// worker down as act would (Backoff), waits the Retry-After and reports
+// true, so the call is made again on a fresh slot. Going back through
+// asynq's delayed set instead costs whole seconds plus its check interval,
+// which at the end of a batch is time the quota stands idle.
+func (r *run) stay(ctx context.Context, v verdict) bool {
+	if v.action != comeBack || v.reason != reasonRateLimited || v.after > r.w.cfg.LimiterMaxWait || ctx.Err() != nil {
+		return false
 	}
-	v := r.judge(ctx, err)
-	if v.action == reconcile {
-		return r.reconcile(ctx, v, err)
+	if berr := detached(ctx, func(ctx context.Context) error { return r.w.limiter.Backoff(ctx, string(r.c.op), v.after) }); berr != nil {
+		r.log.Warn("rate limiter backoff failed", "err", berr)
 	}
-	return r.act(ctx, v, err)
+	a := v.attempt
+	a.Calls = r.calls - r.recorded
+	r.w.metrics.ObserveRetry(string(r.c.op), v.reason)
+	if err := detached(ctx, func(ctx context.Context) error { return r.w.store.Retrying(ctx, r.taskID, a) }); err != nil {
+		r.log.Warn("cannot record a 429 ridden out in the handler", "err", err)
+	} else {
+		r.recorded = r.calls
+	}
+	r.log.Debug("429: calling again in the handler", "after", v.after)
+	return sleepCtx(ctx, v.after) == nil
 }
 
 // judge is the verdict on err for this run.
@@ -186,7 +221,7 @@ func (r *run) succeed(ctx context.Context, coupon *wechatpay.ProductCoupon) erro
 // the recording's own error, if any, joined to it).
 func (r *run) retrying(ctx context.Context, v verdict, err error) error {
 	a := v.attempt
-	a.Calls = r.calls
+	a.Calls = r.calls - r.recorded
 	r.w.metrics.ObserveRetry(string(r.c.op), v.reason)
 	rerr := detached(ctx, func(ctx context.Context) error { return r.w.store.Retrying(ctx, r.taskID, a) })
 	if rerr != nil {
@@ -204,7 +239,7 @@ func (r *run) retrying(ctx context.Context, v verdict, err error) error {
 // nothing) and returns ret. If the result cannot be written the task is
 // retried instead, so the outcome is never lost.
 func (r *run) finish(ctx context.Context, st tasks.Status, a results.Attempt, ret error) error {
-	a.Calls = r.calls
+	a.Calls = r.calls - r.recorded
 	var done bool
 	err := detached(ctx, func(ctx context.Context) (err error) {
 		done, err = r.w.store.Finish(ctx, r.taskID, st, a)

@@ -170,6 +170,7 @@ func TestHandlerOutcomes(t *testing.T) {
 		calls       int
 		backoffs    int
 		retryReason string
+		retries     int // of retryReason; 0 means 1
 	}{
 		{
 			name: "update succeeds", req: updateReq("1000000013", "update_000001"), maxR: 25, noErr: true,
@@ -230,9 +231,24 @@ func TestHandlerOutcomes(t *testing.T) {
 		},
 		{
 			name: "429 never uses up retries", req: updateReq("1000000013", "update_000008"), retried: 5, maxR: 5,
-			script: []error{rateLimitedErr(0)}, notFailure: true, backoffs: 1, retryReason: "update rate_limited",
+			script: []error{rateLimitedErr(5 * time.Second)}, notFailure: true, backoffs: 1, retryReason: "update rate_limited",
 			result: map[string]string{"status": "retrying", "attempts": "1", "http_status": "429", "error_code": "RATELIMIT_EXCEEDED", "coupon_state": ""},
 			batch:  map[string]string{"succeeded": "0", "failed": "0"}, calls: 1,
+		},
+		{
+			// Retry-After within LimiterMaxWait: the handler waits and calls
+			// again on a fresh slot, instead of asynq's delayed set.
+			name: "429 with a short Retry-After is called again at once", req: updateReq("1000000013", "update_000010"), retried: 5, maxR: 5,
+			script: []error{rateLimitedErr(10 * time.Millisecond)}, noErr: true, backoffs: 1, retryReason: "update rate_limited",
+			result: map[string]string{"status": "succeeded", "attempts": "2", "http_status": "200", "error_code": "", "coupon_state": "EFFECTIVE"},
+			batch:  map[string]string{"succeeded": "1", "failed": "0"}, calls: 2,
+		},
+		{
+			name: "a fourth 429 in a row goes back to asynq", req: deactivateReq("1000000013", "deact_000010"), maxR: 25,
+			script:     []error{rateLimitedErr(time.Millisecond), rateLimitedErr(time.Millisecond), rateLimitedErr(time.Millisecond), rateLimitedErr(time.Millisecond)},
+			notFailure: true, backoffs: 4, retryReason: "deactivate rate_limited", retries: 4,
+			result: map[string]string{"status": "retrying", "attempts": "4", "http_status": "429", "error_code": "RATELIMIT_EXCEEDED", "coupon_state": ""},
+			batch:  map[string]string{"succeeded": "0", "failed": "0"}, calls: 4,
 		},
 		{
 			name: "invalid payload fails at once", req: &wechatpay.UpdateProductCouponRequest{ProductCouponID: "1000000013", BrandID: testBrand, OutRequestNo: "update_000009"},
@@ -286,8 +302,8 @@ func TestHandlerOutcomes(t *testing.T) {
 			if got := len(b.limiter.backoffs); got != tt.backoffs {
 				t.Errorf("limiter backoffs = %d (%v), want %d", got, b.limiter.backoffs, tt.backoffs)
 			}
-			if tt.retryReason != "" && b.metrics.retries[tt.retryReason] != 1 {
-				t.Errorf("retries = %v, want one %q", b.metrics.retries, tt.retryReason)
+			if want := max(tt.retries, 1); tt.retryReason != "" && b.metrics.retries[tt.retryReason] != want {
+				t.Errorf("retries = %v, want %d × %q", b.metrics.retries, want, tt.retryReason)
 			}
 			terminal := tasks.Status(res[results.FieldStatus]).Terminal()
 			if terminal != (res[results.FieldFinishedAt] != "") {

@@ -30,11 +30,12 @@ const DefaultJitterMargin = 25 * time.Millisecond
 const rateWindow = time.Second
 
 // backoffHalfLife is how fast the memory of 429s fades: each 429 adds 1 to
-// a level halving every backoffHalfLife, and books floor(level) empty
-// slots. A lone 429 books one; a run of them within a second books more;
-// once they stop the level is back near 0 within a few seconds. Half a
-// second keeps random 429s at a few per cent of calls near one empty slot
-// each (a longer memory made them cost 1.2 on average).
+// a level halving every backoffHalfLife, and books floor(level) - 1 empty
+// slots. A lone 429 books none (a stray 429 costs its own call, nothing
+// more); a run of them within a second books more; once they stop the
+// level is back near 0 within a few seconds. Half a second keeps random
+// 429s at a few per cent of calls from ever booking one (with one empty
+// slot per lone 429, 2% stray 429s cost 2% of the quota).
 const backoffHalfLife = 500 * time.Millisecond
 
 // backoffStateTTL is how long the 429 state outlives the last 429: ten
@@ -159,6 +160,7 @@ func (l *Limiter) Wait(ctx context.Context, endpoint string, maxWait time.Durati
 	if l == nil || l.rate <= 0 {
 		return 0, nil
 	}
+	start := time.Now()
 	b, err := l.book(ctx, endpoint, maxWait)
 	if err != nil {
 		return 0, fmt.Errorf("worker: rate limiter %s: %w", endpoint, err)
@@ -167,13 +169,21 @@ func (l *Limiter) Wait(ctx context.Context, endpoint string, maxWait time.Durati
 		return 0, &RateLimitedError{Endpoint: endpoint, RetryIn: b.retryIn}
 	}
 	l.metrics.observeSlot(endpoint, float64(b.inWindow)/float64(l.rate))
-	if b.delay <= 0 {
+	// The script measured the delay on Redis' clock about half a round trip
+	// ago: take that off, so every call reaches its slot the same time after
+	// it whatever its round trip took (the spread of that lateness is what
+	// the margin must absorb). An injected clock runs scripts in no time.
+	delay := b.delay
+	if l.now == nil {
+		delay -= time.Since(start) / 2
+	}
+	if delay <= 0 {
 		return 0, nil
 	}
-	if err := l.sleep(ctx, b.delay); err != nil {
+	if err := l.sleep(ctx, delay); err != nil {
 		return 0, fmt.Errorf("worker: rate limiter %s: %w", endpoint, err)
 	}
-	return b.delay, nil
+	return delay, nil
 }
 
 // booking is the answer of the booking script.
@@ -209,8 +219,8 @@ func (l *Limiter) book(ctx context.Context, endpoint string, maxWait time.Durati
 
 // Backoff tells every process sharing the limiter that WeChat Pay answered
 // 429 on endpoint anyway. The call that got it is lost, not the quota: no
-// pause; instead the next free slots are booked empty (left unused), one for
-// a lone 429 and more when 429s come in quick succession, at most rate/4
+// pause; instead the next free slots are booked empty (left unused), none
+// for a lone 429 and more when 429s come in quick succession, at most rate/4
 // (at least 1) per second, and none once 429s stop. d, the Retry-After
 // WeChat Pay gave, is the task's own delay (the handler defers the task by
 // it) and does not slow the others. Backoff on an unlimited Limiter does
@@ -329,7 +339,9 @@ local since, booked = tonumber(s[3]) or now, tonumber(s[4]) or 0
 level = level * math.pow(0.5, math.max(now - at, 0) / halflife) + 1
 -- At most cap empty slots are booked per window (since … since+window).
 if now - since >= window or now < since then since, booked = now, 0 end
-local k = math.max(math.min(math.floor(level), cap - booked), 0)
+-- A lone 429 (level 1) books nothing: random 429s cost only their own
+-- call; each one close after another (level ≥ 2) books floor(level) - 1.
+local k = math.max(math.min(math.floor(level) - 1, cap - booked), 0)
 for i = 1, k do
   add(key, "e", earliest(key, n, span, now), owner .. ":" .. i, now, span)
 end

@@ -249,20 +249,31 @@ func TestLimiterBackoffBooksEmptySlots(t *testing.T) {
 		_, e := b.slots(t, key)
 		return len(e)
 	}
-	// A lone 429 books one empty slot, the next free one: the peer's call
-	// takes the slot after it.
+	// A lone 429 books nothing: the peer's call goes at once.
 	if err := got429.Backoff(ctx, "update", 3*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	if n := empties(); n != 1 {
-		t.Fatalf("after one 429: %d empty slots, want 1", n)
+	if n := empties(); n != 0 {
+		t.Fatalf("after one 429: %d empty slots, want 0", n)
 	}
-	if w, err := peer.Wait(ctx, "update", time.Second); err != nil || w != 51250*time.Microsecond {
-		t.Fatalf("peer after a 429: waited %v, %v; want one slot, 51.25ms", w, err)
+	if w, err := peer.Wait(ctx, "update", time.Second); err != nil || w != 0 {
+		t.Fatalf("peer after a lone 429: waited %v, %v; want no wait", w, err)
+	}
+
+	// A second 429 at once books one empty slot, the next free one: the
+	// peer's next call takes the slot after it.
+	if err := got429.Backoff(ctx, "update", 0); err != nil {
+		t.Fatal(err)
+	}
+	if n := empties(); n != 1 {
+		t.Fatalf("after two 429s at once: %d empty slots, want 1", n)
+	}
+	if w, err := peer.Wait(ctx, "update", time.Second); err != nil || w != 2*51250*time.Microsecond {
+		t.Fatalf("peer after two 429s: waited %v, %v; want two slots, 102.5ms", w, err)
 	}
 
 	// 429s in quick succession book more, at most rate/4 within a window.
-	for range 6 {
+	for range 5 {
 		b.advance(10 * time.Millisecond)
 		if err := got429.Backoff(ctx, "update", 0); err != nil {
 			t.Fatal(err)
@@ -272,13 +283,13 @@ func TestLimiterBackoffBooksEmptySlots(t *testing.T) {
 		t.Errorf("after 7 429s within 60 ms: %d empty slots, want the cap of 5", n)
 	}
 
-	// Once 429s stop the level fades: a 429 ten seconds later books one.
+	// Once 429s stop the level fades: a 429 ten seconds later books none.
 	b.advance(10 * time.Second)
 	if err := got429.Backoff(ctx, "update", 0); err != nil {
 		t.Fatal(err)
 	}
-	if n := empties(); n != 1 {
-		t.Errorf("a 429 after 10 quiet seconds: %d empty slots, want 1", n)
+	if n := empties(); n != 0 {
+		t.Errorf("a 429 after 10 quiet seconds: %d empty slots, want 0", n)
 	}
 
 	for _, tt := range []struct {
@@ -287,7 +298,7 @@ func TestLimiterBackoffBooksEmptySlots(t *testing.T) {
 		want float64
 	}{
 		{"backoffs", m.backoffs.WithLabelValues("update"), 8},
-		{"empty slots", m.emptySlots.WithLabelValues("update"), 1 + 2 + 2 + 1},
+		{"empty slots", m.emptySlots.WithLabelValues("update"), 5},
 		{"peer slots not counted here", m.slots.WithLabelValues("update"), 0},
 	} {
 		if got := testutil.ToFloat64(tt.c); got != tt.want {
