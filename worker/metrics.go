@@ -83,7 +83,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"op"}),
 		emptySlots: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "couponq_rate_limiter_empty_slots_total",
-			Help: "Slots this process's 429s left empty in the shared rate limiter, by op.",
+			Help: "Slots this process left empty in the shared rate limiter (for 429s, or given up by a call that woke late), by op.",
 		}, []string{"op"}),
 		quotaShare: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "couponq_rate_limiter_quota_share",
@@ -173,6 +173,14 @@ func (m *Metrics) observeBackoff(op string, empty int) {
 	}
 	m.backoffs.WithLabelValues(op).Inc()
 	m.emptySlots.WithLabelValues(op).Add(float64(empty))
+}
+
+// observeRebook counts a slot given up by a call that woke too late for it.
+func (m *Metrics) observeRebook(op string) {
+	if m == nil {
+		return
+	}
+	m.emptySlots.WithLabelValues(op).Inc()
 }
 
 // queueStates are the asynq task states reported by asynq_queue_size.

@@ -120,23 +120,23 @@ func TestLimiterSpacingAndWindow(t *testing.T) {
 	l := b.limiter("1900000001", 20)
 	ctx := t.Context()
 
-	// Callers arriving together are spaced (1 s + margin)/20 = 51.25 ms
+	// Callers arriving together are spaced (1 s + margin)/20 = 51.5 ms
 	// apart, as far as 2 s ahead.
-	for i := range 40 {
-		want := time.Duration(i) * 51250 * time.Microsecond
+	for i := range 39 {
+		want := time.Duration(i) * 51500 * time.Microsecond
 		if w, err := l.Wait(ctx, "get", 2*time.Second); err != nil || w != want {
 			t.Fatalf("call %d: waited %v, %v; want %v", i, w, err, want)
 		}
 	}
 	_, err := l.Wait(ctx, "get", 2*time.Second)
-	if rl := asRateLimited(t, err); rl.Endpoint != "get" || rl.RetryIn != 50*time.Millisecond {
-		t.Errorf("41st: %+v, want get, RetryIn 50ms (slot at 2.05 s)", rl)
+	if rl := asRateLimited(t, err); rl.Endpoint != "get" || rl.RetryIn != 8500*time.Microsecond {
+		t.Errorf("40th: %+v, want get, RetryIn 8.5ms (slot at 2.0085 s)", rl)
 	}
 
 	// Where the spacing rounds down, the window decides: at 3/s the 4th
-	// slot is 1 s + margin after the 1st, not 3 × 341.666 ms.
+	// slot is 1 s + margin after the 1st, not 3 × 343.333 ms.
 	l3 := b.limiter("1900000003", 3)
-	for i, want := range []time.Duration{0, 341666 * time.Microsecond, 683332 * time.Microsecond, time.Second + DefaultJitterMargin} {
+	for i, want := range []time.Duration{0, 343333 * time.Microsecond, 686666 * time.Microsecond, time.Second + DefaultJitterMargin} {
 		if w, err := l3.Wait(ctx, "get", 2*time.Second); err != nil || w != want {
 			t.Errorf("3/s call %d: waited %v, %v; want %v", i, w, err, want)
 		}
@@ -268,8 +268,8 @@ func TestLimiterBackoffBooksEmptySlots(t *testing.T) {
 	if n := empties(); n != 1 {
 		t.Fatalf("after two 429s at once: %d empty slots, want 1", n)
 	}
-	if w, err := peer.Wait(ctx, "update", time.Second); err != nil || w != 2*51250*time.Microsecond {
-		t.Fatalf("peer after two 429s: waited %v, %v; want two slots, 102.5ms", w, err)
+	if w, err := peer.Wait(ctx, "update", time.Second); err != nil || w != 2*51500*time.Microsecond {
+		t.Fatalf("peer after two 429s: waited %v, %v; want two slots, 103ms", w, err)
 	}
 
 	// 429s in quick succession book more, at most rate/4 within a window.
@@ -763,5 +763,52 @@ func TestLimiterRealRedis(t *testing.T) {
 	}
 	if ttl := rdb.PTTL(ctx, "couponq:rate:{1900000001}:update").Val(); ttl <= 0 {
 		t.Errorf("log TTL %v", ttl)
+	}
+}
+
+// TestLimiterLateWakeRebooks: a call that wakes more than a third of the
+// margin after its slot (the host stalled) gives the slot up and books the
+// next one, so calls delayed together do not reach WeChat Pay together; a
+// call late by less keeps its slot.
+func TestLimiterLateWakeRebooks(t *testing.T) {
+	t.Parallel()
+	b := setupLimiter(t)
+	ctx := t.Context()
+	m := NewMetrics(prometheus.NewPedanticRegistry())
+	var late []time.Duration // added to successive sleeps
+	l := b.limiter("1900000001", 20, WithLimiterMetrics(m), WithSleep(func(_ context.Context, d time.Duration) error {
+		var extra time.Duration
+		if len(late) > 0 {
+			extra, late = late[0], late[1:]
+		}
+		b.advance(d + extra)
+		return nil
+	}))
+	key := "couponq:rate:{1900000001}:update"
+	slot := 51500 * time.Microsecond // (1 s + margin)/20
+
+	if w, err := l.Wait(ctx, "update", time.Second); err != nil || w != 0 {
+		t.Fatalf("first call: waited %v, %v", w, err)
+	}
+	late = []time.Duration{DefaultJitterMargin / 3}
+	if w, err := l.Wait(ctx, "update", time.Second); err != nil || w != slot {
+		t.Fatalf("call late by margin/3: waited %v, %v; want its slot, %v", w, err, slot)
+	}
+	// Now 61.5 ms. Late by 20 ms: slot 3 (at 103 ms) is given up at
+	// 123 ms; the next free slot is 154.5 ms: 41.5 + 31.5 ms of sleep.
+	late = []time.Duration{20 * time.Millisecond}
+	if w, err := l.Wait(ctx, "update", time.Second); err != nil || w != 73*time.Millisecond {
+		t.Fatalf("call late by 20ms: waited %v, %v; want 73ms", w, err)
+	}
+	if calls, _ := b.slots(t, key); len(calls) != 4 {
+		t.Errorf("%d slots booked, want 4 (one given up)", len(calls))
+	}
+	if got := testutil.ToFloat64(m.emptySlots.WithLabelValues("update")); got != 1 {
+		t.Errorf("empty slots = %v, want the one given up", got)
+	}
+	// Late by a second: the slot given up, the next free one is now.
+	late = []time.Duration{time.Second, time.Second}
+	if w, err := l.Wait(ctx, "update", 10*time.Second); err != nil || w != slot || len(late) != 1 {
+		t.Fatalf("call late by 1s: waited %v, %v, %d sleeps; want %v, one sleep", w, err, 2-len(late), slot)
 	}
 }
