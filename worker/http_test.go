@@ -47,6 +47,9 @@ func setupHTTP(t *testing.T, cfg HTTPConfig) *httpBundle {
 	m.ObserveRetry("update", "rate_limited")
 	m.ObserveLimiterWait("update", 40*time.Millisecond)
 	m.ObserveTerminal("update", tasks.StatusSucceeded)
+	m.observeSlot("update", 0.95)
+	m.observeBackoff("update", 1)
+	m.observeRebook("get")
 
 	cfg.Redis = opt
 	h, closer, err := NewHTTPHandler(cfg)
@@ -109,6 +112,11 @@ func TestHTTPEndpoints(t *testing.T) {
 			`couponq_api_call_duration_seconds_count{op="update",outcome="success"} 2`,
 			`couponq_task_retries_total{op="update",reason="rate_limited"} 1`,
 			`couponq_rate_limiter_wait_seconds_count{op="update"} 1`,
+			`couponq_rate_limiter_quota_share{op="update"} 0.95`,
+			`couponq_rate_limiter_slots_total{op="update"} 1`,
+			`couponq_rate_limiter_backoffs_total{op="update"} 1`,
+			`couponq_rate_limiter_empty_slots_total{op="update"} 1`,
+			`couponq_rate_limiter_empty_slots_total{op="get"} 1`,
 			`couponq_tasks_terminal_total{op="update",status="succeeded"} 1`,
 			`asynq_queue_size{queue="couponq",state="pending"} 3`,
 			`asynq_queue_paused{queue="couponq"} 0`,
