@@ -288,11 +288,13 @@ func TestReenqueueIsDuplicates(t *testing.T) {
 	verify(t, rdb, fake, "first", st, permanent)
 	calls := len(fake.Requests())
 
-	for _, batch := range []string{"first", "second"} {
-		rep := enqueue(t, rdb, cs, batch)
-		if rep.Total != 0 || rep.Duplicates != len(cs) {
-			t.Errorf("re-enqueue into %s: total %d, duplicates %d; want 0 and %d", batch, rep.Total, rep.Duplicates, len(cs))
-		}
+	// Into the same batch: part of it already (SPEC: neither duplicates
+	// nor new); into another: duplicates.
+	if rep := enqueue(t, rdb, cs, "first"); rep.Total != 0 || rep.Duplicates != 0 || rep.Resumed != len(cs) {
+		t.Errorf("re-enqueue into first: total %d, duplicates %d, resumed %d; want 0, 0 and %d", rep.Total, rep.Duplicates, rep.Resumed, len(cs))
+	}
+	if rep := enqueue(t, rdb, cs, "second"); rep.Total != 0 || rep.Duplicates != len(cs) {
+		t.Errorf("re-enqueue into second: total %d, duplicates %d; want 0 and %d", rep.Total, rep.Duplicates, len(cs))
 	}
 	st2 := wait(t, rdb, "second", 10*time.Second)
 	if st2.Total != 0 || st2.Duplicates != len(cs) || !st2.Done() {
