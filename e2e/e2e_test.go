@@ -68,11 +68,17 @@ func childWorker() int {
 // startWorker runs an in-process worker until the test ends.
 func startWorker(t *testing.T, addr string, api worker.API, concurrency int) {
 	t.Helper()
-	w, err := worker.New(worker.Config{
+	startWorkerConfig(t, worker.Config{
 		Redis: asynq.RedisClientOpt{Addr: addr}, Concurrency: concurrency, MaxRetry: 15,
 		RetryBase: 50 * time.Millisecond, RetryCap: time.Second,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	}, api)
+}
+
+// startWorkerConfig runs an in-process worker of cfg until the test ends.
+func startWorkerConfig(t *testing.T, cfg worker.Config, api worker.API) {
+	t.Helper()
+	w, err := worker.New(cfg, api)
 	if err != nil {
 		t.Fatal(err)
 	}

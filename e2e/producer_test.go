@@ -5,6 +5,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,12 +18,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/couponq/couponq/internal/redistest"
 	"github.com/couponq/couponq/internal/results"
 	"github.com/couponq/couponq/internal/testutil"
 	"github.com/couponq/couponq/tasks"
+	"github.com/couponq/couponq/wechatpay/wechatpaytest"
+	"github.com/couponq/couponq/worker"
 )
 
 // The producer under faults: `couponq enqueue` of a 20 000-line file, run
@@ -325,4 +330,43 @@ func TestEnqueueKilledThenRerun(t *testing.T) {
 	if strings.TrimSpace(r.stdout.String()) != "killed" {
 		t.Errorf("rerun stdout %q, want the batch ID", r.stdout.String())
 	}
+}
+
+// The producer SIGKILLed and nobody reruns it: a worker adopts the changes
+// accepted but never handed to asynq, seals the abandoned batch, and the
+// batch finishes.
+func TestEnqueueKilledWorkersAdopt(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	rdb := srv.Client()
+	fake := wechatpaytest.NewServer(t)
+	const n = 3000
+	coupons := fake.SeedCoupons(fake.BrandID(), n) // one change per coupon: no write races another
+	file, ids := changeFile(t, n, fake.BrandID(), coupons)
+	p := startEnqueue(t, srv.URL(), file, "adopt")
+	untilMembers(t, rdb, "adopt", n/3, p)
+	_ = p.cmd.Process.Signal(syscall.SIGKILL)
+	<-p.done
+	before := inspect(t, rdb, "adopt", ids)
+	t.Logf("after SIGKILL: %s", before)
+
+	start := time.Now()
+	startAdoptingWorker(t, srv.Addr(), fake.Client(), 16, worker.MinAdoptAfter)
+	st := wait(t, rdb, "adopt", 45*time.Second)
+	after := inspect(t, rdb, "adopt", ids)
+	t.Logf("batch finished %s after the worker started: %+v", time.Since(start).Round(time.Millisecond), st)
+	if st.Total != before.members || len(after.queuedNoTask) != 0 || len(after.taskNoResult) != 0 {
+		t.Errorf("batch %+v; before %s; after %s", st, before, after)
+	}
+	verify(t, rdb, fake, "adopt", st, nil) // every write applied once, counters exact
+}
+
+// startAdoptingWorker is startWorker with a short adoption grace period.
+func startAdoptingWorker(t *testing.T, addr string, api worker.API, concurrency int, adoptAfter time.Duration) {
+	t.Helper()
+	startWorkerConfig(t, worker.Config{
+		Redis: asynq.RedisClientOpt{Addr: addr}, Concurrency: concurrency, MaxRetry: 15,
+		RetryBase: 50 * time.Millisecond, RetryCap: time.Second, AdoptAfter: adoptAfter,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	}, api)
 }
