@@ -157,10 +157,11 @@ type batchRun struct {
 
 	mu      sync.Mutex // guards the fields below, and serializes onProg
 	rep     *BatchReport
-	dropped int      // changes not enqueued because the batch stopped
-	unsure  []*group // groups with changes not confirmed yet
-	handed  []string // task IDs confirmed in asynq (or past queued)
-	settled []string // task IDs needing nothing more: dropped from the registry
+	dropped int             // changes not enqueued because the batch stopped
+	unsure  []*group        // groups with changes not confirmed yet
+	handed  []string        // task IDs confirmed in asynq (or past queued)
+	settled []string        // task IDs needing nothing more: dropped from the registry
+	resumed map[string]bool // the handed ones an earlier run accepted
 	pending map[int]*group
 }
 
@@ -518,14 +519,24 @@ func (b *batchRun) verify(ctx context.Context) {
 	if len(fix.enqueued) > 0 {
 		b.p.log.Warn("couponq: tasks missing from asynq were enqueued again", "batch", b.id, "count", len(fix.enqueued))
 	}
+	for id, ferr := range fix.unusable {
+		fix.failed[id] = ferr
+	}
 	if len(fix.failed) > 0 || len(fix.undone) > 0 {
 		b.mu.Lock()
+		uncount := func(id string) {
+			if b.resumed[id] {
+				b.rep.Resumed--
+			} else {
+				b.rep.Total--
+			}
+		}
 		for id, ferr := range fix.failed {
-			b.rep.Total--
+			uncount(id)
 			b.rep.Failed = append(b.rep.Failed, &ChangeError{Index: -1, TaskID: id, Err: &unconfirmedError{err: ferr}})
 		}
 		for _, id := range fix.undone {
-			b.rep.Total--
+			uncount(id)
 			b.rep.Failed = append(b.rep.Failed, &ChangeError{Index: -1, TaskID: id, Err: fmt.Errorf("couponq: task %s: asynq holds its ID for another task", id)})
 		}
 		b.mu.Unlock()
@@ -556,6 +567,10 @@ func (b *batchRun) settle(index int, res *EnqueueResult, err error) {
 	case err == nil && res.Resumed:
 		rep.Resumed++
 		b.handed = append(b.handed, res.TaskID)
+		if b.resumed == nil {
+			b.resumed = map[string]bool{}
+		}
+		b.resumed[res.TaskID] = true
 	case err == nil:
 		rep.Total++
 		b.handed = append(b.handed, res.TaskID)

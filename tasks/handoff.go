@@ -104,7 +104,10 @@ type repair struct {
 	enqueued []string         // queued without a task: enqueued now
 	settled  []string         // nothing (more) to do: task exists, result past queued, or gone
 	undone   []string         // asynq holds another task under the ID: the result was undone
-	failed   map[string]error // could not be enqueued
+	failed   map[string]error // could not be enqueued (now; trying again may help)
+	// unusable: the result keeps nothing to enqueue from (written by an
+	// older couponq); trying again would not help.
+	unusable map[string]error
 }
 
 // ensure makes sure that every task of ids whose result is still queued
@@ -112,7 +115,7 @@ type repair struct {
 // and timeout their result keeps. It is what the producer runs before
 // sealing a batch and what the Adopter runs on orphans.
 func (e *enqueuer) ensure(ctx context.Context, store *results.Store, ids []string) (*repair, error) {
-	rep := &repair{failed: map[string]error{}}
+	rep := &repair{failed: map[string]error{}, unusable: map[string]error{}}
 	for len(ids) > 0 {
 		chunk := ids[:min(len(ids), 500)]
 		ids = ids[len(chunk):]
@@ -175,7 +178,7 @@ func (e *enqueuer) missingTasks(ctx context.Context, store *results.Store, queue
 func (e *enqueuer) reenqueue(ctx context.Context, store *results.Store, h results.Handed, rep *repair) {
 	taskType := Op(h.Op).TaskType()
 	if len(h.Payload) == 0 || taskType == "" || h.Queue == "" {
-		rep.failed[h.TaskID] = errors.New("its result keeps no payload to enqueue it from (written by an older couponq)")
+		rep.unusable[h.TaskID] = errors.New("its result keeps no payload to enqueue it from (written by an older couponq)")
 		return
 	}
 	timeout := h.Timeout
@@ -282,9 +285,16 @@ func (a *Adopter) Sweep(ctx context.Context, queues []string, grace time.Duratio
 		for id, ferr := range r.failed {
 			rep.Failed[id] = ferr
 		}
+		for id, ferr := range r.unusable {
+			rep.Failed[id] = ferr
+		}
 		// Dropped from the registry: everything but what failed, which
-		// the next sweep tries again.
+		// the next sweep tries again (what cannot be adopted at all is
+		// reported once and dropped).
 		done := append(append(append([]string{}, r.enqueued...), r.settled...), r.undone...)
+		for id := range r.unusable {
+			done = append(done, id)
+		}
 		if err := a.store.Confirm(ctx, q, done); err != nil {
 			errs = append(errs, err)
 		}

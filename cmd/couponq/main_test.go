@@ -317,6 +317,11 @@ func TestPipelineEndToEnd(t *testing.T) {
 	if r.code != 0 || !strings.Contains(r.stderr, "20 duplicates") {
 		t.Errorf("re-enqueue: exit %d: %s", r.code, r.stderr)
 	}
+	// Into its own batch again: already in it, not duplicates.
+	r = b.run(t, "", "enqueue", "--file", f, "--batch", batch)
+	if r.code != 0 || !strings.Contains(r.stderr, "20 already in the batch, 0 duplicates") || strings.TrimSpace(r.stdout) != batch {
+		t.Errorf("re-enqueue into the same batch: exit %d: %s", r.code, r.stderr)
+	}
 
 	// CSV from standard input, with a change that fails permanently.
 	csv := "op,product_coupon_id,brand_id,out_request_no,display_info,deactivate_reason\n" +
