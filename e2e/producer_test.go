@@ -290,6 +290,7 @@ func TestEnqueueRedisPaused(t *testing.T) {
 			srv := redistest.Start(t)
 			rdb := srv.Client()
 			file, ids := changeFile(t, faultLines, "120344", nil)
+			couponqBinary(t) // built before the clock starts
 			start := time.Now()
 			p := startEnqueue(t, srv.URL(), file, "paused")
 			untilMembers(t, rdb, "paused", tt.at, p)
@@ -298,7 +299,7 @@ func TestEnqueueRedisPaused(t *testing.T) {
 			resume()
 			code := p.wait(t, 90*time.Second)
 			st := inspect(t, rdb, "paused", ids)
-			t.Logf("exit %d after %s; %s", code, time.Since(start).Round(time.Millisecond), st)
+			t.Logf("exit %d after %s; %s\n%s", code, time.Since(start).Round(time.Millisecond), st, tail(p.stderr.String()))
 			agree(t, code, p.stderr.String(), st, faultLines)
 		})
 	}

@@ -113,30 +113,60 @@ type repair struct {
 // ensure makes sure that every task of ids whose result is still queued
 // has its asynq task, enqueuing the missing ones from the payload, queue
 // and timeout their result keeps. It is what the producer runs before
-// sealing a batch and what the Adopter runs on orphans.
+// sealing a batch and what the Adopter runs on orphans. Three pipelined
+// reads a chunk: status and queue, the asynq task's existence, and the
+// whole hand-off of the (rare) missing ones only.
 func (e *enqueuer) ensure(ctx context.Context, store *results.Store, ids []string) (*repair, error) {
 	rep := &repair{failed: map[string]error{}, unusable: map[string]error{}}
+	rdb := store.Redis()
 	for len(ids) > 0 {
 		chunk := ids[:min(len(ids), 500)]
 		ids = ids[len(chunk):]
-		hs, err := store.Handoffs(ctx, chunk)
-		if err != nil {
-			return rep, err
+		heads := make([]*redis.SliceCmd, len(chunk))
+		if _, err := rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for i, id := range chunk {
+				heads[i] = p.HMGet(ctx, results.ResultKey(id), results.FieldStatus, results.FieldQueue)
+			}
+			return nil
+		}); err != nil {
+			return rep, fmt.Errorf("couponq: read %d results: %w", len(chunk), err)
 		}
-		var queued []results.Handed
-		for _, h := range hs {
-			if h.Status == results.StatusQueued {
-				queued = append(queued, h)
+		var queued []string
+		exists := map[string]*redis.IntCmd{}
+		if _, err := rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for i, id := range chunk {
+				v := heads[i].Val()
+				if st, _ := v[0].(string); st != string(results.StatusQueued) {
+					rep.settled = append(rep.settled, id)
+					continue
+				}
+				q, _ := v[1].(string)
+				queued = append(queued, id)
+				exists[id] = p.Exists(ctx, asynqTaskKey(q, id))
+			}
+			return nil
+		}); err != nil {
+			return rep, fmt.Errorf("couponq: look up %d tasks in asynq: %w", len(queued), err)
+		}
+		var missing []string
+		for _, id := range queued {
+			if exists[id].Val() == 1 {
+				rep.settled = append(rep.settled, id)
 			} else {
-				rep.settled = append(rep.settled, h.TaskID)
+				missing = append(missing, id)
 			}
 		}
-		missing, err := e.missingTasks(ctx, store, queued)
+		if len(missing) == 0 {
+			continue
+		}
+		// Read after the existence check: a task that ran to its end and
+		// was deleted in between shows a status past queued now.
+		hs, err := store.Handoffs(ctx, missing)
 		if err != nil {
 			return rep, err
 		}
-		for _, h := range queued {
-			if !missing[h.TaskID] {
+		for _, h := range hs {
+			if h.Status != results.StatusQueued {
 				rep.settled = append(rep.settled, h.TaskID)
 				continue
 			}
@@ -144,34 +174,6 @@ func (e *enqueuer) ensure(ctx context.Context, store *results.Store, ids []strin
 		}
 	}
 	return rep, nil
-}
-
-// missingTasks returns which of the queued results have no asynq task.
-// The status is read again after the task was found missing, so a task
-// that ran to its end in between (and was deleted) is not taken for one.
-func (e *enqueuer) missingTasks(ctx context.Context, store *results.Store, queued []results.Handed) (map[string]bool, error) {
-	if len(queued) == 0 {
-		return nil, nil
-	}
-	rdb := store.Redis()
-	exists := make([]*redis.IntCmd, len(queued))
-	status := make([]*redis.StringCmd, len(queued))
-	if _, err := rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for i, h := range queued {
-			exists[i] = p.Exists(ctx, asynqTaskKey(h.Queue, h.TaskID))
-			status[i] = p.HGet(ctx, results.ResultKey(h.TaskID), results.FieldStatus)
-		}
-		return nil
-	}); err != nil && !errors.Is(err, redis.Nil) {
-		return nil, fmt.Errorf("couponq: look up %d tasks in asynq: %w", len(queued), err)
-	}
-	missing := map[string]bool{}
-	for i, h := range queued {
-		if exists[i].Val() == 0 && status[i].Val() == string(results.StatusQueued) {
-			missing[h.TaskID] = true
-		}
-	}
-	return missing, nil
 }
 
 // reenqueue enqueues the task of a queued result that has none.
