@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"iter"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/couponq/couponq/internal/results"
@@ -29,8 +30,9 @@ type BatchOptions struct {
 type BatchProgress struct {
 	BatchID    string
 	Read       int // changes taken from the input
-	Settled    int // changes enqueued, skipped or refused
+	Settled    int // changes enqueued, kept, skipped or refused
 	Enqueued   int
+	Resumed    int
 	Duplicates int
 	Conflicts  int
 	Failed     int // failures, and changes dropped because the batch stopped
@@ -38,12 +40,19 @@ type BatchProgress struct {
 
 // BatchReport is what EnqueueBatch did.
 type BatchReport struct {
-	BatchID    string
-	Read       int // changes taken from the input
-	Total      int // tasks enqueued by this call
-	Duplicates int // changes skipped as already enqueued
+	BatchID string
+	Read    int // changes taken from the input
+	Total   int // tasks enqueued by this call
+	// Resumed counts the changes an earlier run of the same batch had
+	// accepted: they stay part of the batch, counted there once, and their
+	// task is enqueued now if that run never did (it was interrupted).
+	Resumed    int
+	Duplicates int // changes skipped as already enqueued elsewhere
 	Conflicts  []error
-	Failed     []error
+	// Failed lists the changes not enqueued: invalid, or not confirmed in
+	// asynq (errors.Is ErrNotEnqueued; a rerun of the batch, or the
+	// workers after their grace period, enqueue those Redis did accept).
+	Failed []error
 }
 
 // Err joins the conflicts and failures, nil if there were none.
@@ -56,8 +65,8 @@ func (r *BatchReport) Err() error {
 // cause is reported once).
 func (r *BatchReport) progress(dropped int) BatchProgress {
 	failed := len(r.Failed) + dropped
-	return BatchProgress{BatchID: r.BatchID, Read: r.Read, Enqueued: r.Total, Duplicates: r.Duplicates,
-		Conflicts: len(r.Conflicts), Failed: failed, Settled: r.Total + r.Duplicates + len(r.Conflicts) + failed}
+	return BatchProgress{BatchID: r.BatchID, Read: r.Read, Enqueued: r.Total, Resumed: r.Resumed, Duplicates: r.Duplicates,
+		Conflicts: len(r.Conflicts), Failed: failed, Settled: r.Total + r.Resumed + r.Duplicates + len(r.Conflicts) + failed}
 }
 
 // EnqueueBatch enqueues changes as batch opts.ID, reading the input as it
@@ -72,6 +81,16 @@ func (r *BatchReport) progress(dropped int) BatchProgress {
 // early, so it finishes once the tasks it did enqueue are done (at once if
 // none). Duplicates are counted and skipped; conflicts and failures are
 // listed in the report (see BatchReport.Err) and do not stop the batch.
+//
+// Enqueuing into a batch an earlier run already enqueued into completes
+// it: changes that run accepted are Resumed (not counted again), and their
+// tasks are enqueued if that run was interrupted before it did.
+//
+// Redis timing out does not lose or double a change: every step is
+// idempotent, steps Redis did not confirm are tried again at the end, and
+// before sealing, every task of this run still queued is checked to exist
+// in asynq (enqueued from its result if not). What still cannot be
+// confirmed is in BatchReport.Failed (ErrNotEnqueued).
 //
 // The returned error is non-nil when the batch stopped early: the input
 // yielded an error, ctx ended, more than MaxFailures changes failed, or
@@ -93,18 +112,28 @@ func (p *Producer) EnqueueBatch(ctx context.Context, changes iter.Seq2[Change, e
 
 	b := p.newBatchRun(ctx, id, opts)
 	defer b.cancel(nil)
+	stopBeat := b.heartbeat()
 	stop := b.run(changes)
 
+	// Redis may have answered nothing for a while: the end is given time
+	// to ride out a stall, however the batch stopped.
+	endCtx, cancelEnd := context.WithTimeout(context.WithoutCancel(ctx), p.settleTimeout)
+	defer cancelEnd()
+	b.retryUnsure(endCtx)
+	b.verify(endCtx)
+	stopBeat()
 	sealCtx, cancelSeal := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancelSeal()
 	if err := p.store.SealBatch(sealCtx, id); err != nil {
+		// The batch stays open: the workers seal it once its producer is
+		// no longer seen.
 		stop = errors.Join(stop, err)
 	}
 	b.mu.Lock()
 	b.reportProgress()
 	b.mu.Unlock()
 	rep := b.rep
-	p.log.Info("couponq: batch enqueued", "batch", id, "read", rep.Read, "total", rep.Total,
+	p.log.Info("couponq: batch enqueued", "batch", id, "read", rep.Read, "total", rep.Total, "resumed", rep.Resumed,
 		"duplicates", rep.Duplicates, "conflicts", len(rep.Conflicts), "failed", len(rep.Failed))
 	return rep, stop
 }
@@ -114,18 +143,35 @@ func (p *Producer) EnqueueBatch(ctx context.Context, changes iter.Seq2[Change, e
 //	readInput → collect (prepare, group) → acceptGroup (AcceptMany)
 //	          → enqueueJob (asynq) → settle (the report)
 //
-// An accepted change is always enqueued (or undone), whatever ctx does.
+// then retryUnsure and verify. An accepted change is always enqueued (or
+// undone, or reported not confirmed), whatever ctx does.
 type batchRun struct {
 	p       *Producer
 	id      string
+	runID   string          // this run's ID, in each result and task header
 	ctx     context.Context // cancelled when the batch stops early
 	cancel  context.CancelCauseFunc
 	maxFail int
 	onProg  func(BatchProgress)
+	seq     atomic.Int64 // accept calls made
 
-	mu      sync.Mutex // guards rep and dropped, and serializes onProg
+	mu      sync.Mutex // guards the fields below, and serializes onProg
 	rep     *BatchReport
-	dropped int // changes not enqueued because the batch stopped
+	dropped int             // changes not enqueued because the batch stopped
+	unsure  []*group        // groups with changes not confirmed yet
+	handed  []string        // task IDs confirmed in asynq (or past queued)
+	settled []string        // task IDs needing nothing more: dropped from the registry
+	resumed map[string]bool // the handed ones an earlier run accepted
+	pending map[int]*group
+}
+
+// group is one accept call's changes. It is re-sent as it was (same seq,
+// same items in the same order) so Redis recognises the call.
+type group struct {
+	seq      int
+	jobs     []job
+	accepted bool          // AcceptMany answered
+	unsure   map[int]error // job position → why it is not confirmed
 }
 
 // job is one prepared change on its way through the stages.
@@ -133,15 +179,40 @@ type job struct {
 	index int
 	pr    *prepared
 	out   results.AcceptOutcome
+	g     *group
+	pos   int
 }
 
 func (p *Producer) newBatchRun(ctx context.Context, id string, opts BatchOptions) *batchRun {
-	b := &batchRun{p: p, id: id, maxFail: opts.MaxFailures, onProg: opts.OnProgress, rep: &BatchReport{BatchID: id}}
+	b := &batchRun{p: p, id: id, runID: newRunID(), maxFail: opts.MaxFailures, onProg: opts.OnProgress, rep: &BatchReport{BatchID: id}}
 	if b.maxFail == 0 {
 		b.maxFail = defaultMaxFailures
 	}
 	b.ctx, b.cancel = context.WithCancelCause(ctx)
 	return b
+}
+
+// heartbeat keeps the batch listed as open with its producer seen, until
+// stop: the workers seal a batch whose producer is no longer seen.
+func (b *batchRun) heartbeat() (stop func()) {
+	ctx, cancel := context.WithCancel(context.WithoutCancel(b.ctx))
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(heartbeatInterval)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				if err := b.p.store.MarkOpen(ctx, b.id); err != nil && ctx.Err() == nil {
+					b.p.log.Debug("couponq: batch heartbeat failed", "batch", b.id, "err", err)
+				}
+			}
+		}
+	}()
+	return func() { cancel(); <-done }
 }
 
 // run drives the stages to their end and returns why the batch stopped
@@ -265,31 +336,221 @@ func (b *batchRun) collect(feed <-chan inputItem, groups chan<- []job) error {
 	}
 }
 
-// acceptGroup records a group's result hashes in one script call and
-// passes each change on to be enqueued.
-func (b *batchRun) acceptGroup(group []job, jobs chan<- job) {
-	items := make([]results.AcceptItem, len(group))
-	for i, j := range group {
-		items[i] = results.AcceptItem{Identity: j.pr.id, PayloadSHA256: j.pr.sha}
+// acceptGroup registers a group's changes as unconfirmed and records their
+// result hashes in one script call, then passes each change on to be
+// enqueued. If Redis does not answer, the group waits for retryUnsure.
+func (b *batchRun) acceptGroup(jobs []job, out chan<- job) {
+	g := &group{seq: int(b.seq.Add(1)), jobs: jobs}
+	for i := range g.jobs {
+		g.jobs[i].g, g.jobs[i].pos = g, i
 	}
-	outs, err := b.p.batchStore.AcceptMany(context.WithoutCancel(b.ctx), b.id, items)
-	for i, j := range group {
-		if err != nil {
-			b.settle(j.index, &EnqueueResult{TaskID: j.pr.id.TaskID, Change: j.pr.c}, err)
-			continue
-		}
-		j.out = outs[i]
-		jobs <- j
+	if err := b.accept(context.WithoutCancel(b.ctx), g); err != nil {
+		b.markUnsure(g, -1, &unconfirmedError{err: err})
+		return
 	}
+	for _, j := range g.jobs {
+		out <- j
+	}
+}
+
+// accept is one try at a group's accept call (idempotent).
+func (b *batchRun) accept(ctx context.Context, g *group) error {
+	ids := make([]string, len(g.jobs))
+	items := make([]results.AcceptItem, len(g.jobs))
+	for i, j := range g.jobs {
+		ids[i] = j.pr.id.TaskID
+		items[i] = results.AcceptItem{Identity: j.pr.id, PayloadSHA256: j.pr.sha, Payload: j.pr.payload}
+	}
+	// Registered first: killed after the accept, the changes are adopted.
+	if err := b.p.batchStore.Register(ctx, b.p.queue, ids); err != nil {
+		return err
+	}
+	outs, err := b.p.batchStore.AcceptMany(ctx, b.id, b.p.handoff(b.runID, g.seq), items)
+	if err != nil {
+		return err
+	}
+	for i := range g.jobs {
+		g.jobs[i].out = outs[i]
+	}
+	g.accepted = true
+	return nil
 }
 
 // enqueueJob settles an accepted change: its asynq task, or its undoing.
 func (b *batchRun) enqueueJob(j job) {
-	res, err := b.p.afterAccept(context.WithoutCancel(b.ctx), j.pr, j.out)
+	res, err := b.p.afterAccept(context.WithoutCancel(b.ctx), j.pr, j.out, b.runID)
+	var ue *unconfirmedError
+	if errors.As(err, &ue) {
+		b.markUnsure(j.g, j.pos, err)
+		return
+	}
 	if err != nil && res == nil {
 		res = &EnqueueResult{TaskID: j.pr.id.TaskID, Change: j.pr.c}
 	}
 	b.settle(j.index, res, err)
+}
+
+// markUnsure puts a change (pos ≥ 0) or a whole group (pos < 0) aside for
+// retryUnsure. The unsure count toward MaxFailures: a Redis that answers
+// nothing stops the batch.
+func (b *batchRun) markUnsure(g *group, pos int, err error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.pending == nil {
+		b.pending = map[int]*group{}
+	}
+	if g.unsure == nil {
+		g.unsure = map[int]error{}
+	}
+	if _, ok := b.pending[g.seq]; !ok {
+		b.pending[g.seq] = g
+		b.unsure = append(b.unsure, g)
+	}
+	if pos < 0 {
+		for i := range g.jobs {
+			g.unsure[i] = err
+		}
+	} else {
+		g.unsure[pos] = err
+	}
+	b.checkFailures()
+}
+
+// unsureCount is the number of changes not confirmed yet; b.mu is held.
+func (b *batchRun) unsureCount() int {
+	n := 0
+	for _, g := range b.unsure {
+		n += len(g.unsure)
+	}
+	return n
+}
+
+// checkFailures stops the batch once too many changes failed or are not
+// confirmed; b.mu is held.
+func (b *batchRun) checkFailures() {
+	if n := len(b.rep.Failed) + b.unsureCount(); b.maxFail > 0 && n >= b.maxFail && b.ctx.Err() == nil {
+		b.cancel(fmt.Errorf("couponq: batch %s: %w (%d)", b.id, ErrTooManyFailures, n))
+	}
+}
+
+// retryUnsure tries the changes Redis did not confirm again, with
+// backoff, until each is settled or ctx ends: the group's accept call is
+// re-sent as it was (Redis answers what it answered the first time), and
+// the enqueue of each accepted change again (asynq holding our own task
+// is success). What is still unsure at the end is reported failed,
+// ErrNotEnqueued.
+func (b *batchRun) retryUnsure(ctx context.Context) {
+	wait := 250 * time.Millisecond
+	for {
+		b.mu.Lock()
+		groups := b.unsure
+		b.unsure, b.pending = nil, nil
+		b.mu.Unlock()
+		if len(groups) == 0 {
+			return
+		}
+		if ctx.Err() != nil {
+			for _, g := range groups {
+				for pos, err := range g.unsure {
+					j := g.jobs[pos]
+					b.settle(j.index, &EnqueueResult{TaskID: j.pr.id.TaskID, Change: j.pr.c}, err)
+				}
+			}
+			return
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 4*time.Second)
+		for _, g := range groups {
+			b.retryGroup(ctx, g)
+		}
+	}
+}
+
+func (b *batchRun) retryGroup(ctx context.Context, g *group) {
+	todo := g.unsure
+	g.unsure = nil
+	// An attempt cut short by the deadline says less than the one before.
+	cause := func(pos int, err error) error {
+		if ctx.Err() != nil && todo[pos] != nil {
+			return todo[pos]
+		}
+		return err
+	}
+	if !g.accepted {
+		if err := b.accept(ctx, g); err != nil {
+			for pos := range todo {
+				b.markUnsure(g, pos, cause(pos, &unconfirmedError{err: err}))
+			}
+			return
+		}
+	}
+	for pos := range todo {
+		j := g.jobs[pos]
+		res, err := b.p.afterAccept(ctx, j.pr, j.out, b.runID)
+		var ue *unconfirmedError
+		if errors.As(err, &ue) {
+			b.markUnsure(g, pos, cause(pos, err))
+			continue
+		}
+		if err != nil && res == nil {
+			res = &EnqueueResult{TaskID: j.pr.id.TaskID, Change: j.pr.c}
+		}
+		b.settle(j.index, res, err)
+	}
+}
+
+// verify checks, before the batch is sealed, that every task this run
+// handed to asynq is there (or past queued), and enqueues any missing one
+// from its result; then it drops the settled changes from the registry.
+// It trusts no earlier answer: a task lost however is found here. A task
+// it cannot enqueue moves from the enqueued to the failed.
+func (b *batchRun) verify(ctx context.Context) {
+	b.mu.Lock()
+	handed, settled := b.handed, b.settled
+	b.mu.Unlock()
+	fix, err := b.p.enq.ensure(ctx, b.p.batchStore, handed)
+	if err != nil {
+		b.p.log.Warn("couponq: could not verify the batch's tasks in asynq; the workers will", "batch", b.id, "err", err)
+		return
+	}
+	if len(fix.enqueued) > 0 {
+		b.p.log.Warn("couponq: tasks missing from asynq were enqueued again", "batch", b.id, "count", len(fix.enqueued))
+	}
+	for id, ferr := range fix.unusable {
+		fix.failed[id] = ferr
+	}
+	if len(fix.failed) > 0 || len(fix.undone) > 0 {
+		b.mu.Lock()
+		uncount := func(id string) {
+			if b.resumed[id] {
+				b.rep.Resumed--
+			} else {
+				b.rep.Total--
+			}
+		}
+		for id, ferr := range fix.failed {
+			uncount(id)
+			b.rep.Failed = append(b.rep.Failed, &ChangeError{Index: -1, TaskID: id, Err: &unconfirmedError{err: ferr}})
+		}
+		for _, id := range fix.undone {
+			uncount(id)
+			b.rep.Failed = append(b.rep.Failed, &ChangeError{Index: -1, TaskID: id, Err: fmt.Errorf("couponq: task %s: asynq holds its ID for another task", id)})
+		}
+		b.mu.Unlock()
+	}
+	ok := make([]string, 0, len(handed)+len(settled))
+	ok = append(ok, settled...)
+	for _, id := range handed {
+		if _, failed := fix.failed[id]; !failed {
+			ok = append(ok, id)
+		}
+	}
+	if err := b.p.batchStore.Confirm(ctx, b.p.queue, ok); err != nil {
+		b.p.log.Debug("couponq: could not drop confirmed tasks from the registry; the workers will", "batch", b.id, "err", err)
+	}
 }
 
 // settle records what became of change #index in the report, stops the
@@ -302,10 +563,23 @@ func (b *batchRun) settle(index int, res *EnqueueResult, err error) {
 	switch {
 	case err == nil && res.Duplicate:
 		rep.Duplicates++
+		b.settled = append(b.settled, res.TaskID)
+	case err == nil && res.Resumed:
+		rep.Resumed++
+		b.handed = append(b.handed, res.TaskID)
+		if b.resumed == nil {
+			b.resumed = map[string]bool{}
+		}
+		b.resumed[res.TaskID] = true
 	case err == nil:
 		rep.Total++
+		b.handed = append(b.handed, res.TaskID)
 	case errors.As(err, &ce):
 		rep.Conflicts = append(rep.Conflicts, &ChangeError{Index: index, TaskID: ce.TaskID, Err: err})
+		b.settled = append(b.settled, ce.TaskID)
+	case errors.Is(err, ErrNotEnqueued):
+		// Accepted perhaps: always listed, even when the batch stopped.
+		rep.Failed = append(rep.Failed, &ChangeError{Index: index, TaskID: res.TaskID, Err: err})
 	case b.ctx.Err() != nil:
 		// Stopping: the change was not enqueued; the cause is reported once.
 		b.dropped++
@@ -315,9 +589,7 @@ func (b *batchRun) settle(index int, res *EnqueueResult, err error) {
 			taskID = res.TaskID
 		}
 		rep.Failed = append(rep.Failed, &ChangeError{Index: index, TaskID: taskID, Err: err})
-		if b.maxFail > 0 && len(rep.Failed) >= b.maxFail {
-			b.cancel(fmt.Errorf("couponq: batch %s: %w (%d)", b.id, ErrTooManyFailures, len(rep.Failed)))
-		}
+		b.checkFailures()
 	}
 	b.reportProgress()
 }

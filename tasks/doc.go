@@ -32,10 +32,15 @@
 //
 // Validation errors are *wechatpay.ValidationError values naming the field;
 // a bad change file line is a *LineError; a bad task payload seen by the
-// worker is a *PayloadError. The producer does not retry: a change that
-// fails to enqueue is undone (its result removed) and reported in
-// BatchReport.Failed. Retries of the API calls are the worker's business:
-// every task is enqueued with an asynq MaxRetry so large (1000) that asynq
-// never decides a failure, and the worker fails a task after its own
-// --max-retry.
+// worker is a *PayloadError. Every Redis step of the producer is
+// idempotent, because go-redis re-sends a command after a read timeout:
+// what Redis did not confirm is tried again at the end of a batch, and
+// every task is verified in asynq before the batch is sealed; a change
+// still not confirmed is reported in BatchReport.Failed (ErrNotEnqueued)
+// and stays accepted for a rerun of the batch, or the workers' Adopter, to
+// enqueue. A change is undone (its result removed) only when asynq holds
+// its task ID for another task. Retries of the API calls are the worker's
+// business: every task is enqueued with an asynq MaxRetry so large (1000)
+// that asynq never decides a failure, and the worker fails a task after
+// its own --max-retry.
 package tasks

@@ -23,6 +23,11 @@ var errPipelineClosed = errors.New("couponq: producer closed")
 //
 // asynq v0.26 has no batch enqueue; this gives the
 // producer its throughput without touching asynq's task encoding.
+//
+// go-redis re-sends a whole pipeline after a read timeout (a Redis stall),
+// so any command in it may run twice, the first run's reply lost: every
+// script sent through here must be idempotent (asynq's enqueue is; the
+// Store's accept is made so; see handoff.go).
 type pipelinedClient struct {
 	redis.UniversalClient
 	reqs     chan *pipeReq
@@ -168,7 +173,17 @@ func (c *pipelinedClient) exec(batch []*pipeReq) {
 	for _, r := range batch {
 		_ = pipe.Process(ctx, r.cmd)
 	}
-	_, _ = pipe.Exec(ctx) // each command carries its own reply or error
+	// Each command carries its own reply or error, except when the pipeline
+	// failed as a whole (a refused AUTH, a timeout after retries): go-redis
+	// then leaves the commands it did not reach without either, and a caller
+	// would take "no error" for success. Give those the pipeline's error.
+	if _, err := pipe.Exec(ctx); err != nil {
+		for _, r := range batch {
+			if r.cmd.Err() == nil && r.cmd.Val() == nil {
+				r.cmd.SetErr(err)
+			}
+		}
+	}
 	for _, r := range batch {
 		close(r.done)
 	}

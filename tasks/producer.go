@@ -1,7 +1,6 @@
 package tasks
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -33,6 +32,13 @@ const (
 	// defaultMaxFailures is how many changes of a batch may fail to enqueue
 	// before EnqueueBatch gives up (ErrTooManyFailures).
 	defaultMaxFailures = 100
+	// defaultSettleTimeout bounds the end of a batch: retrying what Redis
+	// did not confirm, verifying and sealing. It outlasts a Redis stall of
+	// several go-redis read timeouts.
+	defaultSettleTimeout = 30 * time.Second
+	// heartbeatInterval is how often a producer marks its batch open
+	// (OpenBatchesKey); the workers' grace period must be well above it.
+	heartbeatInterval = 500 * time.Millisecond
 )
 
 // Errors of the producer. Test with errors.Is.
@@ -43,6 +49,10 @@ var (
 	// ErrTooManyFailures: EnqueueBatch stopped after BatchOptions.MaxFailures
 	// changes failed to enqueue.
 	ErrTooManyFailures = errors.New("too many changes failed to enqueue")
+	// ErrNotEnqueued: a change could not be confirmed in asynq (Redis did
+	// not answer). Its result may exist, queued: a rerun of the batch, or
+	// the workers after their grace period, enqueue it.
+	ErrNotEnqueued = errors.New("not enqueued")
 )
 
 // ConflictError is a change whose task ID is taken, in asynq or by a result
@@ -52,8 +62,10 @@ type ConflictError struct {
 	Where  string // "result" (a result hash) or "queue" (a task in asynq)
 }
 
-func (e *ConflictError) Error() string {
-	return fmt.Sprintf("couponq: task %s: %v (found in the %s); reuse an out_request_no only for the identical change", e.TaskID, ErrConflict, e.Where)
+func (e *ConflictError) Error() string { return "couponq: task " + e.TaskID + ": " + e.reason() }
+
+func (e *ConflictError) reason() string {
+	return fmt.Sprintf("%v (found in the %s); reuse an out_request_no only for the identical change", ErrConflict, e.Where)
 }
 
 // Is makes errors.Is(err, ErrConflict) true.
@@ -62,16 +74,27 @@ func (e *ConflictError) Is(target error) bool { return target == ErrConflict }
 // ChangeError is one change of a batch that could not be enqueued: invalid,
 // or refused by Redis.
 type ChangeError struct {
-	Index  int    // 0-based position in the batch's input
+	Index  int    // 0-based position in the batch's input; -1 when not known
 	TaskID string // "" when the change was too invalid to name one
 	Err    error
 }
 
+// Error reads "change #N (task ID): reason", the reason without the
+// "couponq: " its error starts with, nor the task ID again.
 func (e *ChangeError) Error() string {
-	if e.TaskID == "" {
-		return fmt.Sprintf("change #%d: %v", e.Index+1, e.Err)
+	reason := strings.TrimPrefix(e.Err.Error(), "couponq: ")
+	var ce *ConflictError
+	if errors.As(e.Err, &ce) && ce.TaskID == e.TaskID {
+		reason = ce.reason()
 	}
-	return fmt.Sprintf("change #%d (task %s): %v", e.Index+1, e.TaskID, e.Err)
+	if e.TaskID == "" {
+		return fmt.Sprintf("change #%d: %s", e.Index+1, reason)
+	}
+	reason = strings.TrimPrefix(reason, "task "+e.TaskID+": ")
+	if e.Index < 0 { // found by the verification, its line unknown
+		return fmt.Sprintf("task %s: %s", e.TaskID, reason)
+	}
+	return fmt.Sprintf("change #%d (task %s): %s", e.Index+1, e.TaskID, reason)
 }
 
 // Unwrap returns the reason.
@@ -83,16 +106,17 @@ func (e *ChangeError) Unwrap() error { return e.Err }
 type Producer struct {
 	rdb         redis.UniversalClient
 	pc          *pipelinedClient
-	client      *asynq.Client
-	inspector   *asynq.Inspector
+	enq         enqueuer
 	store       *results.Store
 	batchStore  *results.Store // over rdb directly: groups are pipelined enough
 	queue       string
 	concurrency int
 	timeout     time.Duration
-	ttl         time.Duration
-	now         func() time.Time
-	log         *slog.Logger
+	// settleTimeout bounds the end of a batch (retries, verify, seal).
+	settleTimeout time.Duration
+	ttl           time.Duration
+	now           func() time.Time
+	log           *slog.Logger
 }
 
 // ProducerOption configures a Producer. Each one validates its value.
@@ -170,6 +194,14 @@ func withClock(now func() time.Time) ProducerOption {
 	}
 }
 
+// withSettleTimeout bounds the end of a batch (tests).
+func withSettleTimeout(d time.Duration) ProducerOption {
+	return func(p *Producer) error {
+		p.settleTimeout = d
+		return nil
+	}
+}
+
 // NewProducer returns a producer over rdb. It does not take ownership of
 // rdb: Close leaves it open.
 func NewProducer(rdb redis.UniversalClient, opts ...ProducerOption) (*Producer, error) {
@@ -177,13 +209,14 @@ func NewProducer(rdb redis.UniversalClient, opts ...ProducerOption) (*Producer, 
 		return nil, errors.New("couponq: NewProducer: nil Redis client")
 	}
 	p := &Producer{
-		rdb:         rdb,
-		queue:       DefaultQueue,
-		concurrency: DefaultEnqueueConcurrency,
-		timeout:     DefaultTaskTimeout,
-		ttl:         DefaultResultTTL,
-		now:         time.Now,
-		log:         slog.New(slog.DiscardHandler),
+		rdb:           rdb,
+		queue:         DefaultQueue,
+		concurrency:   DefaultEnqueueConcurrency,
+		timeout:       DefaultTaskTimeout,
+		settleTimeout: defaultSettleTimeout,
+		ttl:           DefaultResultTTL,
+		now:           time.Now,
+		log:           slog.New(slog.DiscardHandler),
 	}
 	for _, o := range opts {
 		if err := o(p); err != nil {
@@ -191,8 +224,7 @@ func NewProducer(rdb redis.UniversalClient, opts ...ProducerOption) (*Producer, 
 		}
 	}
 	p.pc = newPipelinedClient(rdb, 2, 256)
-	p.client = asynq.NewClientFromRedisClient(p.pc)
-	p.inspector = asynq.NewInspectorFromRedisClient(rdb)
+	p.enq = enqueuer{client: asynq.NewClientFromRedisClient(p.pc), inspector: asynq.NewInspectorFromRedisClient(rdb)}
 	p.store = results.NewStore(p.pc, results.WithResultTTL(p.ttl), results.WithClock(p.now))
 	p.batchStore = results.NewStore(rdb, results.WithResultTTL(p.ttl), results.WithClock(p.now))
 	return p, nil
@@ -211,7 +243,11 @@ type EnqueueResult struct {
 	// Duplicate reports that the change was enqueued before with the same
 	// payload: it was skipped and no new task exists.
 	Duplicate bool
-	Change    Change // as enqueued (a get has its out_request_no now)
+	// Resumed reports that an earlier run of the same batch accepted the
+	// change: it stays part of the batch, counted once, and its task
+	// exists (enqueued now if that run never did).
+	Resumed bool
+	Change  Change // as enqueued (a get has its out_request_no now)
 }
 
 // Enqueue validates c, records its result hash (status queued) and
@@ -258,17 +294,60 @@ func (p *Producer) enqueue(ctx context.Context, c Change, batch string) (*Enqueu
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	out, err := p.store.Accept(context.WithoutCancel(ctx), pr.id, pr.sha)
+	ctx = context.WithoutCancel(ctx)
+	h := p.handoff(newRunID(), 0)
+	item := []results.AcceptItem{{Identity: pr.id, PayloadSHA256: pr.sha, Payload: pr.payload}}
+	// Registered first: killed after the accept, the change is adopted.
+	if err := p.store.Register(ctx, p.queue, []string{pr.id.TaskID}); err != nil {
+		return nil, err
+	}
+	var res *EnqueueResult
+	for attempt := 0; ; attempt++ {
+		outs, aerr := p.store.AcceptMany(ctx, batch, h, item)
+		if aerr == nil {
+			res, err = p.afterAccept(ctx, pr, outs[0], h.Run)
+		} else {
+			err = &unconfirmedError{err: aerr}
+		}
+		var ue *unconfirmedError
+		if !errors.As(err, &ue) || attempt == 2 {
+			break
+		}
+		// Both steps are idempotent: try again, a little later.
+		time.Sleep(time.Duration(attempt+1) * 500 * time.Millisecond)
+	}
 	if err != nil {
 		return nil, err
 	}
-	return p.afterAccept(context.WithoutCancel(ctx), pr, out)
+	if cerr := p.store.Confirm(ctx, p.queue, []string{pr.id.TaskID}); cerr != nil {
+		p.log.Debug("couponq: could not drop a confirmed task from the registry; the workers will", "task_id", pr.id.TaskID, "err", cerr)
+	}
+	return res, nil
 }
 
+// handoff is how this producer's run enqueues the tasks of accept call seq.
+func (p *Producer) handoff(run string, seq int) results.Handoff {
+	return results.Handoff{Run: run, Seq: seq, Queue: p.queue, Timeout: p.timeout}
+}
+
+// unconfirmedError is a change whose hand-off to asynq is not known to
+// have happened: Redis did not answer, so its result may or may not
+// exist, and its task may or may not. Trying again is safe.
+type unconfirmedError struct{ err error }
+
+func (e *unconfirmedError) Error() string {
+	return fmt.Sprintf("couponq: %v: %v", ErrNotEnqueued, e.err)
+}
+
+func (e *unconfirmedError) Unwrap() []error { return []error{ErrNotEnqueued, e.err} }
+
 // afterAccept settles an accepted change: a duplicate or conflict is
-// reported, an accepted one gets its asynq task (or is undone).
-func (p *Producer) afterAccept(ctx context.Context, pr *prepared, out results.AcceptOutcome) (*EnqueueResult, error) {
-	c, id, payload, taskID := pr.c, pr.id, pr.payload, pr.id.TaskID
+// reported; an accepted or resumed one gets its asynq task, or is undone if
+// asynq holds its ID for another task. An *unconfirmedError means asynq
+// did not answer: the change stays accepted (never undone on a guess: a
+// re-sent enqueue may still create the task) and may be tried again.
+func (p *Producer) afterAccept(ctx context.Context, pr *prepared, out results.AcceptOutcome, run string) (*EnqueueResult, error) {
+	c, id, taskID := pr.c, pr.id, pr.id.TaskID
 	res := &EnqueueResult{TaskID: taskID, Change: c}
 	switch out {
 	case results.Duplicate:
@@ -276,47 +355,37 @@ func (p *Producer) afterAccept(ctx context.Context, pr *prepared, out results.Ac
 		return res, nil
 	case results.Conflict:
 		return nil, &ConflictError{TaskID: taskID, Where: "result"}
+	case results.Underway:
+		res.Resumed = true
+		return res, nil
+	case results.Accepted, results.Resumed:
+		res.Resumed = out == results.Resumed
+	default:
+		return nil, fmt.Errorf("couponq: accept %s: unknown outcome %q", taskID, out)
 	}
 
-	var err error
-	task := asynq.NewTask(c.Op.TaskType(), payload, asynq.TaskID(taskID))
-	for attempt := 1; ; attempt++ {
-		_, err = p.client.EnqueueContext(ctx, task, asynq.Queue(p.queue), asynq.MaxRetry(results.MaxRetry), asynq.Timeout(p.timeout))
-		if err == nil {
-			return res, nil
-		}
-		if !errors.Is(err, asynq.ErrTaskIDConflict) {
-			break
-		}
-		// asynq holds the ID but no result hash did: a task enqueued by
-		// other means, or whose result expired. Compare payloads.
-		info, ierr := p.inspector.GetTaskInfo(p.queue, taskID)
-		if errors.Is(ierr, asynq.ErrTaskNotFound) && attempt < 3 {
-			continue // it completed and was deleted meanwhile: enqueue again
-		}
-		if ierr != nil {
-			err = fmt.Errorf("couponq: enqueue %s: %w; inspecting the existing task: %w", taskID, err, ierr)
-			break
-		}
-		dup := info.Type == task.Type() && bytes.Equal(info.Payload, payload)
-		undone, uerr := p.store.Unaccept(ctx, id, dup)
-		switch {
-		case uerr != nil:
-			p.log.Warn("couponq: could not undo a refused task's result; its batch may count it", "task_id", taskID, "err", uerr)
-		case !undone:
-			// A worker took the existing task and runs it under this
-			// result: it is enqueued, and counted in this batch.
-			return res, nil
-		}
-		if dup {
-			res.Duplicate = true
-			return res, nil
-		}
-		return nil, &ConflictError{TaskID: taskID, Where: "queue"}
+	task := handedTask(c.Op.TaskType(), pr.payload, taskID, id.Batch, run)
+	got, err := p.enq.enqueueOwn(ctx, task, taskID, p.queue, p.timeout)
+	if err != nil {
+		return nil, &unconfirmedError{err: err}
 	}
-	if _, uerr := p.store.Unaccept(ctx, id, false); uerr != nil {
-		p.log.Warn("couponq: could not undo a failed task's result; its batch may never finish", "task_id", taskID, "err", uerr)
-		err = errors.Join(err, uerr)
+	if got == enqueuedOwn {
+		return res, nil
 	}
-	return nil, fmt.Errorf("couponq: enqueue %s: %w", taskID, err)
+	// asynq holds the ID for another task: one enqueued by other means, or
+	// whose result expired. Ours can never be enqueued, so the result goes.
+	dup := got == foreignSame
+	undone, uerr := p.store.Unaccept(ctx, id, dup)
+	switch {
+	case uerr != nil:
+		return nil, &unconfirmedError{err: uerr}
+	case !undone:
+		// A worker took the existing task and runs it under this
+		// result: it is enqueued, and counted in this batch.
+		return res, nil
+	case dup:
+		res.Duplicate, res.Resumed = true, false
+		return res, nil
+	}
+	return nil, &ConflictError{TaskID: taskID, Where: "queue"}
 }

@@ -99,17 +99,17 @@ func TestEnqueueBatchDuplicates(t *testing.T) {
 		}
 	}
 
-	// The same batch again: every change with an out_request_no is a
-	// duplicate, counted and skipped.
+	// The same batch again: every change with an out_request_no is part
+	// of it already (resumed, counted once), neither new nor a duplicate.
 	rep, err = b.p.EnqueueBatch(ctx, Changes(cs), BatchOptions{ID: "b1"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if diff := cmp.Diff(&BatchReport{BatchID: "b1", Read: 31, Total: 1, Duplicates: 30}, rep); diff != "" {
+	if diff := cmp.Diff(&BatchReport{BatchID: "b1", Read: 31, Total: 1, Resumed: 30}, rep); diff != "" {
 		t.Errorf("second report (-want +got):\n%s", diff)
 	}
 	got := b.batch(t, "b1")
-	if got.Total != 32 || got.Duplicates != 30 || got.Pending != 32 || !got.Sealed || got.Done() || b.members(t, "b1") != 32 {
+	if got.Total != 32 || got.Duplicates != 0 || got.Pending != 32 || !got.Sealed || got.Done() || b.members(t, "b1") != 32 {
 		t.Errorf("batch after re-enqueue = %+v, %d members", got, b.members(t, "b1"))
 	}
 	q, _ := b.inspector.GetQueueInfo(DefaultQueue)
@@ -135,6 +135,14 @@ func TestEnqueueConflict(t *testing.T) {
 	if _, err := b.p.Enqueue(ctx, orig); err != nil {
 		t.Fatal(err)
 	}
+	dropCalls := func() {
+		for _, k := range b.mr.Keys() {
+			if strings.HasPrefix(k, "couponq:accept-call:") {
+				b.mr.Del(k)
+			}
+		}
+	}
+	dropCalls()
 	before := b.mr.Dump()
 
 	other := orig
@@ -155,8 +163,10 @@ func TestEnqueueConflict(t *testing.T) {
 	if !errors.Is(rep.Err(), ErrConflict) {
 		t.Errorf("report Err = %v", rep.Err())
 	}
-	// Nothing written: only the new batch's own keys differ.
+	// Nothing written: only the new batch's own keys and the accept
+	// call's record of its outcome differ.
 	b.mr.Del(results.BatchKey("c"))
+	dropCalls()
 	if after := b.mr.Dump(); after != before {
 		t.Errorf("conflict wrote to Redis:\nbefore:\n%s\nafter:\n%s", before, after)
 	}
@@ -433,9 +443,12 @@ func (failEnqueue) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.Pro
 	}
 }
 
-func TestEnqueueErrorUndoesAccept(t *testing.T) {
+// An enqueue Redis refuses is never undone on a guess (a re-sent enqueue
+// may yet create the task): the change stays accepted and registered for
+// the workers to adopt, and is reported not enqueued.
+func TestEnqueueErrorKeepsAcceptForAdoption(t *testing.T) {
 	t.Parallel()
-	b := setup(t)
+	b := setup(t, withSettleTimeout(300*time.Millisecond))
 	b.rdb.AddHook(failEnqueue{})
 	ctx := t.Context()
 	rep, err := b.p.EnqueueBatch(ctx, Changes(mixed(3)), BatchOptions{ID: "e"})
@@ -446,15 +459,21 @@ func TestEnqueueErrorUndoesAccept(t *testing.T) {
 		t.Fatalf("report = %+v", rep)
 	}
 	var ce *ChangeError
-	if !errors.As(rep.Failed[0], &ce) || ce.TaskID == "" || !strings.Contains(ce.Error(), "OOM") {
+	if !errors.As(rep.Failed[0], &ce) || ce.TaskID == "" || !strings.Contains(ce.Error(), "OOM") || !errors.Is(ce, ErrNotEnqueued) {
 		t.Errorf("failure = %v", rep.Failed[0])
 	}
-	if s := b.batch(t, "e"); s.Total != 0 || !s.Done() || b.members(t, "e") != 0 {
+	if strings.Contains(ce.Error(), "couponq: ") {
+		t.Errorf("failure stutters: %v", ce)
+	}
+	if s := b.batch(t, "e"); s.Total != 3 || s.Done() || b.members(t, "e") != 3 {
 		t.Errorf("batch = %+v", s)
 	}
 	for _, c := range mixed(3) {
-		if b.mr.Exists(results.ResultKey(c.TaskID())) {
-			t.Errorf("result of %s left behind", c.TaskID())
+		if r, err := b.reader.Result(ctx, c.TaskID()); err != nil || r.Status != StatusQueued {
+			t.Errorf("result of %s = %+v, %v; want it kept queued", c.TaskID(), r, err)
+		}
+		if _, err := b.mr.ZScore(results.UnconfirmedKey(DefaultQueue), c.TaskID()); err != nil {
+			t.Errorf("%s not registered for adoption: %v", c.TaskID(), err)
 		}
 	}
 }
@@ -484,11 +503,11 @@ func TestEnqueueBatchProgress(t *testing.T) {
 	if len(calls) != 22 {
 		t.Errorf("OnProgress called %d times, want once per change and once at the end", len(calls))
 	}
-	want := BatchProgress{BatchID: "p", Read: 21, Settled: 21, Enqueued: 15, Duplicates: 5, Failed: 1}
+	want := BatchProgress{BatchID: "p", Read: 21, Settled: 21, Enqueued: 15, Resumed: 5, Failed: 1}
 	if diff := cmp.Diff(want, calls[len(calls)-1]); diff != "" {
 		t.Errorf("last progress (-want +got):\n%s", diff)
 	}
-	if rep.Total != 15 || rep.Duplicates != 5 || len(rep.Failed) != 1 {
+	if rep.Total != 15 || rep.Resumed != 5 || len(rep.Failed) != 1 {
 		t.Errorf("report = %+v", rep)
 	}
 }

@@ -103,15 +103,20 @@ func TestStoreLua(t *testing.T) {
 			want: BatchStatus{Sealed: true, FinishedAt: testNow},
 		},
 		{
-			name: "accept: duplicate and conflict",
+			name: "accept: resumed, duplicate and conflict",
 			run: func(t *testing.T, b *testBundle, s *results.Store) {
 				mustAccept(t, s, id("t1"), results.Accepted)
-				mustAccept(t, s, id("t1"), results.Duplicate)
+				mustAccept(t, s, id("t1"), results.Resumed) // same batch, another call
+				other := id("t1")
+				other.Batch = "y"
+				mustAccept(t, s, other, results.Duplicate)
 				if out, err := s.Accept(t.Context(), id("t1"), "other"); err != nil || out != results.Conflict {
 					t.Fatalf("Accept with another payload = %v, %v", out, err)
 				}
+				mustBegin(t, s, id("t1"), StatusRunning)
+				mustAccept(t, s, id("t1"), results.Underway)
 			},
-			want: BatchStatus{Total: 1, Duplicates: 1},
+			want: BatchStatus{Total: 1},
 		},
 		{
 			name: "a result made by Begin alone (no payload hash) is a conflict",
@@ -212,7 +217,7 @@ func TestStoreAcceptManyMatchesAccept(t *testing.T) {
 		}
 		mustBegin(t, s, item("t9", "").Identity, StatusRunning)
 		if many {
-			out, err := s.AcceptMany(t.Context(), "x", items)
+			out, err := s.AcceptMany(t.Context(), "x", results.Handoff{}, items)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -231,14 +236,16 @@ func TestStoreAcceptManyMatchesAccept(t *testing.T) {
 			t.Errorf("many=%v: result t3 = %+v, %v", many, r, err)
 		}
 	}
-	want := []results.AcceptOutcome{results.Accepted, results.Duplicate, results.Accepted, results.Conflict, results.Duplicate, results.Conflict, results.Conflict, results.Accepted}
+	// Without a run, a task already of this batch is resumed, never a
+	// duplicate (see TestStoreAcceptManyIdempotent for runs).
+	want := []results.AcceptOutcome{results.Accepted, results.Resumed, results.Accepted, results.Conflict, results.Resumed, results.Conflict, results.Conflict, results.Accepted}
 	if diff := cmp.Diff(want, outs[0]); diff != "" {
 		t.Errorf("Accept outcomes (-want +got):\n%s", diff)
 	}
 	if diff := cmp.Diff(outs[0], outs[1]); diff != "" {
 		t.Errorf("AcceptMany differs from Accept (-Accept +AcceptMany):\n%s", diff)
 	}
-	if diff := cmp.Diff(states[0], states[1]); diff != "" || members[0] != members[1] || states[1].Total != 4 || states[1].Duplicates != 2 {
+	if diff := cmp.Diff(states[0], states[1]); diff != "" || members[0] != members[1] || states[1].Total != 4 || states[1].Duplicates != 0 {
 		t.Errorf("batch after Accept %+v (%d members), after AcceptMany %+v (%d members)", states[0], members[0], states[1], members[1])
 	}
 }
@@ -254,7 +261,7 @@ func TestStoreAcceptManyChunks(t *testing.T) {
 		n := fmt.Sprintf("t%04d", i%(results.MaxAcceptMany+1)) // the last two repeat the first two
 		items[i] = results.AcceptItem{Identity: results.Identity{TaskID: "get:b:" + n, Op: string(OpGet), BrandID: "b", ProductCouponID: "1", OutRequestNo: n}, PayloadSHA256: "s"}
 	}
-	out, err := b.store.AcceptMany(t.Context(), "x", items)
+	out, err := b.store.AcceptMany(t.Context(), "x", results.Handoff{Run: "r"}, items)
 	if err != nil || len(out) != len(items) || out[len(out)-1] != results.Duplicate || out[results.MaxAcceptMany] != results.Accepted {
 		t.Fatalf("AcceptMany = %v…, %v", len(out), err)
 	}

@@ -37,6 +37,13 @@ const (
 	// DefaultArchiveSweepInterval is how often archived tasks are checked
 	// for results that never became terminal.
 	DefaultArchiveSweepInterval = time.Minute
+	// DefaultAdoptAfter is the grace period after which a change its
+	// producer accepted but never handed to asynq is enqueued by the
+	// workers, and an open batch whose producer is no longer seen sealed.
+	DefaultAdoptAfter = time.Minute
+	// MinAdoptAfter keeps the grace period well above the producer's
+	// heartbeat (500 ms), so a live producer's batch is never sealed.
+	MinAdoptAfter = 2 * time.Second
 )
 
 // Config configures a Worker. Zero values take the defaults; New rejects
@@ -69,6 +76,11 @@ type Config struct {
 	// Rate is the API calls per second per endpoint per identity used to
 	// build a Limiter when Limiter is nil; 0 = unlimited.
 	Rate int
+	// AdoptAfter is the grace period of the adoption sweep (see
+	// tasks.Adopter): changes accepted longer ago and still queued without
+	// an asynq task are enqueued, batches whose producer was not seen for
+	// as long are sealed. Default 1 min; at least MinAdoptAfter.
+	AdoptAfter time.Duration
 	// LimiterMaxWait is the longest a handler holds its task waiting for a
 	// rate-limit slot; a slot further away hands the task back to the queue
 	// without counting a failure. Default 2 s.
@@ -128,6 +140,9 @@ func (cfg Config) withDefaults() Config {
 	if cfg.LimiterMaxWait == 0 {
 		cfg.LimiterMaxWait = DefaultLimiterMaxWait
 	}
+	if cfg.AdoptAfter == 0 {
+		cfg.AdoptAfter = DefaultAdoptAfter
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -180,6 +195,9 @@ func (cfg Config) Validate() error {
 	}
 	if cfg.ShutdownTimeout < 0 {
 		bad("ShutdownTimeout", "is %v: must be positive", cfg.ShutdownTimeout)
+	}
+	if cfg.AdoptAfter != 0 && cfg.AdoptAfter < MinAdoptAfter {
+		bad("AdoptAfter", "is %v: must be at least %v", cfg.AdoptAfter, MinAdoptAfter)
 	}
 	if cfg.LimiterMaxWait < 0 {
 		bad("LimiterMaxWait", "is %v: must be positive", cfg.LimiterMaxWait)

@@ -33,6 +33,7 @@ func TestConfigValidate(t *testing.T) {
 		{"bad queue", Config{Redis: redisOpt, Queues: map[string]int{"a{b}": 1, " ": 1, "q": 0}},
 			[]string{`queue "a{b}" contains { or }`, "blank queue name", `queue "q" has priority 0`}},
 		{"negative rate", Config{Redis: redisOpt, Rate: -1}, []string{"Config.Rate is -1"}},
+		{"adoption grace below the producer's heartbeat", Config{Redis: redisOpt, AdoptAfter: time.Second}, []string{"Config.AdoptAfter is 1s: must be at least 2s"}},
 		{"rate without identity", Config{Redis: redisOpt, Rate: 20}, []string{"Config.Identity is required when Config.Rate > 0"}},
 		{"rate with a limiter needs no identity", Config{Redis: redisOpt, Rate: 20, Limiter: NewLimiter(redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"}), "x", 20)}, nil},
 		{"several at once", Config{Concurrency: -1, MaxRetry: -2}, []string{"Config.Redis", "Config.Concurrency", "Config.MaxRetry"}},

@@ -37,7 +37,10 @@
 // Results reach a terminal status exactly once (the results store's Finish), and
 // batch counters move with it. Tasks asynq archives without calling the
 // handler (lease expiry at the last retry) are recorded as failed with
-// error_code ARCHIVED by SweepArchived.
+// error_code ARCHIVED by SweepArchived. Changes a producer accepted but
+// never handed to asynq (it was killed in between) are enqueued by Adopt
+// once older than Config.AdoptAfter, and the batch it left open is sealed
+// (tasks.Adopter; one worker at a time).
 //
 // # Rate limiting
 //

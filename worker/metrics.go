@@ -29,6 +29,8 @@ type Metrics struct {
 	backoffs     *prometheus.CounterVec
 	emptySlots   *prometheus.CounterVec
 	quotaShare   *prometheus.GaugeVec
+	adopted      *prometheus.CounterVec
+	abandoned    prometheus.Counter
 }
 
 // NewMetrics creates the worker's metrics and registers them with reg
@@ -44,7 +46,11 @@ type Metrics struct {
 //   - couponq_rate_limiter_backoffs_total{op}: 429s reported to the limiter;
 //   - couponq_rate_limiter_empty_slots_total{op}: slots left empty for them;
 //   - couponq_rate_limiter_quota_share{op}: calls booked by all processes in
-//     the second up to this process's latest slot, over the rate.
+//     the second up to this process's latest slot, over the rate;
+//   - couponq_tasks_adopted_total{queue}: tasks this process enqueued for a
+//     producer that accepted them but never did;
+//   - couponq_batches_abandoned_total: open batches this process sealed
+//     because their producer was no longer seen.
 //
 // The limiter ones need a Limiter built WithLimiterMetrics.
 //
@@ -89,6 +95,14 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "couponq_rate_limiter_quota_share",
 			Help: "Calls booked by all workers in the second up to this process's latest slot, over the rate, by op.",
 		}, []string{"op"}),
+		adopted: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "couponq_tasks_adopted_total",
+			Help: "Tasks enqueued by this process because their producer accepted them but never handed them to asynq, by queue.",
+		}, []string{"queue"}),
+		abandoned: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "couponq_batches_abandoned_total",
+			Help: "Open batches sealed by this process because their producer was no longer seen.",
+		}),
 	}
 	if reg != nil {
 		m.calls = register(reg, m.calls)
@@ -100,6 +114,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		m.backoffs = register(reg, m.backoffs)
 		m.emptySlots = register(reg, m.emptySlots)
 		m.quotaShare = register(reg, m.quotaShare)
+		m.adopted = register(reg, m.adopted)
+		m.abandoned = register(reg, m.abandoned)
 	}
 	return m
 }
@@ -154,6 +170,22 @@ func (m *Metrics) ObserveTerminal(op string, status tasks.Status) {
 		return
 	}
 	m.terminal.WithLabelValues(op, string(status)).Inc()
+}
+
+// ObserveAdopted records n tasks of queue adopted by the sweep.
+func (m *Metrics) ObserveAdopted(queue string, n int) {
+	if m == nil || n == 0 {
+		return
+	}
+	m.adopted.WithLabelValues(queue).Add(float64(n))
+}
+
+// ObserveAbandoned records n batches sealed for their vanished producer.
+func (m *Metrics) ObserveAbandoned(n int) {
+	if m == nil || n == 0 {
+		return
+	}
+	m.abandoned.Add(float64(n))
 }
 
 // observeSlot records a call slot of op booked with share of the quota in

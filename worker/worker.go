@@ -28,6 +28,7 @@ type Worker struct {
 	metrics metricsSink
 	policy  RetryPolicy
 	mux     *asynq.ServeMux
+	adopter *tasks.Adopter
 
 	// asynq's view of the task being handled; replaced in tests, where
 	// ProcessTask runs without asynq's context.
@@ -68,6 +69,7 @@ func New(cfg Config, api API) (*Worker, error) {
 		policy:        RetryPolicy{Base: cfg.RetryBase, Cap: cfg.RetryCap},
 		retryCount:    asynq.GetRetryCount,
 		sweepInterval: DefaultArchiveSweepInterval,
+		adopter:       tasks.NewAdopter(rdb, cfg.ResultTTL),
 	}
 	if cfg.Limiter == nil && cfg.Rate > 0 {
 		w.limiter = NewLimiter(rdb, cfg.Identity, cfg.Rate, WithLimiterMetrics(cfg.Metrics))
@@ -159,12 +161,18 @@ func (w *Worker) Run(ctx context.Context) error {
 		defer close(swept)
 		w.sweepLoop(sweepCtx)
 	}()
+	adopted := make(chan struct{})
+	go func() {
+		defer close(adopted)
+		w.adoptLoop(sweepCtx)
+	}()
 
 	<-ctx.Done()
 	w.log.Info("worker shutting down", "timeout", w.cfg.ShutdownTimeout)
 	w.health.Store(&healthState{err: errNotRunning})
 	stopSweep()
 	<-swept
+	<-adopted
 	srv.Shutdown()
 	w.log.Info("worker stopped")
 	return nil

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/spf13/cobra"
 
 	"github.com/couponq/couponq/tasks"
@@ -99,6 +100,9 @@ func runEnqueue(ctx context.Context, e *env, c *enqueueConfig) error {
 		return usageErrorf("%s holds no changes", c.File)
 	}
 
+	// go-redis would print its own line per failed dial; the one error
+	// below says it all.
+	redis.SetLogger(quietRedisLog{})
 	rdb := rc.NewClient()
 	defer rdb.Close()
 	p, err := tasks.NewProducer(rdb, tasks.WithQueue(c.Queue), tasks.WithConcurrency(c.Concurrency),
@@ -107,6 +111,14 @@ func runEnqueue(ctx context.Context, e *env, c *enqueueConfig) error {
 		return usageErrorf("%v", err)
 	}
 	defer p.Close()
+	// Reach Redis before naming a batch: a wrong password or an absent
+	// server is one line, not an error per change.
+	pingCtx, cancelPing := context.WithTimeout(ctx, 10*time.Second)
+	err = rdb.Ping(pingCtx).Err()
+	cancelPing()
+	if err != nil {
+		return fmt.Errorf("cannot use Redis at %s (nothing was enqueued): %w", rc, err)
+	}
 
 	// Pass 2: stream the file into the batch.
 	fh, err := os.Open(path)
@@ -132,8 +144,12 @@ func runEnqueue(ctx context.Context, e *env, c *enqueueConfig) error {
 		return err
 	}
 	elapsed := time.Since(start)
-	fmt.Fprintf(e.stderr, "batch %s: %d enqueued, %d duplicates, %d conflicts, %d failed in %s (%.0f changes/s)\n",
-		rep.BatchID, rep.Total, rep.Duplicates, len(rep.Conflicts), len(rep.Failed), elapsed.Round(time.Millisecond),
+	resumed := ""
+	if rep.Resumed > 0 {
+		resumed = fmt.Sprintf("%d already in the batch, ", rep.Resumed)
+	}
+	fmt.Fprintf(e.stderr, "batch %s: %d enqueued, %s%d duplicates, %d conflicts, %d failed in %s (%.0f changes/s)\n",
+		rep.BatchID, rep.Total, resumed, rep.Duplicates, len(rep.Conflicts), len(rep.Failed), elapsed.Round(time.Millisecond),
 		float64(rep.Read)/max(elapsed.Seconds(), 1e-9))
 	for i, ce := range append(append([]error{}, rep.Conflicts...), rep.Failed...) {
 		if i == maxReportedLines {
@@ -143,14 +159,47 @@ func runEnqueue(ctx context.Context, e *env, c *enqueueConfig) error {
 		fmt.Fprintf(e.stderr, "  %v\n", ce)
 	}
 	fmt.Fprintln(e.stdout, rep.BatchID)
-	if err != nil {
-		return err
+	// Each change's error is listed above once; the exit error sums up.
+	var sum []error
+	// Counted against the file: a batch that stopped early never read some.
+	if missing := n - rep.Total - rep.Resumed - rep.Duplicates - len(rep.Conflicts); missing > 0 {
+		sum = append(sum, fmt.Errorf("%d changes not enqueued (%s); run the same command with --batch %s to complete the batch",
+			missing, firstTasks(rep.Failed, 3), rep.BatchID))
 	}
-	if len(rep.Conflicts) > 0 || len(rep.Failed) > 0 {
-		return &exitError{code: exitFailure, err: rep.Err()}
+	if len(rep.Conflicts) > 0 {
+		sum = append(sum, fmt.Errorf("%d conflicts (%s)", len(rep.Conflicts), firstTasks(rep.Conflicts, 3)))
+	}
+	if err != nil {
+		return errors.Join(append(sum, err)...)
+	}
+	if len(sum) > 0 {
+		return &exitError{code: exitFailure, err: errors.Join(sum...)}
 	}
 	return nil
 }
+
+// firstTasks names the first n changes of errs, by task ID when known.
+func firstTasks(errs []error, n int) string {
+	var names []string
+	for _, err := range errs[:min(n, len(errs))] {
+		var ce *tasks.ChangeError
+		switch {
+		case errors.As(err, &ce) && ce.TaskID != "":
+			names = append(names, ce.TaskID)
+		case errors.As(err, &ce):
+			names = append(names, fmt.Sprintf("change #%d", ce.Index+1))
+		}
+	}
+	if len(errs) > n {
+		names = append(names, "…")
+	}
+	return strings.Join(names, ", ")
+}
+
+// quietRedisLog drops go-redis' internal log lines.
+type quietRedisLog struct{}
+
+func (quietRedisLog) Printf(context.Context, string, ...any) {}
 
 func enqueueFormat(c *enqueueConfig) (tasks.Format, error) {
 	switch strings.ToLower(c.Format) {

@@ -163,6 +163,7 @@ func TestBadUsageExitsTwoNamingTheSetting(t *testing.T) {
 		{"empty queue list", nil, []string{"worker", "--queues", ","}, "--queues (COUPONQ_QUEUES)"},
 		{"zero result ttl", nil, []string{"worker", "--result-ttl", "0s"}, "--result-ttl (COUPONQ_RESULT_TTL) is 0"},
 		{"retry cap below base", nil, []string{"worker", "--retry-base", "1m", "--retry-cap", "1s"}, "--retry-cap (COUPONQ_RETRY_CAP)"},
+		{"adoption grace too short", map[string]string{"COUPONQ_ADOPT_AFTER": "1s"}, []string{"worker"}, "--adopt-after (COUPONQ_ADOPT_AFTER) is 1s: must be at least 2s"},
 		{"bad monitoring auth", map[string]string{"COUPONQ_MONITORING_AUTH": "nopass"}, []string{"worker", "--http", "127.0.0.1:0"}, "--monitoring-auth (COUPONQ_MONITORING_AUTH) must be"},
 		{"unknown mode", map[string]string{"WECHATPAY_MODE": "retail"}, []string{"worker"}, "WECHATPAY_MODE"},
 		{"missing mchid", map[string]string{"WECHATPAY_MCHID": ""}, []string{"worker"}, "WECHATPAY_MCHID is not set"},
@@ -204,6 +205,35 @@ func TestBadUsageExitsTwoNamingTheSetting(t *testing.T) {
 				t.Errorf("want one line, got %d: %q", n+1, r.stderr)
 			}
 		})
+	}
+}
+
+// A Redis that refuses the password, or is not there, at the start of
+// enqueue: one line saying so, no batch ID, exit 1.
+func TestEnqueueRedisUnusableAtStart(t *testing.T) {
+	t.Parallel()
+	b := setup(t, 3)
+	b.mr.RequireAuth("right")
+	f := b.writeFile(t, "changes.jsonl", changeLines(b, 3, "pw"))
+	for _, tc := range []struct{ name, url, want string }{
+		{"wrong password", "redis://:wrong@" + b.mr.Addr() + "/0", "WRONGPASS"},
+		{"nobody listening", "redis://127.0.0.1:1/0", "connection refused"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			r := b.run(t, "", "enqueue", "--file", f, "--redis", tc.url)
+			if r.code != 1 || r.stdout != "" {
+				t.Errorf("exit %d, stdout %q; want 1 and no batch ID", r.code, r.stdout)
+			}
+			lines := strings.Split(strings.TrimSpace(r.stderr), "\n")
+			if len(lines) != 1 || !strings.Contains(lines[0], tc.want) || !strings.Contains(lines[0], "nothing was enqueued") ||
+				strings.Count(lines[0], "couponq:") != 1 || strings.Contains(lines[0], "wrong@") {
+				t.Errorf("stderr = %q; want one line naming %q", r.stderr, tc.want)
+			}
+		})
+	}
+	if keys := b.mr.Keys(); len(keys) != 0 {
+		t.Errorf("wrote %v", keys)
 	}
 }
 
@@ -286,6 +316,11 @@ func TestPipelineEndToEnd(t *testing.T) {
 	r = b.run(t, "", "enqueue", "--file", f)
 	if r.code != 0 || !strings.Contains(r.stderr, "20 duplicates") {
 		t.Errorf("re-enqueue: exit %d: %s", r.code, r.stderr)
+	}
+	// Into its own batch again: already in it, not duplicates.
+	r = b.run(t, "", "enqueue", "--file", f, "--batch", batch)
+	if r.code != 0 || !strings.Contains(r.stderr, "20 already in the batch, 0 duplicates") || strings.TrimSpace(r.stdout) != batch {
+		t.Errorf("re-enqueue into the same batch: exit %d: %s", r.code, r.stderr)
 	}
 
 	// CSV from standard input, with a change that fails permanently.

@@ -57,7 +57,8 @@ func exitCode(err error, stderr io.Writer) int {
 			return code
 		}
 	}
-	fmt.Fprintf(stderr, "couponq: %v\n", err)
+	// Library errors start with "couponq: " too: say it once.
+	fmt.Fprintf(stderr, "couponq: %s\n", strings.TrimPrefix(err.Error(), "couponq: "))
 	return code
 }
 

@@ -53,6 +53,7 @@ var workerSettings = []envFlag{
 	{"monitoring-auth", "COUPONQ_MONITORING_AUTH", "MonitoringAuth"},
 	{"retry-base", "COUPONQ_RETRY_BASE", "RetryBase"},
 	{"retry-cap", "COUPONQ_RETRY_CAP", "RetryCap"},
+	{"adopt-after", "COUPONQ_ADOPT_AFTER", "AdoptAfter"},
 }
 
 // config completes the worker.Config from the command's own settings:
@@ -74,6 +75,7 @@ func (c *workerFlags) config() (worker.Config, error) {
 		"ShutdownTimeout": cfg.ShutdownTimeout == 0,
 		"RetryBase":       cfg.RetryBase == 0,
 		"RetryCap":        cfg.RetryCap == 0,
+		"AdoptAfter":      cfg.AdoptAfter == 0,
 	} {
 		if zero {
 			return cfg, settingError(field, "is 0: must be positive")
@@ -194,6 +196,7 @@ The HTTP listener (--http) serves /metrics (Prometheus), /healthz, /readyz and
 	f.StringVar(&c.MonitoringAuth, "monitoring-auth", "", "user:password for basic auth on /monitoring/ (default: no auth)")
 	f.DurationVar(&d.RetryBase, "retry-base", d.RetryBase, "first retry delay; doubles each retry, with full jitter")
 	f.DurationVar(&d.RetryCap, "retry-cap", d.RetryCap, "longest retry delay")
+	f.DurationVar(&d.AdoptAfter, "adopt-after", d.AdoptAfter, "grace period before the workers enqueue a change its producer accepted but never enqueued (killed), and seal its batch")
 	ef.describe(f)
 	return cmd
 }

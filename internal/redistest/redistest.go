@@ -20,6 +20,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -170,6 +172,29 @@ func (s *Server) Stop() {
 		_ = s.cmd.Process.Kill()
 		<-s.done
 	}
+}
+
+// PID is the redis-server's process ID, for faults a test injects itself.
+func (s *Server) PID() int {
+	if s.cmd == nil || s.cmd.Process == nil {
+		return 0
+	}
+	return s.cmd.Process.Pid
+}
+
+// Pause freezes the server with SIGSTOP, as a stalled host would: clients'
+// connections stay open and their commands wait unanswered. The returned
+// resume sends SIGCONT; it may be called more than once, and runs at the
+// end of the test in any case, so no server is left frozen.
+func (s *Server) Pause() (resume func()) {
+	s.tb.Helper()
+	if err := s.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		s.tb.Fatalf("redistest: SIGSTOP redis-server: %v", err)
+	}
+	var once sync.Once
+	resume = func() { once.Do(func() { _ = s.cmd.Process.Signal(syscall.SIGCONT) }) }
+	s.tb.Cleanup(resume)
+	return resume
 }
 
 // Kill stops the server at once with SIGKILL, as a crash would.

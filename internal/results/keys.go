@@ -50,6 +50,29 @@ func BatchKey(batchID string) string { return batchKeyPrefix + batchID }
 // BatchTasksKey is the set of a batch's task IDs.
 func BatchTasksKey(batchID string) string { return batchKeyPrefix + batchID + ":tasks" }
 
+// couponq's own keys beyond the SPEC's, for the hand-off from producer to
+// asynq (see Handoff). Each is one key of its own: on Redis Cluster they
+// live in other slots than the result and batch keys, so no script below
+// touches them together with those.
+const (
+	unconfirmedKeyPrefix = keyPrefix + "unconfirmed:"
+	// OpenBatchesKey is a sorted set of the batches a producer is still
+	// enqueuing into, scored by when that producer was last seen (Unix
+	// milliseconds). A batch whose producer stopped being seen is sealed by
+	// the workers' adoption sweep.
+	OpenBatchesKey = keyPrefix + "open-batches"
+	// AdoptLockKey is the lock that lets one worker at a time run the
+	// adoption sweep.
+	AdoptLockKey = keyPrefix + "adopt-lock"
+)
+
+// UnconfirmedKey is the sorted set of the task IDs of queue whose result a
+// producer is writing or wrote but whose asynq task it has not confirmed
+// yet, scored by when the producer registered them (Unix milliseconds).
+// The workers' adoption sweep enqueues those it finds queued without a
+// task once they are older than its grace period.
+func UnconfirmedKey(queue string) string { return unconfirmedKeyPrefix + queue }
+
 // Fields of a result hash. All values are strings.
 const (
 	FieldTaskID          = "task_id"
@@ -73,6 +96,17 @@ const (
 	// task payload, so a re-enqueue tells a duplicate from a conflict even
 	// after asynq dropped the task.
 	FieldPayloadSHA256 = "payload_sha256"
+	// FieldPayload, FieldQueue and FieldTimeout are couponq's own too: the
+	// task payload, its asynq queue and its timeout (seconds), so that a
+	// change accepted but never handed to asynq (its producer was killed
+	// in between) can be enqueued by a rerun or by the workers.
+	FieldPayload = "payload"
+	FieldQueue   = "queue"
+	FieldTimeout = "timeout"
+	// FieldRun names the producer run that accepted the task (a ULID per
+	// EnqueueBatch or Enqueue call): a re-sent accept of that same run is
+	// recognised as its own, not taken for a duplicate.
+	FieldRun = "run"
 )
 
 // Fields of a batch hash. All values are strings.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -99,21 +100,50 @@ return 1
 `)
 
 // OpenBatch creates (or reopens) batch batchID before its first task is
-// accepted. Until SealBatch, the batch cannot finish.
+// accepted, and lists it among the open batches (see MarkOpen) first, so a
+// producer that dies at any point leaves a batch the workers will seal.
+// Until SealBatch, the batch cannot finish. Both steps are idempotent.
 func (s *Store) OpenBatch(ctx context.Context, batchID string) error {
+	if err := s.MarkOpen(ctx, batchID); err != nil {
+		return err
+	}
 	if err := openBatchScript.Run(ctx, s.rdb, []string{BatchKey(batchID)}, s.stamp(), s.ttlMillis()).Err(); err != nil {
 		return fmt.Errorf("couponq: open batch %s: %w", batchID, err)
 	}
 	return nil
 }
 
+// MarkOpen records that a producer is still enqueuing into batchID, now: it
+// is the producer's heartbeat, repeated while it runs.
+func (s *Store) MarkOpen(ctx context.Context, batchID string) error {
+	z := redis.Z{Score: float64(s.now().UnixMilli()), Member: batchID}
+	if err := s.rdb.ZAdd(ctx, OpenBatchesKey, z).Err(); err != nil {
+		return fmt.Errorf("couponq: mark batch %s open: %w", batchID, err)
+	}
+	return nil
+}
+
+// AbandonedBatches returns up to limit open batches whose producer was
+// last seen before cutoff.
+func (s *Store) AbandonedBatches(ctx context.Context, cutoff time.Time, limit int) ([]string, error) {
+	ids, err := s.rdb.ZRangeByScore(ctx, OpenBatchesKey, &redis.ZRangeBy{
+		Min: "-inf", Max: "(" + strconv.FormatInt(cutoff.UnixMilli(), 10), Count: int64(limit)}).Result()
+	if err != nil {
+		return nil, fmt.Errorf("couponq: list abandoned batches: %w", err)
+	}
+	return ids, nil
+}
+
 // sealBatchScript seals a batch and finishes it if every task is terminal.
+// A batch hash that does not exist (expired, or its producer died before
+// creating it) is left alone.
 //
 // KEYS[1] -> couponq:batch:<batch_id>
 // KEYS[2] -> couponq:batch:<batch_id>:tasks
 // ARGV[1] -> now
 // ARGV[2] -> TTL in milliseconds
 var sealBatchScript = redis.NewScript(luaFinishBatchIfDone + `
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], 'sealed', '1')
 finish_batch_if_done(KEYS[1], ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
@@ -123,10 +153,14 @@ return 1
 
 // SealBatch marks batch batchID complete on the producer side: no more tasks
 // will be accepted into it, so it finishes once every task is terminal (at
-// once if it accepted none).
+// once if it accepted none). It then drops the batch from the open ones.
+// It is idempotent.
 func (s *Store) SealBatch(ctx context.Context, batchID string) error {
 	keys := []string{BatchKey(batchID), BatchTasksKey(batchID)}
 	if err := sealBatchScript.Run(ctx, s.rdb, keys, s.stamp(), s.ttlMillis()).Err(); err != nil {
+		return fmt.Errorf("couponq: seal batch %s: %w", batchID, err)
+	}
+	if err := s.rdb.ZRem(ctx, OpenBatchesKey, batchID).Err(); err != nil {
 		return fmt.Errorf("couponq: seal batch %s: %w", batchID, err)
 	}
 	return nil
@@ -137,138 +171,180 @@ type AcceptOutcome string
 
 // Accept outcomes.
 const (
-	// Accepted: the result hash now says queued and the task counts in its batch.
+	// Accepted: the result hash now says queued and the task counts in its
+	// batch. A re-sent accept of the same call (a client retry after a
+	// timeout) answers Accepted again and counts nothing twice.
 	Accepted AcceptOutcome = "accepted"
-	// Duplicate: a result with the same task ID and payload exists; nothing
-	// was written except the batch's duplicates counter.
+	// Duplicate: a result with the same task ID and payload exists, of
+	// another batch or earlier in this run; nothing was written except the
+	// batch's duplicates counter.
 	Duplicate AcceptOutcome = "duplicate"
 	// Conflict: a result with the same task ID and another payload exists.
 	Conflict AcceptOutcome = "conflict"
+	// Resumed: an earlier run of the same batch accepted the task and its
+	// result is still queued; it counts in the batch already (not again),
+	// and the caller makes sure its asynq task exists.
+	Resumed AcceptOutcome = "resumed"
+	// Underway: an earlier run of the same batch accepted the task and a
+	// worker has taken it up since; nothing to do.
+	Underway AcceptOutcome = "underway"
 )
 
-// acceptScript writes a queued result hash unless the task ID is taken.
-// Returns 'accepted', 'duplicate' or 'conflict'.
-//
-// KEYS[1] -> couponq:result:<task_id>
-// KEYS[2] -> couponq:batch:<batch_id>
-// KEYS[3] -> couponq:batch:<batch_id>:tasks
-// ARGV[1] -> now
-// ARGV[2] -> TTL in milliseconds
-// ARGV[3..7] -> task_id, op, brand_id, product_coupon_id, out_request_no
-// ARGV[8] -> batch ID ("" = none)
-// ARGV[9] -> payload SHA-256 (hex)
-var acceptScript = redis.NewScript(`
-local cur = redis.call('HGET', KEYS[1], 'payload_sha256')
-if cur or redis.call('EXISTS', KEYS[1]) == 1 then
-  if cur == ARGV[9] then
-    if ARGV[8] ~= '' then redis.call('HINCRBY', KEYS[2], 'duplicates', 1) end
-    return 'duplicate'
-  end
-  return 'conflict'
-end
-redis.call('HSET', KEYS[1], 'task_id', ARGV[3], 'op', ARGV[4], 'brand_id', ARGV[5],
-  'product_coupon_id', ARGV[6], 'out_request_no', ARGV[7], 'batch', ARGV[8],
-  'status', 'queued', 'attempts', '0', 'enqueued_at', ARGV[1], 'updated_at', ARGV[1],
-  'payload_sha256', ARGV[9])
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-if ARGV[8] ~= '' then
-  redis.call('HINCRBY', KEYS[2], 'total', 1)
-  redis.call('HDEL', KEYS[2], 'finished_at')
-  redis.call('SADD', KEYS[3], ARGV[3])
-  redis.call('PEXPIRE', KEYS[3], ARGV[2])
-end
-return 'accepted'
-`)
-
-// Accept records a task about to be enqueued: if no result exists under its
-// ID, it writes the result hash with status queued, adds the task to its
-// batch (total and task set) and returns Accepted. An existing result with
-// the same payload hash is a Duplicate (counted in the batch), with another
-// payload a Conflict. payloadSHA256 is the hex SHA-256 of the task payload.
-func (s *Store) Accept(ctx context.Context, id Identity, payloadSHA256 string) (AcceptOutcome, error) {
-	keys := []string{ResultKey(id.TaskID), BatchKey(id.Batch), BatchTasksKey(id.Batch)}
-	res, err := acceptScript.Run(ctx, s.rdb, keys, s.stamp(), s.ttlMillis(), id.TaskID, id.Op,
-		id.BrandID, id.ProductCouponID, id.OutRequestNo, id.Batch, payloadSHA256).Text()
-	if err != nil {
-		return "", fmt.Errorf("couponq: accept %s: %w", id.TaskID, err)
-	}
-	return AcceptOutcome(res), nil
+// Handoff says how the tasks of one accept call will be enqueued: it is
+// kept in each result hash so that the task can be enqueued again by a
+// rerun or by the workers if the producer dies before doing it.
+type Handoff struct {
+	// Run names the producer run (a ULID per EnqueueBatch or Enqueue call);
+	// with the call's sequence number, it tells a re-sent accept of the
+	// same call from a duplicate.
+	Run string
+	// Seq numbers the accept calls of one run.
+	Seq int
+	// Queue and Timeout are the asynq queue and per-attempt timeout.
+	Queue   string
+	Timeout time.Duration
 }
-
-// acceptManyScript is acceptScript for many tasks of one batch in one
-// call: the per-task logic is the same, the batch counters move once.
-//
-// KEYS[1] -> couponq:batch:<batch_id>
-// KEYS[2] -> couponq:batch:<batch_id>:tasks
-// KEYS[3..] -> couponq:result:<task_id>, one per task
-// ARGV[1] -> now
-// ARGV[2] -> TTL in milliseconds
-// ARGV[3] -> batch ID ("" = none)
-// ARGV[4..] -> per task, six values: task_id, op, brand_id,
-// product_coupon_id, out_request_no, payload_sha256
-var acceptManyScript = redis.NewScript(`
-local now, ttl, batch = ARGV[1], ARGV[2], ARGV[3]
-local out, added, dups = {}, {}, 0
-for i = 3, #KEYS do
-  local a = 4 + (i - 3) * 6
-  local sha = ARGV[a + 5]
-  -- every result hash has a task_id: one HMGET tells new from taken
-  local cur = redis.call('HMGET', KEYS[i], 'payload_sha256', 'task_id')
-  if cur[1] or cur[2] then
-    if cur[1] == sha then
-      out[#out + 1] = 'duplicate'
-      dups = dups + 1
-    else
-      out[#out + 1] = 'conflict'
-    end
-  else
-    redis.call('HSET', KEYS[i], 'task_id', ARGV[a], 'op', ARGV[a + 1], 'brand_id', ARGV[a + 2],
-      'product_coupon_id', ARGV[a + 3], 'out_request_no', ARGV[a + 4], 'batch', batch,
-      'status', 'queued', 'attempts', '0', 'enqueued_at', now, 'updated_at', now,
-      'payload_sha256', sha)
-    redis.call('PEXPIRE', KEYS[i], ttl)
-    added[#added + 1] = ARGV[a]
-    out[#out + 1] = 'accepted'
-  end
-end
-if batch ~= '' then
-  if dups > 0 then redis.call('HINCRBY', KEYS[1], 'duplicates', dups) end
-  if #added > 0 then
-    redis.call('HINCRBY', KEYS[1], 'total', #added)
-    redis.call('HDEL', KEYS[1], 'finished_at')
-    redis.call('SADD', KEYS[2], unpack(added))
-    redis.call('PEXPIRE', KEYS[2], ttl)
-  end
-end
-return out
-`)
 
 // AcceptItem is one task of AcceptMany.
 type AcceptItem struct {
 	Identity      Identity // its Batch is ignored: AcceptMany's batch applies
 	PayloadSHA256 string
+	Payload       []byte // the task payload, kept in the result (may be nil)
 }
 
 // MaxAcceptMany bounds one AcceptMany script call (Lua's unpack and the
 // time Redis is blocked in one script).
 const MaxAcceptMany = 512
 
-// AcceptMany is Accept for many tasks of batch batchID ("" = none) in one
-// atomic script call: outcomes[i] is what Accept would have returned for
-// items[i] had the items been accepted one after another.
-func (s *Store) AcceptMany(ctx context.Context, batchID string, items []AcceptItem) ([]AcceptOutcome, error) {
+// acceptManyScript writes a queued result hash for each task whose ID is
+// free and adds it to the batch; the batch counters move once per call.
+//
+// It is idempotent: a call with a run keeps its outcomes under its own key
+// for an hour, and a re-run of that call (a client's re-send after a
+// timeout, or the producer's own retry) answers them again and writes
+// nothing. Without it, the re-run would take the call's own writes for
+// duplicates and the changes would never be enqueued.
+//
+// For a taken task ID: another payload is a 'conflict'; the same payload
+// written earlier in this run (a repeated line) or by another batch is a
+// 'duplicate'; by an earlier run of this batch, 'resumed' (still queued) or
+// 'underway'.
+//
+// KEYS[1] -> couponq:batch:<batch_id>
+// KEYS[2] -> couponq:batch:<batch_id>:tasks
+// KEYS[3] -> couponq:accept-call:<run>/<seq>, this call's outcomes
+// KEYS[4..] -> couponq:result:<task_id>, one per task
+// ARGV[1] -> now
+// ARGV[2] -> TTL in milliseconds
+// ARGV[3] -> batch ID ("" = none)
+// ARGV[4] -> run ID ("" = none: a re-run counts its own writes duplicates)
+// ARGV[5] -> this call's token within the run (its seq)
+// ARGV[6] -> queue, ARGV[7] -> timeout in seconds
+// ARGV[8] -> how long the call's outcomes are kept, in milliseconds
+// ARGV[9..] -> per task, seven values: task_id, op, brand_id,
+// product_coupon_id, out_request_no, payload_sha256, payload
+//
+// The keys are of many slots; on Redis Cluster this script must move to
+// hash-tagged keys (a later change).
+var acceptManyScript = redis.NewScript(`
+local now, ttl, batch, run = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+if run ~= '' then
+  local prev = redis.call('GET', KEYS[3])
+  if prev then
+    local again = {}
+    for o in string.gmatch(prev, '[^,]+') do again[#again + 1] = o end
+    return again
+  end
+end
+local token = run .. '/' .. ARGV[5]
+local runPrefix = run .. '/'
+local queue, timeout = ARGV[6], ARGV[7]
+local out, added, dups = {}, {}, 0
+for i = 4, #KEYS do
+  local a = 9 + (i - 4) * 7
+  local sha = ARGV[a + 5]
+  -- every result hash has a task_id: one HMGET tells new from taken
+  local cur = redis.call('HMGET', KEYS[i], 'payload_sha256', 'task_id', 'batch', 'run', 'status')
+  local o
+  if not (cur[1] or cur[2]) then
+    redis.call('HSET', KEYS[i], 'task_id', ARGV[a], 'op', ARGV[a + 1], 'brand_id', ARGV[a + 2],
+      'product_coupon_id', ARGV[a + 3], 'out_request_no', ARGV[a + 4], 'batch', batch,
+      'status', 'queued', 'attempts', '0', 'enqueued_at', now, 'updated_at', now,
+      'payload_sha256', sha, 'payload', ARGV[a + 6], 'queue', queue, 'timeout', timeout,
+      'run', token)
+    redis.call('PEXPIRE', KEYS[i], ttl)
+    added[#added + 1] = ARGV[a]
+    o = 'accepted'
+  elseif cur[1] ~= sha then
+    o = 'conflict'
+  elseif run ~= '' and cur[4] and string.sub(cur[4], 1, #runPrefix) == runPrefix then
+    o = 'duplicate'
+  elseif batch ~= '' and cur[3] == batch then
+    if cur[5] == 'queued' then o = 'resumed' else o = 'underway' end
+  else
+    o = 'duplicate'
+  end
+  if o == 'duplicate' then dups = dups + 1 end
+  out[#out + 1] = o
+end
+if batch ~= '' then
+  if dups > 0 then redis.call('HINCRBY', KEYS[1], 'duplicates', dups) end
+  if #added > 0 then
+    redis.call('HINCRBY', KEYS[1], 'total', #added)
+    -- reopen a batch sealed early (its producer was not seen for a while)
+    redis.call('HSET', KEYS[1], 'sealed', '0')
+    redis.call('HDEL', KEYS[1], 'finished_at')
+    redis.call('SADD', KEYS[2], unpack(added))
+    redis.call('PEXPIRE', KEYS[2], ttl)
+  end
+end
+if run ~= '' and #out > 0 then
+  redis.call('SET', KEYS[3], table.concat(out, ','), 'PX', ARGV[8])
+end
+return out
+`)
+
+// acceptCallTTL is how long an accept call's outcomes are kept for a
+// re-run of the same call to find.
+const acceptCallTTL = time.Hour
+
+// acceptCallKey holds the outcomes of one accept call of a run.
+func acceptCallKey(run, seq string) string { return keyPrefix + "accept-call:" + run + "/" + seq }
+
+// Accept records one task about to be enqueued, as AcceptMany does for
+// batch id.Batch, without a run: a re-sent call counts it a duplicate.
+// payloadSHA256 is the hex SHA-256 of the task payload.
+func (s *Store) Accept(ctx context.Context, id Identity, payloadSHA256 string) (AcceptOutcome, error) {
+	out, err := s.AcceptMany(ctx, id.Batch, Handoff{}, []AcceptItem{{Identity: id, PayloadSHA256: payloadSHA256}})
+	if err != nil {
+		return "", err
+	}
+	return out[0], nil
+}
+
+// AcceptMany records tasks of batch batchID ("" = none) about to be
+// enqueued, in atomic script calls of up to MaxAcceptMany: a task whose ID
+// is free gets its result hash with status queued, the handoff and its
+// payload, and counts in the batch (total and task set). outcomes[i] is
+// what became of items[i] (see AcceptOutcome). Calling it again with the
+// same arguments, as a client retry after a timeout does, changes nothing
+// and answers the same.
+func (s *Store) AcceptMany(ctx context.Context, batchID string, h Handoff, items []AcceptItem) ([]AcceptOutcome, error) {
 	out := make([]AcceptOutcome, 0, len(items))
-	for len(items) > 0 {
+	for part := 0; len(items) > 0; part++ {
 		chunk := items[:min(len(items), MaxAcceptMany)]
 		items = items[len(chunk):]
-		keys := make([]string, 0, 2+len(chunk))
-		keys = append(keys, BatchKey(batchID), BatchTasksKey(batchID))
-		args := make([]any, 0, 3+6*len(chunk))
-		args = append(args, s.stamp(), s.ttlMillis(), batchID)
+		// Each chunk is its own call, with its own token.
+		seq := strconv.Itoa(h.Seq) + "." + strconv.Itoa(part)
+		keys := make([]string, 0, 3+len(chunk))
+		keys = append(keys, BatchKey(batchID), BatchTasksKey(batchID), acceptCallKey(h.Run, seq))
+		args := make([]any, 0, 8+7*len(chunk))
+		args = append(args, s.stamp(), s.ttlMillis(), batchID, h.Run, seq, h.Queue,
+			strconv.FormatInt(int64(h.Timeout/time.Second), 10), min(s.ttl, acceptCallTTL).Milliseconds())
 		for _, it := range chunk {
 			id := it.Identity
 			keys = append(keys, ResultKey(id.TaskID))
-			args = append(args, id.TaskID, id.Op, id.BrandID, id.ProductCouponID, id.OutRequestNo, it.PayloadSHA256)
+			args = append(args, id.TaskID, id.Op, id.BrandID, id.ProductCouponID, id.OutRequestNo, it.PayloadSHA256, it.Payload)
 		}
 		res, err := acceptManyScript.Run(ctx, s.rdb, keys, args...).StringSlice()
 		if err != nil {
@@ -284,8 +360,56 @@ func (s *Store) AcceptMany(ctx context.Context, batchID string, items []AcceptIt
 	return out, nil
 }
 
+// Register lists taskIDs of queue as accepted but not yet confirmed in
+// asynq (see UnconfirmedKey), before they are accepted: a producer killed
+// after the accept leaves them for the workers to adopt. It is idempotent.
+func (s *Store) Register(ctx context.Context, queue string, taskIDs []string) error {
+	if len(taskIDs) == 0 {
+		return nil
+	}
+	score := float64(s.now().UnixMilli())
+	zs := make([]redis.Z, len(taskIDs))
+	for i, id := range taskIDs {
+		zs[i] = redis.Z{Score: score, Member: id}
+	}
+	if err := s.rdb.ZAddNX(ctx, UnconfirmedKey(queue), zs...).Err(); err != nil {
+		return fmt.Errorf("couponq: register %d tasks: %w", len(taskIDs), err)
+	}
+	return nil
+}
+
+// Confirm drops taskIDs of queue from the unconfirmed ones: their asynq
+// task exists, or nothing is left to enqueue for them.
+func (s *Store) Confirm(ctx context.Context, queue string, taskIDs []string) error {
+	for len(taskIDs) > 0 {
+		chunk := taskIDs[:min(len(taskIDs), 1000)]
+		taskIDs = taskIDs[len(chunk):]
+		members := make([]any, len(chunk))
+		for i, id := range chunk {
+			members[i] = id
+		}
+		if err := s.rdb.ZRem(ctx, UnconfirmedKey(queue), members...).Err(); err != nil {
+			return fmt.Errorf("couponq: confirm %d tasks: %w", len(chunk), err)
+		}
+	}
+	return nil
+}
+
+// Unconfirmed returns up to limit task IDs of queue registered before
+// cutoff and not confirmed since.
+func (s *Store) Unconfirmed(ctx context.Context, queue string, cutoff time.Time, limit int) ([]string, error) {
+	ids, err := s.rdb.ZRangeByScore(ctx, UnconfirmedKey(queue), &redis.ZRangeBy{
+		Min: "-inf", Max: "(" + strconv.FormatInt(cutoff.UnixMilli(), 10), Count: int64(limit)}).Result()
+	if err != nil {
+		return nil, fmt.Errorf("couponq: list unconfirmed tasks of %s: %w", queue, err)
+	}
+	return ids, nil
+}
+
 // unacceptScript removes a result hash still queued and takes the task
-// out of its batch. Returns 1 when it undid the task, 0 otherwise.
+// out of its batch. Returns 1 when it undid the task, 0 when a worker
+// touched the result, -1 when there is no result (already undone: the
+// script is idempotent, a re-send finds its own work done).
 //
 // KEYS[1] -> couponq:result:<task_id>
 // KEYS[2] -> couponq:batch:<batch_id>
@@ -295,7 +419,9 @@ func (s *Store) AcceptMany(ctx context.Context, batchID string, items []AcceptIt
 // ARGV[3] -> "1" to count the task as a duplicate instead
 // ARGV[4] -> now
 var unacceptScript = redis.NewScript(luaFinishBatchIfDone + `
-if redis.call('HGET', KEYS[1], 'status') ~= 'queued' then return 0 end
+local st = redis.call('HGET', KEYS[1], 'status')
+if not st then return -1 end
+if st ~= 'queued' then return 0 end
 redis.call('DEL', KEYS[1])
 if ARGV[1] ~= '' then
   redis.call('HINCRBY', KEYS[2], 'total', -1)
@@ -306,12 +432,12 @@ end
 return 1
 `)
 
-// Unaccept undoes Accept when the task could not be enqueued after all (an
-// enqueue error, or asynq already holding the task ID). With duplicate set,
-// the task is counted as a duplicate of its batch instead. It does nothing
-// once a worker has touched the result.
+// Unaccept undoes Accept when the task cannot be enqueued after all: asynq
+// holds its task ID for another task. With duplicate set, the task is
+// counted as a duplicate of its batch instead. It does nothing once a
+// worker has touched the result.
 //
-// It reports whether it undid anything: false means a worker already runs
+// It reports whether the result is gone: false means a worker already runs
 // the task under this result (asynq held the task ID and delivered it), so
 // the task stays counted in the batch.
 func (s *Store) Unaccept(ctx context.Context, id Identity, duplicate bool) (bool, error) {
@@ -324,7 +450,46 @@ func (s *Store) Unaccept(ctx context.Context, id Identity, duplicate bool) (bool
 	if err != nil {
 		return false, fmt.Errorf("couponq: unaccept %s: %w", id.TaskID, err)
 	}
-	return n == 1, nil
+	return n != 0, nil
+}
+
+// Handed is what a result hash says of a task's hand-off to asynq.
+type Handed struct {
+	TaskID  string
+	Status  Status // "" when there is no result
+	Op      string
+	Batch   string
+	Run     string // the run ID, without the call's token
+	Queue   string
+	Timeout time.Duration
+	Payload []byte // nil when the result predates FieldPayload
+}
+
+// Handoffs reads the hand-off fields of each task's result in one round trip.
+func (s *Store) Handoffs(ctx context.Context, taskIDs []string) ([]Handed, error) {
+	pipe := s.rdb.Pipeline()
+	cmds := make([]*redis.SliceCmd, len(taskIDs))
+	for i, id := range taskIDs {
+		cmds[i] = pipe.HMGet(ctx, ResultKey(id), FieldStatus, FieldOp, FieldBatch, FieldRun, FieldQueue, FieldTimeout, FieldPayload)
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return nil, fmt.Errorf("couponq: read %d results: %w", len(taskIDs), err)
+	}
+	out := make([]Handed, len(taskIDs))
+	for i, c := range cmds {
+		v := c.Val()
+		str := func(j int) string { s, _ := v[j].(string); return s }
+		h := Handed{TaskID: taskIDs[i], Status: Status(str(0)), Op: str(1), Batch: str(2), Queue: str(4)}
+		h.Run, _, _ = strings.Cut(str(3), "/")
+		if n, err := strconv.Atoi(str(5)); err == nil {
+			h.Timeout = time.Duration(n) * time.Second
+		}
+		if p, ok := v[6].(string); ok {
+			h.Payload = []byte(p)
+		}
+		out[i] = h
+	}
+	return out, nil
 }
 
 // beginScript marks a task running (writing its identity if the hash is
