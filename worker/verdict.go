@@ -65,6 +65,9 @@ type attemptState struct {
 	shutdown bool // the handler's context was cancelled (not its deadline)
 	// defaultAfter is the wait of a 429 that named none (Config.RetryBase).
 	defaultAfter time.Duration
+	calls        int           // API calls of the task so far, this one included
+	gateClosed   bool          // the worker stopped taking tasks for its credentials
+	probeAfter   time.Duration // Config.ProbeInterval: the wait of a come-back for the worker's own fault
 }
 
 // judge decides what a failed attempt means. It is the one place that reads
@@ -76,11 +79,23 @@ func judge(err error, s attemptState) verdict {
 	v := verdict{outcome: outcome, attempt: a}
 	var cb *comeBackError
 	var rl *RateLimitedError
+	var ce *wechatpay.CredentialsError
 	switch {
 	case s.shutdown:
 		v.action, v.reason = handBack, "interrupted"
 	case errors.As(err, &cb):
 		v.action, v.reason, v.after = comeBack, cb.reason, cb.after
+	case errors.Is(err, wechatpay.ErrNotSent):
+		// WeChat Pay never saw it (the clock is off, the certificates
+		// could not be had): not the task's attempt.
+		v.action, v.reason, v.after = comeBack, reasonNotSent, s.probeAfter
+	case errors.As(err, &ce) && !wechatpay.IsRetryable(err) && s.calls < maxSignErrorCalls,
+		errors.As(err, &ce) && s.gateClosed:
+		// 401 SIGN_ERROR is the worker's settings or clock, never the
+		// task's; nor is an unverifiable answer once the worker has
+		// stopped for its credentials. The task waits for a worker that
+		// can do it (the gate counts these and stops this one).
+		v.action, v.reason, v.after = comeBack, reasonCredentials, s.probeAfter
 	case errors.As(err, &rl):
 		// No local slot within LimiterMaxWait: nothing was sent.
 		v.action, v.reason, v.after = comeBack, reasonRateLimitedLocal, rl.RetryIn
@@ -121,6 +136,9 @@ func isRateLimited(err error) bool {
 const (
 	reasonRateLimited      = "rate_limited"       // WeChat Pay answered 429
 	reasonRateLimitedLocal = "rate_limited_local" // couponq's limiter had no slot soon enough
+	reasonCredentials      = "credentials"        // 401 SIGN_ERROR or an unverifiable answer: the worker's settings
+	reasonNotSent          = "not_sent"           // the client did not send the call (clock off, no certificates)
+	reasonGated            = "gated"              // the worker had stopped taking tasks for its credentials
 )
 
 // comeBackError is the one "come back later" the worker hands asynq: the

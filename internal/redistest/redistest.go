@@ -20,6 +20,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -73,14 +74,47 @@ func Require(tb testing.TB) string {
 // test ends.
 func Start(tb testing.TB, opts ...Option) *Server {
 	tb.Helper()
+	s := Reserve(tb, opts...)
+	s.Launch()
+	return s
+}
+
+// Reserve picks a free loopback port and a data directory for a server it
+// does not start yet: Launch starts it. It lets a test start a client
+// before its Redis. The server is stopped when the test ends.
+func Reserve(tb testing.TB, opts ...Option) *Server {
+	tb.Helper()
 	s := &Server{tb: tb, bin: Require(tb), dir: tb.TempDir()}
 	for _, o := range opts {
 		o(s)
 	}
 	s.port = freePort(tb)
-	s.start()
 	tb.Cleanup(s.Stop)
 	return s
+}
+
+// Launch starts a Reserved server and waits until it answers PING.
+func (s *Server) Launch() {
+	s.tb.Helper()
+	s.start()
+}
+
+// Pause freezes the server with SIGSTOP, as a hung Redis: connections stay
+// open and nothing answers. Resume (SIGCONT) thaws it; the test's cleanup
+// does too, so that Stop can end it.
+func (s *Server) Pause() {
+	s.tb.Helper()
+	if err := s.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		s.tb.Fatalf("redistest: SIGSTOP: %v", err)
+	}
+	s.tb.Cleanup(s.Resume)
+}
+
+// Resume thaws a paused server (SIGCONT); it is a no-op otherwise.
+func (s *Server) Resume() {
+	if s.cmd != nil && s.cmd.Process != nil {
+		_ = s.cmd.Process.Signal(syscall.SIGCONT)
+	}
 }
 
 func freePort(tb testing.TB) int {
