@@ -102,14 +102,14 @@ func sameText(a, b error) bool { return a != nil && b != nil && a.Error() == b.E
 // sign for the clock (the client's own measurement), closes the gate; an
 // answer that shows the signature accepted ends the streak.
 func (g *gate) observe(taskID string, err error) {
-	var ce *wechatpay.CredentialsError
+	ce, isCred := credentialsFault(err)
 	switch {
-	case err == nil || signatureAccepted(err):
+	case err == nil || !isCred && signatureAccepted(err):
 		g.mu.Lock()
 		clear(g.failing)
 		g.mu.Unlock()
 		return
-	case !errors.As(err, &ce):
+	case !isCred:
 		return // no answer, or one that says nothing of the credentials
 	}
 	g.mu.Lock()
@@ -119,6 +119,21 @@ func (g *gate) observe(taskID string, err error) {
 	if ce.Credential == wechatpay.CredentialClock && errors.Is(err, wechatpay.ErrNotSent) || n >= credentialTrip {
 		g.set(false, fmt.Errorf("WeChat Pay refuses this worker's credentials (%d tasks in a row): %w", n, err))
 	}
+}
+
+// credentialsFault returns the *wechatpay.CredentialsError in err; a bare
+// 401 SIGN_ERROR (from an API other than *wechatpay.Client) counts as one
+// of the merchant key.
+func credentialsFault(err error) (*wechatpay.CredentialsError, bool) {
+	var ce *wechatpay.CredentialsError
+	if errors.As(err, &ce) {
+		return ce, true
+	}
+	var ae *wechatpay.APIError
+	if errors.As(err, &ae) && ae.HTTPStatus == http.StatusUnauthorized && ae.Code == wechatpay.CodeSignError {
+		return &wechatpay.CredentialsError{Credential: wechatpay.CredentialMerchantKey, Err: err}, true
+	}
+	return nil, false
 }
 
 // signatureAccepted reports an answer WeChat Pay gave after checking the

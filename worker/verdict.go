@@ -79,7 +79,7 @@ func judge(err error, s attemptState) verdict {
 	v := verdict{outcome: outcome, attempt: a}
 	var cb *comeBackError
 	var rl *RateLimitedError
-	var ce *wechatpay.CredentialsError
+	_, credentials := credentialsFault(err)
 	switch {
 	case s.shutdown:
 		v.action, v.reason = handBack, "interrupted"
@@ -89,8 +89,8 @@ func judge(err error, s attemptState) verdict {
 		// WeChat Pay never saw it (the clock is off, the certificates
 		// could not be had): not the task's attempt.
 		v.action, v.reason, v.after = comeBack, reasonNotSent, s.probeAfter
-	case errors.As(err, &ce) && !wechatpay.IsRetryable(err) && s.calls < maxSignErrorCalls,
-		errors.As(err, &ce) && s.gateClosed:
+	case credentials && !wechatpay.IsRetryable(err) && s.calls < maxSignErrorCalls,
+		credentials && s.gateClosed:
 		// 401 SIGN_ERROR is the worker's settings or clock, never the
 		// task's; nor is an unverifiable answer once the worker has
 		// stopped for its credentials. The task waits for a worker that
