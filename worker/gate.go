@@ -28,10 +28,12 @@ var _ credentialChecker = (*wechatpay.Client)(nil)
 // settings.
 const credentialTrip = 3
 
-// maxSignErrorCalls bounds the come-backs of a task refused with SIGN_ERROR
-// while the probe finds the credentials good: past that many recorded
-// calls its own request must be at fault, and it fails as permanent.
-const maxSignErrorCalls = 20
+// maxCredentialCalls bounds the come-backs of a task whose calls meet
+// credentials errors while the worker runs (the probe finds the
+// credentials good): past that many recorded calls its own request must be
+// at fault, and judge treats the error as any other (SIGN_ERROR fails, an
+// unverifiable answer uses a retry).
+const maxCredentialCalls = 20
 
 // errNotVerified is the gate's reason before its first probe answered.
 var errNotVerified = errors.New("WeChat Pay credentials not verified yet")
@@ -49,7 +51,19 @@ type gate struct {
 	reason  error               // why closed
 	changed chan struct{}       // closed and replaced on every change
 	failing map[string]struct{} // tasks of the current run of credentials errors
+
+	openedAt   time.Time // when it last opened
+	quickTrips int       // trips in a row each within quickTrip of opening
 }
+
+// quickTrip: a gate that closes this soon after a probe opened it was
+// opened by a probe that could not see the fault (an answer signed by a
+// key the probe cannot check); probing backs off, doubling up to maxHoldoff,
+// so that such a worker does not churn through tasks.
+const (
+	quickTrip  = time.Minute
+	maxHoldoff = 5 * time.Minute
+)
 
 func newGate(log *slog.Logger) *gate {
 	return &gate{log: log, reason: errNotVerified, changed: make(chan struct{}), failing: map[string]struct{}{}}
@@ -88,6 +102,15 @@ func (g *gate) set(open bool, reason error) {
 	defer g.mu.Unlock()
 	if g.open == open && (open || errors.Is(reason, g.reason) || sameText(reason, g.reason)) {
 		return
+	}
+	now := time.Now()
+	switch {
+	case open:
+		g.openedAt = now
+	case g.open && now.Sub(g.openedAt) < quickTrip:
+		g.quickTrips++
+	case g.open:
+		g.quickTrips = 0
 	}
 	g.open, g.reason = open, reason
 	clear(g.failing)
@@ -166,8 +189,11 @@ func (g *gate) probeLoop(ctx context.Context, checker credentialChecker, interva
 			case <-ctx.Done():
 				return
 			case <-changed:
-				continue
 			}
+			if d := g.holdoff(interval); d > 0 && sleepCtx(ctx, d) != nil {
+				return
+			}
+			continue
 		}
 		pctx, cancel := context.WithTimeout(ctx, probeTimeout)
 		err := checker.CheckCredentials(pctx)
@@ -201,14 +227,23 @@ func (g *gate) probeLoop(ctx context.Context, checker credentialChecker, interva
 				g.log.Warn("not taking tasks: cannot check the credentials with WeChat Pay; probing again", "err", err)
 			}
 		}
-		t := time.NewTimer(interval)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if sleepCtx(ctx, interval) != nil {
 			return
-		case <-t.C:
 		}
 	}
+}
+
+// holdoff is the wait before the first probe after a trip: none, unless
+// the gate keeps closing soon after it opens.
+func (g *gate) holdoff(interval time.Duration) time.Duration {
+	g.mu.Lock()
+	n := g.quickTrips
+	g.mu.Unlock()
+	if n <= 1 {
+		return 0
+	}
+	d := interval << min(n-1, 16)
+	return min(d, maxHoldoff)
 }
 
 // probeTimeout bounds one credentials probe.

@@ -89,13 +89,16 @@ func judge(err error, s attemptState) verdict {
 		// WeChat Pay never saw it (the clock is off, the certificates
 		// could not be had): not the task's attempt.
 		v.action, v.reason, v.after = comeBack, reasonNotSent, s.probeAfter
-	case credentials && !wechatpay.IsRetryable(err) && s.calls < maxSignErrorCalls,
-		credentials && s.gateClosed:
-		// 401 SIGN_ERROR is the worker's settings or clock, never the
-		// task's; nor is an unverifiable answer once the worker has
-		// stopped for its credentials. The task waits for a worker that
-		// can do it (the gate counts these and stops this one).
+	case credentials && (s.gateClosed || s.calls < maxCredentialCalls):
+		// 401 SIGN_ERROR, or an answer that does not verify, is the
+		// worker's settings or clock, never the task's: the task waits for
+		// a worker that can do it (the gate counts these and stops this
+		// one). Its calls stay recorded, so a write that may have been
+		// applied is reconciled when it runs again.
 		v.action, v.reason, v.after = comeBack, reasonCredentials, s.probeAfter
+		if !s.gateClosed && wechatpay.IsRetryable(err) {
+			v.after = s.defaultAfter // one unverifiable answer: try again soon
+		}
 	case errors.As(err, &rl):
 		// No local slot within LimiterMaxWait: nothing was sent.
 		v.action, v.reason, v.after = comeBack, reasonRateLimitedLocal, rl.RetryIn

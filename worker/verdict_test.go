@@ -31,7 +31,7 @@ func TestJudge(t *testing.T) {
 	shutdown := fresh
 	shutdown.shutdown = true
 	manyCalls := retried
-	manyCalls.calls = maxSignErrorCalls
+	manyCalls.calls = maxCredentialCalls
 	stopped := fresh
 	stopped.gateClosed = true
 	signErr := apiErr(401, wechatpay.CodeSignError, "")
@@ -57,7 +57,8 @@ func TestJudge(t *testing.T) {
 		{"401 SIGN_ERROR of a task that made many calls", signErr, manyCalls, failNow, "permanent error", 0},
 		{"not sent: the clock is off", clockErr, exhausted, comeBack, reasonNotSent, 5 * time.Second},
 		{"not sent: no certificates", fmt.Errorf("x: %w: %w", wechatpay.ErrNotSent, netErr()), exhausted, comeBack, reasonNotSent, 5 * time.Second},
-		{"unverifiable answer while the worker runs", untrusted, fresh, retryLater, outcomeVerifyError, 0},
+		{"unverifiable answer while the worker runs", untrusted, fresh, comeBack, reasonCredentials, time.Second},
+		{"unverifiable answer of a task that made many calls", untrusted, manyCalls, retryLater, outcomeVerifyError, 0},
 		{"unverifiable answer once the worker stopped for it", untrusted, stopped, comeBack, reasonCredentials, 5 * time.Second},
 		{"403 NO_AUTH", apiErr(403, wechatpay.CodeNoAuth, "REQ-268579803"), fresh, failNow, "permanent error", 0},
 		{"404", apiErr(404, "RESOURCE_NOT_EXISTS", "REQ-268578608"), fresh, failNow, "permanent error", 0},
