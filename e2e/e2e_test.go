@@ -50,7 +50,7 @@ func childWorker() int {
 	}
 	w, err := worker.New(worker.Config{
 		Redis: asynq.RedisClientOpt{Addr: os.Getenv("E2E_REDIS_ADDR")}, Concurrency: 4, MaxRetry: 15,
-		RetryBase: 50 * time.Millisecond, RetryCap: time.Second, Identity: api.Identity(),
+		RetryBase: 50 * time.Millisecond, RetryCap: time.Second, Identity: api.Identity(), ProbeInterval: 100 * time.Millisecond,
 		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
 	}, api)
 	if err != nil {

@@ -74,7 +74,7 @@ func (m *certManager) loop(ctx context.Context) {
 		case <-t.C:
 			dctx, cancel := context.WithTimeout(ctx, time.Minute)
 			m.mu.Lock()
-			err := m.download(dctx)
+			err := m.download(dctx, m.c.attempt)
 			m.mu.Unlock()
 			cancel()
 			if err != nil && ctx.Err() == nil {
@@ -105,7 +105,7 @@ func (m *certManager) ensure(ctx context.Context) error {
 	if _, n, _ := m.c.keys.certState(); n > 0 {
 		return nil
 	}
-	err := m.download(ctx)
+	err := m.download(ctx, m.c.attempt)
 	if err != nil && m.c.pubKeyID != "" {
 		m.c.log.WarnContext(ctx, "wechatpay: platform certificates unavailable; verifying with the public key", "error", err)
 		return nil
@@ -124,7 +124,7 @@ func (m *certManager) ready(ctx context.Context) error {
 	if _, n, at := m.c.keys.certState(); n > 0 && m.c.now().Sub(at) < certMaxAge {
 		return nil
 	}
-	return m.download(ctx)
+	return m.download(ctx, m.c.attempt)
 }
 
 // refreshForUnknown downloads the certificates again because an answer
@@ -138,7 +138,7 @@ func (m *certManager) refreshForUnknown(ctx context.Context) bool {
 		return false
 	}
 	m.lastAttempt = now
-	if err := m.download(ctx); err != nil {
+	if err := m.download(ctx, m.c.attempt); err != nil {
 		m.c.log.WarnContext(ctx, "wechatpay: re-downloading platform certificates failed", "error", err)
 		return false
 	}
@@ -148,8 +148,8 @@ func (m *certManager) refreshForUnknown(ctx context.Context) bool {
 // download fetches, decrypts and verifies the certificate set and installs
 // it. The answer is verified with the keys already trusted or, on the first
 // download, with the certificates it carries (their decryption with the
-// APIv3 key authenticates them). m.mu must be held.
-func (m *certManager) download(ctx context.Context) error {
+// APIv3 key authenticates them), sent by send. m.mu must be held.
+func (m *certManager) download(ctx context.Context, send sendFunc) error {
 	var fresh map[string]platformCert
 	verify := func(ctx context.Context, h http.Header, body []byte) error {
 		var err error
@@ -167,7 +167,7 @@ func (m *certManager) download(ctx context.Context) error {
 			return nil
 		})
 	}
-	if _, err := m.c.attempt(ctx, http.MethodGet, CertificatesPath, "", nil, 1, verify); err != nil {
+	if _, err := send(ctx, http.MethodGet, CertificatesPath, "", nil, 1, verify); err != nil {
 		return fmt.Errorf("wechatpay: downloading platform certificates: %w", err)
 	}
 	m.c.keys.setCerts(fresh, m.c.now())
@@ -189,7 +189,7 @@ func (m *certManager) decode(body []byte) (map[string]platformCert, error) {
 		}
 		pemBytes, err := DecryptAES256GCM(m.apiV3Key, ec.Nonce, ec.AssociatedData, ec.Ciphertext)
 		if err != nil {
-			return nil, fmt.Errorf("%w: certificate %.64s: %v", ErrNoCertificates, d.SerialNo, err)
+			return nil, fmt.Errorf("%w: certificate %.64s: %w", ErrNoCertificates, d.SerialNo, err)
 		}
 		pc, err := parsePlatformCert(pemBytes)
 		if err != nil {
@@ -246,7 +246,7 @@ func DecryptAES256GCM(apiV3Key []byte, nonce, associatedData, ciphertext string)
 	}
 	pt, err := aead.Open(nil, []byte(nonce), ct, []byte(associatedData))
 	if err != nil {
-		return nil, errors.New("decryption failed (wrong APIv3 key?)")
+		return nil, errDecrypt
 	}
 	return pt, nil
 }

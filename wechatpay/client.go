@@ -305,6 +305,7 @@ type Client struct {
 
 	keys  *keyRing
 	certs *certManager // nil unless platform-certificate mode
+	skew  skewClock    // WeChat Pay's clock, as its answers show it
 
 	closeOnce sync.Once
 }
@@ -428,7 +429,7 @@ func (c *Client) do(ctx context.Context, method, path, query string, body []byte
 		// Certificates are needed to verify the answer and, in brand
 		// mode, to name a serial in the request.
 		if err := c.certs.ensure(ctx); err != nil {
-			return nil, err
+			return nil, fmt.Errorf("wechatpay: %s %s: %w: %w", method, path, ErrNotSent, err)
 		}
 	}
 	attempts := 1
@@ -462,9 +463,49 @@ func (c *Client) do(ctx context.Context, method, path, query string, body []byte
 // verifyFunc checks the signature headers of a 2xx answer.
 type verifyFunc func(ctx context.Context, h http.Header, body []byte) error
 
+// sendFunc is attempt or attemptAnyClock.
+type sendFunc func(ctx context.Context, method, path, query string, body []byte, attempt int, verify verifyFunc) (*response, error)
+
 // attempt makes one signed request and checks the answer: non-2xx becomes an
-// *APIError, a 2xx failing verify a *VerifyError.
+// *APIError, a 2xx failing verify a *VerifyError, each in a
+// *CredentialsError when it implicates the client's settings. It refuses to
+// sign while the clock is measured beyond MaxClockSkew: WeChat Pay would
+// refuse the call anyway, and a refusal sent is a call spent.
 func (c *Client) attempt(ctx context.Context, method, path, query string, body []byte, attempt int, verify verifyFunc) (*response, error) {
+	if err := c.skewRefusal(method, path); err != nil {
+		return nil, err
+	}
+	return c.attemptAnyClock(ctx, method, path, query, body, attempt, verify)
+}
+
+// attemptAnyClock is attempt without the clock check (CheckCredentials
+// must send to measure the skew again).
+func (c *Client) attemptAnyClock(ctx context.Context, method, path, query string, body []byte, attempt int, verify verifyFunc) (*response, error) {
+	rt, err := c.roundTrip(ctx, method, path, query, body, attempt)
+	if err != nil {
+		return nil, err
+	}
+	if rt.status < 200 || rt.status > 299 {
+		return nil, c.credentials(c.checkResponse(method, path, rt.hr, rt.body))
+	}
+	if err := verify(ctx, rt.hr.Header, rt.body); err != nil {
+		return nil, c.credentials(&VerifyError{Method: method, Path: path, HTTPStatus: rt.status, RequestID: rt.requestID,
+			Serial: rt.hr.Header.Get("Wechatpay-Serial"), Err: err})
+	}
+	return &response{status: rt.status, requestID: rt.requestID, body: rt.body}, nil
+}
+
+// exchange is an answer as received, unverified; hr.Body is closed.
+type exchange struct {
+	hr        *http.Response
+	status    int
+	requestID string
+	body      []byte
+}
+
+// roundTrip signs and sends one request and reads the answer, measuring the
+// clock skew from it.
+func (c *Client) roundTrip(ctx context.Context, method, path, query string, body []byte, attempt int) (*exchange, error) {
 	start := time.Now()
 	uri := path
 	if query != "" {
@@ -492,12 +533,14 @@ func (c *Client) attempt(ctx context.Context, method, path, query string, body [
 	if s := c.requestSerial(); s != "" {
 		h["Wechatpay-Serial"] = []string{s}
 	}
+	sent := c.now()
 	hr, err := c.hc.Do(req)
 	if err != nil {
 		c.log.DebugContext(ctx, "wechatpay call failed", "method", method, "path", path, "attempt", attempt, "error", err)
 		// *url.Error: IsRetryable classifies it; a cancelled ctx stays visible to errors.Is.
 		return nil, fmt.Errorf("wechatpay: %s %s: %w", method, path, redactURLError(err))
 	}
+	c.skew.observe(hr.Header, sent, c.now())
 	defer hr.Body.Close()
 	raw, err := io.ReadAll(io.LimitReader(hr.Body, maxResponseBytes+1))
 	if err == nil && len(raw) > maxResponseBytes {
@@ -510,14 +553,7 @@ func (c *Client) attempt(ctx context.Context, method, path, query string, body [
 	}
 	c.log.DebugContext(ctx, "wechatpay call", "method", method, "path", path, "status", hr.StatusCode,
 		"request_id", requestID, "attempt", attempt, "duration", time.Since(start))
-	if hr.StatusCode < 200 || hr.StatusCode > 299 {
-		return nil, c.checkResponse(method, path, hr, raw)
-	}
-	if err := verify(ctx, hr.Header, raw); err != nil {
-		return nil, &VerifyError{Method: method, Path: path, HTTPStatus: hr.StatusCode, RequestID: requestID,
-			Serial: hr.Header.Get("Wechatpay-Serial"), Err: err}
-	}
-	return &response{status: hr.StatusCode, requestID: requestID, body: raw}, nil
+	return &exchange{hr: hr, status: hr.StatusCode, requestID: requestID, body: raw}, nil
 }
 
 // redactURLError drops the query from a *url.Error's URL; the rest is kept.

@@ -44,6 +44,12 @@ const (
 	// MinAdoptAfter keeps the grace period well above the producer's
 	// heartbeat (500 ms), so a live producer's batch is never sealed.
 	MinAdoptAfter = 2 * time.Second
+	// DefaultProbeInterval is how often a worker that does not take tasks
+	// asks WeChat Pay again whether it accepts its credentials.
+	DefaultProbeInterval = 5 * time.Second
+	// DefaultRedisCheckInterval is how often a running worker checks Redis
+	// again (PING and maxmemory-policy), as asynq's health check does.
+	DefaultRedisCheckInterval = 15 * time.Second
 )
 
 // Config configures a Worker. Zero values take the defaults; New rejects
@@ -93,6 +99,17 @@ type Config struct {
 	// Limiter is the shared rate limiter. nil = built from Rate and
 	// Identity, or unlimited when Rate is 0.
 	Limiter *Limiter
+	// AllowEviction lets Run start on a Redis whose maxmemory-policy
+	// evicts keys (logged as an error); by default Run refuses it with an
+	// *EvictionError, and Ready reports it while it holds.
+	AllowEviction bool
+	// ProbeInterval is how often a worker that is not taking tasks (its
+	// credentials not verified yet, or refused) asks WeChat Pay again.
+	// Default 5 s.
+	ProbeInterval time.Duration
+	// RedisCheckInterval is how often Run checks Redis again while it
+	// runs (PING, maxmemory-policy) for Ready. Default 15 s.
+	RedisCheckInterval time.Duration
 }
 
 // DefaultConfig returns a Config with every default filled in, Redis
@@ -145,6 +162,12 @@ func (cfg Config) withDefaults() Config {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.ProbeInterval == 0 {
+		cfg.ProbeInterval = DefaultProbeInterval
+	}
+	if cfg.RedisCheckInterval == 0 {
+		cfg.RedisCheckInterval = DefaultRedisCheckInterval
 	}
 	return cfg
 }
@@ -201,6 +224,12 @@ func (cfg Config) Validate() error {
 	}
 	if cfg.LimiterMaxWait < 0 {
 		bad("LimiterMaxWait", "is %v: must be positive", cfg.LimiterMaxWait)
+	}
+	if cfg.ProbeInterval < 0 {
+		bad("ProbeInterval", "is %v: must be positive", cfg.ProbeInterval)
+	}
+	if cfg.RedisCheckInterval < 0 {
+		bad("RedisCheckInterval", "is %v: must be positive", cfg.RedisCheckInterval)
 	}
 	if cfg.Rate < 0 {
 		bad("Rate", "is %d: must be ≥ 0 (0 = unlimited)", cfg.Rate)

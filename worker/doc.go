@@ -24,7 +24,12 @@
 //     of the identity (a short slowdown, no pause);
 //   - hand back: the worker shut down during the call; the next run may
 //     reconcile;
-//   - fail now (other 4xx, SIGN_ERROR, …): failed at once, never retried
+//   - come back for the worker's own sake (401 SIGN_ERROR; a call the
+//     client did not send, wechatpay.ErrNotSent, for its clock or missing
+//     certificates; an unverifiable answer once the worker has stopped for
+//     its credentials): no retry counted, a call not sent not counted in
+//     attempts;
+//   - fail now (other 4xx, …): failed at once, never retried
 //     (asynq.SkipRetry), as is a payload that does not decode or validate
 //     (error_code INVALID_PAYLOAD).
 //
@@ -41,6 +46,17 @@
 // never handed to asynq (it was killed in between) are enqueued by Adopt
 // once older than Config.AdoptAfter, and the batch it left open is sealed
 // (tasks.Adopter; one worker at a time).
+//
+// # Taking tasks only while they can be done
+//
+// Run waits for Redis, refuses an evicting maxmemory-policy (an
+// *EvictionError) unless Config.AllowEviction, and starts the asynq server
+// only once WeChat Pay accepts the credentials (the client's
+// CheckCredentials). Credentials errors from three tasks in a row, or a call
+// refused for the clock, shut the server down: in-flight tasks finish or
+// come back, none is taken, and a probe every Config.ProbeInterval starts
+// it again once WeChat Pay accepts the credentials. Ready reports all of it
+// without I/O, and draining for shutdown too.
 //
 // # Rate limiting
 //

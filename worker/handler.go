@@ -46,6 +46,12 @@ func (w *Worker) process(ctx context.Context, t *asynq.Task) error {
 		}
 		taskID = tasks.TaskID(c.op, c.brandID, c.outRequestNo)
 	}
+	if err := w.gate.admit(); err != nil {
+		// Taken in the moment the gate closed: back to the queue, its result
+		// untouched and no retry counted (Run stops the server meanwhile).
+		w.metrics.ObserveRetry(string(c.op), reasonGated)
+		return &comeBackError{reason: reasonGated, after: w.cfg.ProbeInterval, err: fmt.Errorf("worker: not taking tasks: %w", err)}
+	}
 	r := &run{w: w, c: c, taskID: taskID}
 	r.retried, _ = w.retryCount(ctx)
 	r.log = w.log.With("task_id", taskID, "op", string(c.op), "out_request_no", c.outRequestNo, "attempt", r.retried+1)
@@ -127,6 +133,9 @@ func (r *run) judge(ctx context.Context, err error) verdict {
 		applied:      r.mayHaveAppliedBefore(),
 		shutdown:     ctx.Err() != nil && !errors.Is(ctx.Err(), context.DeadlineExceeded),
 		defaultAfter: r.w.cfg.RetryBase,
+		calls:        r.priorCalls + r.calls,
+		gateClosed:   r.w.gate.admit() != nil,
+		probeAfter:   r.w.cfg.ProbeInterval,
 	})
 }
 
@@ -192,7 +201,10 @@ func (r *run) call(ctx context.Context, op tasks.Op) (*wechatpay.ProductCoupon, 
 		coupon, err = r.w.api.GetProductCoupon(ctx, &wechatpay.GetProductCouponRequest{
 			ProductCouponID: r.c.productCouponID, BrandID: r.c.brandID})
 	}
-	r.calls++
+	if !errors.Is(err, wechatpay.ErrNotSent) {
+		r.calls++ // attempts counts the calls WeChat Pay saw
+	}
+	r.w.gate.observe(r.taskID, err)
 	d := time.Since(start)
 	if err == nil && coupon == nil {
 		err = errors.New("wechatpay: empty answer")

@@ -11,6 +11,7 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"time"
 	"unicode"
 	"unicode/utf8"
@@ -42,11 +43,12 @@ type HTTPConfig struct {
 	// ReadWrite lets asynqmon change queues and tasks (pause, delete, run…);
 	// by default it is read-only and refuses such requests with 405.
 	ReadWrite bool
-	// Ready, when set, is consulted by /readyz after Redis answered PING: for
-	// instance the WeChat Pay client's Ready (keys loaded, certificates
-	// fresh).
+	// Ready, when set, is consulted by /readyz after Redis answered PING:
+	// for instance Worker.Ready (taking tasks, credentials accepted, Redis
+	// not evicting, not draining).
 	Ready func(ctx context.Context) error
-	// ReadyTimeout bounds the /readyz checks (default DefaultReadyTimeout).
+	// ReadyTimeout bounds the /readyz checks (default DefaultReadyTimeout):
+	// past it /readyz answers 503 whatever the checks still wait for.
 	ReadyTimeout time.Duration
 }
 
@@ -54,8 +56,8 @@ type HTTPConfig struct {
 //
 //   - /metrics: Prometheus exposition of cfg.Registry;
 //   - /healthz: 200 "ok" while the process runs;
-//   - /readyz: 200 "ok" when Redis answers PING and cfg.Ready returns nil,
-//     503 with the reason otherwise;
+//   - /readyz: 200 "ok" when Redis answers PING and cfg.Ready returns nil
+//     within cfg.ReadyTimeout, 503 with the reason otherwise;
 //   - /monitoring/: asynqmon, read-only unless cfg.ReadWrite, behind basic
 //     authentication when cfg.MonitoringAuth is set, showing payloads and
 //     results as indented JSON.
@@ -114,20 +116,38 @@ func NewHTTPHandler(cfg HTTPConfig) (http.Handler, io.Closer, error) {
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
 		writeText(w, http.StatusOK, "ok")
 	})
+	// ready runs the checks, naming in stage the one it is in.
+	ready := func(ctx context.Context, stage *atomic.Value) error {
+		stage.Store("redis")
+		if err := rc.Ping(ctx).Err(); err != nil {
+			return fmt.Errorf("redis: %w", err)
+		}
+		if cfg.Ready != nil {
+			stage.Store("worker")
+			return cfg.Ready(ctx)
+		}
+		return nil
+	}
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), timeout)
 		defer cancel()
-		if err := rc.Ping(ctx).Err(); err != nil {
-			writeText(w, http.StatusServiceUnavailable, "not ready: redis: "+err.Error())
-			return
-		}
-		if cfg.Ready != nil {
-			if err := cfg.Ready(ctx); err != nil {
+		// The checks run aside: go-redis bounds a read by its own
+		// ReadTimeout, not by ctx, so a paused Redis would hold the answer
+		// past the deadline.
+		done := make(chan error, 1)
+		var stage atomic.Value
+		stage.Store("redis")
+		go func() { done <- ready(ctx, &stage) }()
+		select {
+		case err := <-done:
+			if err != nil {
 				writeText(w, http.StatusServiceUnavailable, "not ready: "+err.Error())
 				return
 			}
+			writeText(w, http.StatusOK, "ok")
+		case <-ctx.Done():
+			writeText(w, http.StatusServiceUnavailable, fmt.Sprintf("not ready: %s: no answer within %v", stage.Load(), timeout))
 		}
-		writeText(w, http.StatusOK, "ok")
 	})
 	mux.Handle(MonitoringPath+"/", monitoring)
 

@@ -55,6 +55,10 @@ func TestHealthCheckFeedsReady(t *testing.T) {
 	if err := b.w.Ready(t.Context()); !errors.Is(err, errNotRunning) {
 		t.Errorf("Ready before Run = %v", err)
 	}
+	// As Run leaves it once serving.
+	b.w.state.update(func(s *runState) { s.started, s.serving = true, true })
+	b.w.gate.arm()
+	b.w.gate.set(true, nil)
 	b.w.healthCheck(errors.New("dial tcp: connection refused"))
 	if err := b.w.Ready(t.Context()); err == nil || !strings.Contains(err.Error(), "connection refused") {
 		t.Errorf("Ready after a failed check = %v", err)

@@ -13,30 +13,66 @@ import (
 // Minimum Redis version: asynq's archive script uses ZRANGE … BYSCORE.
 const minRedisMajor, minRedisMinor = 6, 2
 
-// CheckRedis checks the server behind rdb before a worker uses it. A Redis
-// older than 6.2 is an error (asynq's archive needs 6.2). A maxmemory-policy
-// other than noeviction is a warning: Redis may then silently evict queued
-// tasks, leases and results. Where CONFIG is disabled (managed Redis) the
-// policy is read from INFO memory; where neither answers, that is a warning.
-func CheckRedis(ctx context.Context, rdb redis.UniversalClient) (warnings []string, err error) {
+// RedisCheck is what CheckRedis found of a Redis server.
+type RedisCheck struct {
+	// Version is the server's version.
+	Version string
+	// Policy is its maxmemory-policy; "" when it could not be read, and
+	// then PolicyErr says why (managed Redis often refuses CONFIG and
+	// hides it).
+	Policy    string
+	PolicyErr error
+}
+
+// Evicting reports a known maxmemory-policy other than noeviction.
+func (c RedisCheck) Evicting() bool { return c.Policy != "" && c.Policy != "noeviction" }
+
+// Eviction returns an *EvictionError when the policy evicts, else nil.
+func (c RedisCheck) Eviction() error {
+	if !c.Evicting() {
+		return nil
+	}
+	return &EvictionError{Policy: c.Policy}
+}
+
+// Warnings lists what CheckRedis could not settle: a policy it could not
+// read.
+func (c RedisCheck) Warnings() []string {
+	if c.PolicyErr == nil {
+		return nil
+	}
+	return []string{fmt.Sprintf("cannot read maxmemory-policy (%v): make sure it is noeviction, or Redis may silently drop queued tasks", c.PolicyErr)}
+}
+
+// EvictionError is a Redis whose maxmemory-policy evicts keys: under
+// memory pressure it silently drops queued tasks, leases and results, and
+// asynq and couponq recreate some of them empty.
+type EvictionError struct {
+	Policy string // the maxmemory-policy in effect
+}
+
+func (e *EvictionError) Error() string {
+	return fmt.Sprintf("Redis maxmemory-policy is %s, not noeviction: under memory pressure Redis would silently evict queued tasks, leases and results (set maxmemory-policy noeviction)", e.Policy)
+}
+
+// CheckRedis checks the server behind rdb before it is used. A Redis that
+// does not answer, or is older than 6.2 (asynq's archive needs 6.2), is an
+// error. The maxmemory-policy comes from CONFIG GET or, where CONFIG is
+// disabled (managed Redis), from INFO memory; the caller decides what an
+// evicting one means (RedisCheck.Eviction). miniredis never evicts.
+func CheckRedis(ctx context.Context, rdb redis.UniversalClient) (RedisCheck, error) {
 	version, server, err := redisVersion(ctx, rdb)
 	if err != nil {
-		return nil, fmt.Errorf("worker: check Redis: %w", err)
+		return RedisCheck{}, fmt.Errorf("worker: check Redis: %w", err)
 	}
 	if err := checkVersion(version); err != nil {
-		return nil, err
+		return RedisCheck{Version: version}, err
 	}
 	if server == "miniredis" {
-		return nil, nil // in-memory test server; never evicts
+		return RedisCheck{Version: version, Policy: "noeviction"}, nil // in-memory test server
 	}
 	policy, perr := maxmemoryPolicy(ctx, rdb)
-	switch {
-	case perr != nil:
-		warnings = append(warnings, fmt.Sprintf("cannot read maxmemory-policy (%v): make sure it is noeviction, or Redis may silently drop queued tasks", perr))
-	case policy != "noeviction":
-		warnings = append(warnings, fmt.Sprintf("maxmemory-policy is %s, not noeviction: under memory pressure Redis may silently evict queued tasks, leases and results (set maxmemory-policy noeviction)", policy))
-	}
-	return warnings, nil
+	return RedisCheck{Version: version, Policy: policy, PolicyErr: perr}, nil
 }
 
 // redisVersion reads the server version from INFO server, or from HELLO

@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"errors"
 	"strings"
 	"testing"
 
@@ -37,9 +38,9 @@ func TestCheckRedisMiniredis(t *testing.T) {
 	mr := miniredis.RunT(t)
 	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
 	defer rdb.Close()
-	warnings, err := CheckRedis(t.Context(), rdb)
-	if err != nil || len(warnings) != 0 {
-		t.Errorf("CheckRedis(miniredis) = %v, %v", warnings, err)
+	chk, err := CheckRedis(t.Context(), rdb)
+	if err != nil || len(chk.Warnings()) != 0 || chk.Eviction() != nil {
+		t.Errorf("CheckRedis(miniredis) = %+v, %v", chk, err)
 	}
 }
 
@@ -47,19 +48,20 @@ func TestCheckRedisReal(t *testing.T) {
 	t.Parallel()
 	srv := redistest.Start(t)
 	rdb := srv.Client()
-	warnings, err := CheckRedis(t.Context(), rdb)
-	if err != nil || len(warnings) != 0 {
-		t.Fatalf("CheckRedis(noeviction) = %v, %v", warnings, err)
+	chk, err := CheckRedis(t.Context(), rdb)
+	if err != nil || len(chk.Warnings()) != 0 || chk.Eviction() != nil {
+		t.Fatalf("CheckRedis(noeviction) = %+v, %v", chk, err)
 	}
 	if err := rdb.ConfigSet(t.Context(), "maxmemory-policy", "allkeys-lru").Err(); err != nil {
 		t.Fatal(err)
 	}
-	warnings, err = CheckRedis(t.Context(), rdb)
+	chk, err = CheckRedis(t.Context(), rdb)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(warnings) != 1 || !strings.Contains(warnings[0], "allkeys-lru") || !strings.Contains(warnings[0], "noeviction") {
-		t.Errorf("warnings = %q, want one naming allkeys-lru and noeviction", warnings)
+	var ee *EvictionError
+	if e := chk.Eviction(); !errors.As(e, &ee) || ee.Policy != "allkeys-lru" || !strings.Contains(e.Error(), "noeviction") {
+		t.Errorf("Eviction() = %v, want an *EvictionError naming allkeys-lru and noeviction", e)
 	}
 
 	// Managed Redis often refuses CONFIG: the policy comes from INFO memory.
@@ -71,12 +73,26 @@ func TestCheckRedisReal(t *testing.T) {
 	if err := app.ConfigGet(t.Context(), "maxmemory-policy").Err(); err == nil {
 		t.Fatal("CONFIG GET allowed for the restricted user")
 	}
-	warnings, err = CheckRedis(t.Context(), app)
+	chk, err = CheckRedis(t.Context(), app)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(warnings) != 1 || !strings.Contains(warnings[0], "allkeys-lru") {
-		t.Errorf("warnings without CONFIG = %q, want one naming allkeys-lru", warnings)
+	if chk.Policy != "allkeys-lru" || chk.Eviction() == nil {
+		t.Errorf("CheckRedis without CONFIG = %+v, want allkeys-lru from INFO memory", chk)
+	}
+
+	// Neither CONFIG nor INFO: the policy is unknown, a warning only.
+	if err := rdb.Do(t.Context(), "ACL", "SETUSER", "blind", "on", ">s3cret", "~*", "&*", "+@all", "-config", "-info").Err(); err != nil {
+		t.Fatal(err)
+	}
+	blind := redis.NewClient(&redis.Options{Addr: srv.Addr(), Username: "blind", Password: "s3cret"})
+	defer blind.Close()
+	chk, err = CheckRedis(t.Context(), blind)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w := chk.Warnings(); chk.Policy != "" || chk.Eviction() != nil || len(w) != 1 || !strings.Contains(w[0], "noeviction") {
+		t.Errorf("CheckRedis without CONFIG and INFO = %+v, warnings %q: want unknown, one warning", chk, w)
 	}
 }
 

@@ -65,6 +65,9 @@ type attemptState struct {
 	shutdown bool // the handler's context was cancelled (not its deadline)
 	// defaultAfter is the wait of a 429 that named none (Config.RetryBase).
 	defaultAfter time.Duration
+	calls        int           // API calls of the task so far, this one included
+	gateClosed   bool          // the worker stopped taking tasks for its credentials
+	probeAfter   time.Duration // Config.ProbeInterval: the wait of a come-back for the worker's own fault
 }
 
 // judge decides what a failed attempt means. It is the one place that reads
@@ -76,11 +79,26 @@ func judge(err error, s attemptState) verdict {
 	v := verdict{outcome: outcome, attempt: a}
 	var cb *comeBackError
 	var rl *RateLimitedError
+	_, credentials := credentialsFault(err)
 	switch {
 	case s.shutdown:
 		v.action, v.reason = handBack, "interrupted"
 	case errors.As(err, &cb):
 		v.action, v.reason, v.after = comeBack, cb.reason, cb.after
+	case errors.Is(err, wechatpay.ErrNotSent):
+		// WeChat Pay never saw it (the clock is off, the certificates
+		// could not be had): not the task's attempt.
+		v.action, v.reason, v.after = comeBack, reasonNotSent, s.probeAfter
+	case credentials && (s.gateClosed || s.calls < maxCredentialCalls):
+		// 401 SIGN_ERROR, or an answer that does not verify, is the
+		// worker's settings or clock, never the task's: the task waits for
+		// a worker that can do it (the gate counts these and stops this
+		// one). Its calls stay recorded, so a write that may have been
+		// applied is reconciled when it runs again.
+		v.action, v.reason, v.after = comeBack, reasonCredentials, s.probeAfter
+		if !s.gateClosed && wechatpay.IsRetryable(err) {
+			v.after = s.defaultAfter // one unverifiable answer: try again soon
+		}
 	case errors.As(err, &rl):
 		// No local slot within LimiterMaxWait: nothing was sent.
 		v.action, v.reason, v.after = comeBack, reasonRateLimitedLocal, rl.RetryIn
@@ -121,6 +139,9 @@ func isRateLimited(err error) bool {
 const (
 	reasonRateLimited      = "rate_limited"       // WeChat Pay answered 429
 	reasonRateLimitedLocal = "rate_limited_local" // couponq's limiter had no slot soon enough
+	reasonCredentials      = "credentials"        // 401 SIGN_ERROR or an unverifiable answer: the worker's settings
+	reasonNotSent          = "not_sent"           // the client did not send the call (clock off, no certificates)
+	reasonGated            = "gated"              // the worker had stopped taking tasks for its credentials
 )
 
 // comeBackError is the one "come back later" the worker hands asynq: the

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/hibiken/asynq"
@@ -35,11 +34,14 @@ type Worker struct {
 	retryCount func(context.Context) (int, bool)
 
 	sweepInterval time.Duration
-	health        atomic.Pointer[healthState]
 	closeOnce     sync.Once
-}
 
-type healthState struct{ err error }
+	// gate opens while WeChat Pay accepts the credentials; checker probes
+	// them (nil: a test stub, always able).
+	gate    *gate
+	checker credentialChecker
+	state   runState
+}
 
 var errNotRunning = errors.New("worker: not running")
 
@@ -74,7 +76,9 @@ func New(cfg Config, api API) (*Worker, error) {
 	if cfg.Limiter == nil && cfg.Rate > 0 {
 		w.limiter = NewLimiter(rdb, cfg.Identity, cfg.Rate, WithLimiterMetrics(cfg.Metrics))
 	}
-	w.health.Store(&healthState{err: errNotRunning})
+	w.gate = newGate(w.log)
+	w.checker, _ = api.(credentialChecker)
+	w.state.allowEvic = cfg.AllowEviction
 	w.mux = asynq.NewServeMux()
 	w.mux.HandleFunc(tasks.TypeUpdate, w.process)
 	w.mux.HandleFunc(tasks.TypeDeactivate, w.process)
@@ -88,10 +92,6 @@ func (w *Worker) Handler() asynq.Handler { return w.mux }
 
 // Config returns the configuration in effect, defaults filled in.
 func (w *Worker) Config() Config { return w.cfg }
-
-// Ready reports whether Run is serving and its last Redis health check
-// passed.
-func (w *Worker) Ready(context.Context) error { return w.health.Load().err }
 
 // Close releases the worker's Redis client. Call it after Run returns.
 func (w *Worker) Close() error {
@@ -130,52 +130,97 @@ func (w *Worker) handleError(ctx context.Context, t *asynq.Task, err error) {
 func (w *Worker) healthCheck(err error) {
 	if err != nil {
 		w.log.Error("redis health check failed", "err", err)
-		w.health.Store(&healthState{err: fmt.Errorf("worker: redis: %w", err)})
-		return
 	}
-	w.health.Store(&healthState{})
+	w.state.update(func(s *runState) { s.redisErr = err })
 }
 
-// Run checks Redis, starts the asynq server and serves until ctx is done;
-// then it stops taking tasks, lets in-flight ones finish for up to
-// ShutdownTimeout and hands the rest back to their queue. A Redis too old
-// for asynq is an error; an evicting one is logged loudly.
+// Run waits for Redis (logging while it is not up), checks it, and serves
+// until ctx is done; then it stops taking tasks, lets in-flight ones finish
+// for up to ShutdownTimeout and hands the rest back to their queue.
+//
+// A Redis too old for asynq is an error, and so is one whose
+// maxmemory-policy evicts (an *EvictionError) unless Config.AllowEviction.
+// The worker takes tasks only while WeChat Pay accepts its credentials: it
+// starts the asynq server once a probe (CheckCredentials) passes, shuts it
+// down when calls show the credentials refused or the clock off, and probes
+// every ProbeInterval until it can start it again. Tasks never fail for the
+// worker's own settings: they wait in their queue for a worker that can do
+// them.
 func (w *Worker) Run(ctx context.Context) error {
-	warnings, err := CheckRedis(ctx, w.rdb)
+	defer w.state.update(func(s *runState) { s.draining, s.serving = true, false })
+	chk, err := w.awaitRedis(ctx)
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil // stopped while waiting for Redis
+		}
 		return err
 	}
-	for _, msg := range warnings {
+	if e := chk.Eviction(); e != nil {
+		if !w.cfg.AllowEviction {
+			return fmt.Errorf("worker: %w", e)
+		}
+		w.log.Error("REDIS MISCONFIGURED (allowed by AllowEviction): " + e.Error())
+	}
+	for _, msg := range chk.Warnings() {
 		w.log.Error("REDIS MISCONFIGURED: " + msg)
 	}
-	srv := asynq.NewServer(w.cfg.Redis, w.asynqConfig())
-	if err := srv.Start(w.mux); err != nil {
-		return fmt.Errorf("worker: start asynq server: %w", err)
+	w.state.update(func(s *runState) { s.started, s.waitErr = true, nil })
+	w.noteRedis(chk, nil)
+
+	w.gate.arm()
+	bg, stopBg := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Go(func() { w.sweepLoop(bg) })
+	wg.Go(func() { w.adoptLoop(bg) })
+	wg.Go(func() { w.watchRedis(bg) })
+	wg.Go(func() { w.gate.probeLoop(bg, w.checker, w.cfg.ProbeInterval) })
+	err = w.serve(ctx)
+	stopBg()
+	wg.Wait()
+	return err
+}
+
+// serve runs the asynq server while the gate is open, until ctx is done.
+func (w *Worker) serve(ctx context.Context) error {
+	for first := true; ; first = false {
+		open, changed, reason := w.gate.state()
+		if !open {
+			if first {
+				w.log.Info("worker waiting for WeChat Pay to accept its credentials", "reason", reason)
+			}
+			select {
+			case <-ctx.Done():
+				w.state.update(func(s *runState) { s.draining = true })
+				w.log.Info("worker stopped")
+				return nil
+			case <-changed:
+				continue
+			}
+		}
+		srv := asynq.NewServer(w.cfg.Redis, w.asynqConfig())
+		if err := srv.Start(w.mux); err != nil {
+			return fmt.Errorf("worker: start asynq server: %w", err)
+		}
+		w.state.update(func(s *runState) { s.serving = true })
+		w.log.Info("worker started", "queues", w.cfg.Queues, "concurrency", w.cfg.Concurrency, "max_retry", w.cfg.MaxRetry)
+		for open {
+			select {
+			case <-ctx.Done():
+				w.state.update(func(s *runState) { s.draining = true })
+				w.log.Info("worker shutting down", "timeout", w.cfg.ShutdownTimeout)
+				srv.Shutdown()
+				w.state.update(func(s *runState) { s.serving = false })
+				w.log.Info("worker stopped")
+				return nil
+			case <-changed:
+				open, changed, reason = w.gate.state()
+			}
+		}
+		// In-flight tasks finish or come back; nothing new is taken.
+		w.log.Error("worker stops taking tasks until WeChat Pay accepts its credentials", "reason", reason)
+		srv.Shutdown()
+		w.state.update(func(s *runState) { s.serving = false })
 	}
-	w.health.Store(&healthState{})
-	w.log.Info("worker started", "queues", w.cfg.Queues, "concurrency", w.cfg.Concurrency, "max_retry", w.cfg.MaxRetry)
-
-	sweepCtx, stopSweep := context.WithCancel(ctx)
-	swept := make(chan struct{})
-	go func() {
-		defer close(swept)
-		w.sweepLoop(sweepCtx)
-	}()
-	adopted := make(chan struct{})
-	go func() {
-		defer close(adopted)
-		w.adoptLoop(sweepCtx)
-	}()
-
-	<-ctx.Done()
-	w.log.Info("worker shutting down", "timeout", w.cfg.ShutdownTimeout)
-	w.health.Store(&healthState{err: errNotRunning})
-	stopSweep()
-	<-swept
-	<-adopted
-	srv.Shutdown()
-	w.log.Info("worker stopped")
-	return nil
 }
 
 func (w *Worker) sweepLoop(ctx context.Context) {

@@ -26,6 +26,8 @@ type enqueueConfig struct {
 	RedisURL    string
 	Concurrency int
 	ResultTTL   time.Duration
+	// AllowEviction enqueues into a Redis whose maxmemory-policy evicts.
+	AllowEviction bool
 }
 
 func newEnqueueCmd(e *env) *cobra.Command {
@@ -66,6 +68,8 @@ with another payload it is a conflict (reported, exit status 1).`,
 	ef.add(f, "concurrency", "COUPONQ_ENQUEUE_CONCURRENCY")
 	f.DurationVar(&c.ResultTTL, "result-ttl", tasks.DefaultResultTTL, "how long result and batch keys live")
 	ef.add(f, "result-ttl", "COUPONQ_RESULT_TTL")
+	f.BoolVar(&c.AllowEviction, "allow-eviction", false, allowEvictionUsage)
+	ef.add(f, "allow-eviction", "COUPONQ_ALLOW_EVICTION")
 	_ = cmd.MarkFlagRequired("file")
 	return cmd
 }
@@ -105,6 +109,10 @@ func runEnqueue(ctx context.Context, e *env, c *enqueueConfig) error {
 	redis.SetLogger(quietRedisLog{})
 	rdb := rc.NewClient()
 	defer rdb.Close()
+	// An evicting Redis would drop what is enqueued: refuse before writing.
+	if err := checkRedisForEnqueue(ctx, e, rdb, c.AllowEviction); err != nil {
+		return err
+	}
 	p, err := tasks.NewProducer(rdb, tasks.WithQueue(c.Queue), tasks.WithConcurrency(c.Concurrency),
 		tasks.WithResultTTL(c.ResultTTL))
 	if err != nil {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/redis/go-redis/v9"
 	"github.com/spf13/cobra"
 
 	"github.com/couponq/couponq/internal/redisurl"
@@ -54,6 +55,7 @@ var workerSettings = []envFlag{
 	{"retry-base", "COUPONQ_RETRY_BASE", "RetryBase"},
 	{"retry-cap", "COUPONQ_RETRY_CAP", "RetryCap"},
 	{"adopt-after", "COUPONQ_ADOPT_AFTER", "AdoptAfter"},
+	{"allow-eviction", "COUPONQ_ALLOW_EVICTION", "AllowEviction"},
 }
 
 // config completes the worker.Config from the command's own settings:
@@ -197,6 +199,7 @@ The HTTP listener (--http) serves /metrics (Prometheus), /healthz, /readyz and
 	f.DurationVar(&d.RetryBase, "retry-base", d.RetryBase, "first retry delay; doubles each retry, with full jitter")
 	f.DurationVar(&d.RetryCap, "retry-cap", d.RetryCap, "longest retry delay")
 	f.DurationVar(&d.AdoptAfter, "adopt-after", d.AdoptAfter, "grace period before the workers enqueue a change its producer accepted but never enqueued (killed), and seal its batch")
+	f.BoolVar(&d.AllowEviction, "allow-eviction", false, allowEvictionUsage)
 	ef.describe(f)
 	return cmd
 }
@@ -230,7 +233,7 @@ func runWorker(ctx context.Context, e *env, c *workerFlags, cfg worker.Config) e
 			Redis:          rc,
 			Registry:       reg,
 			MonitoringAuth: c.MonitoringAuth,
-			Ready:          api.Ready,
+			Ready:          w.Ready,
 		})
 		if err != nil {
 			return asSettingError(err)
@@ -255,5 +258,35 @@ func runWorker(ctx context.Context, e *env, c *workerFlags, cfg worker.Config) e
 	}
 	log.Info("worker starting", "redis", rc.String(), "mode", string(api.Mode()), "identity", api.Identity(),
 		"concurrency", cfg.Concurrency, "rate", cfg.Rate, "max_retry", cfg.MaxRetry, "queues", c.Queues)
-	return w.Run(ctx)
+	return evictionHint(w.Run(ctx))
+}
+
+const allowEvictionUsage = "run even if Redis's maxmemory-policy evicts keys (it may drop tasks and results)"
+
+// evictionHint adds the way out to the refusal of an evicting Redis.
+func evictionHint(err error) error {
+	var ee *worker.EvictionError
+	if errors.As(err, &ee) {
+		return fmt.Errorf("%w; --allow-eviction (COUPONQ_ALLOW_EVICTION=true) runs anyway", err)
+	}
+	return err
+}
+
+// checkRedisForEnqueue refuses an evicting Redis unless allowed, and warns
+// on stderr when the policy cannot be read.
+func checkRedisForEnqueue(ctx context.Context, e *env, rdb redis.UniversalClient, allow bool) error {
+	chk, err := worker.CheckRedis(ctx, rdb)
+	if err != nil {
+		return err
+	}
+	for _, w := range chk.Warnings() {
+		fmt.Fprintln(e.stderr, "warning: "+w)
+	}
+	if ev := chk.Eviction(); ev != nil {
+		if !allow {
+			return evictionHint(ev)
+		}
+		fmt.Fprintln(e.stderr, "warning: "+ev.Error())
+	}
+	return nil
 }

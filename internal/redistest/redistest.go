@@ -75,14 +75,29 @@ func Require(tb testing.TB) string {
 // test ends.
 func Start(tb testing.TB, opts ...Option) *Server {
 	tb.Helper()
+	s := Reserve(tb, opts...)
+	s.Launch()
+	return s
+}
+
+// Reserve picks a free loopback port and a data directory for a server it
+// does not start yet: Launch starts it. It lets a test start a client
+// before its Redis. The server is stopped when the test ends.
+func Reserve(tb testing.TB, opts ...Option) *Server {
+	tb.Helper()
 	s := &Server{tb: tb, bin: Require(tb), dir: tb.TempDir()}
 	for _, o := range opts {
 		o(s)
 	}
 	s.port = freePort(tb)
-	s.start()
 	tb.Cleanup(s.Stop)
 	return s
+}
+
+// Launch starts a Reserved server and waits until it answers PING.
+func (s *Server) Launch() {
+	s.tb.Helper()
+	s.start()
 }
 
 func freePort(tb testing.TB) int {

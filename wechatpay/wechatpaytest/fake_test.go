@@ -306,3 +306,57 @@ func TestCouponCopies(t *testing.T) {
 		t.Error("found a missing coupon")
 	}
 }
+
+// TestClockSkewAndSerial: a fake whose clock is off refuses requests
+// stamped more than 5 minutes from it (401 SIGN_ERROR, as WeChat Pay does)
+// and accepts them within; a wrong merchant serial is refused the same
+// way; every answer carries Date and Wechatpay-Timestamp of its clock.
+func TestClockSkewAndSerial(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name     string
+		skew     time.Duration
+		serial   string // "" = the right one
+		wantCode string // "" = accepted
+	}{
+		{name: "in step", skew: 0},
+		{name: "4m59s ahead", skew: 299 * time.Second},
+		{name: "5m01s ahead", skew: 301 * time.Second, wantCode: wechatpay.CodeSignError},
+		{name: "5m01s behind", skew: -301 * time.Second, wantCode: wechatpay.CodeSignError},
+		{name: "wrong serial", serial: "5157F09EFDC096DE15EBE81A47057A72", wantCode: wechatpay.CodeSignError},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			s := wechatpaytest.NewServer(t, wechatpaytest.WithClockSkew(tt.skew))
+			ids := s.SeedCoupons(s.BrandID(), 1)
+			opts := []wechatpay.Option{}
+			if tt.serial != "" {
+				_, key := s.MerchantKey()
+				id, pub := s.PublicKey()
+				opts = []wechatpay.Option{wechatpay.WithBaseURL(s.URL), wechatpay.WithPartner(s.MchID(), tt.serial, key), wechatpay.WithPublicKey(id, pub)}
+			}
+			var c *wechatpay.Client
+			if len(opts) == 0 {
+				c = s.Client() // the real clock: the skew is not passed on
+			} else {
+				var err error
+				if c, err = wechatpay.NewClient(opts...); err != nil {
+					t.Fatal(err)
+				}
+			}
+			defer c.Close()
+			_, err := c.GetProductCoupon(t.Context(), &wechatpay.GetProductCouponRequest{ProductCouponID: ids[0], BrandID: s.BrandID()})
+			var ae *wechatpay.APIError
+			switch {
+			case tt.wantCode == "" && err != nil:
+				t.Errorf("refused: %v", err)
+			case tt.wantCode != "" && (!errors.As(err, &ae) || ae.HTTPStatus != 401 || ae.Code != tt.wantCode):
+				t.Errorf("got %v, want 401 %s", err, tt.wantCode)
+			}
+			if skew, ok := c.ClockSkew(); !ok || (skew-tt.skew).Abs() > 2*time.Second {
+				t.Errorf("the client measured %v (%v) from Date, want about %v", skew, ok, tt.skew)
+			}
+		})
+	}
+}

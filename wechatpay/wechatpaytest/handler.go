@@ -281,6 +281,9 @@ func (s *Server) reply(w http.ResponseWriter, rec *Request, a *answer, mode sigM
 	h := w.Header()
 	h["Content-Type"] = []string{"application/json; charset=utf-8"}
 	h["Request-Id"] = []string{rid}
+	// The fake's own clock, as WeChat Pay's Date is WeChat Pay's: a client
+	// measuring its skew from it sees WithClock and WithClockSkew.
+	h["Date"] = []string{s.now().UTC().Format(http.TimeFormat)}
 	s.signHeaders(h, body, mode, rec.Op == OpCertificates)
 	w.WriteHeader(a.status)
 	_, _ = w.Write(body)

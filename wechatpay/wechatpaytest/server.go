@@ -87,6 +87,7 @@ type config struct {
 	seed         uint64
 	repeat       RepeatAnswer
 	now          func() time.Time
+	skew         time.Duration
 	mchID        string
 	brandID      string
 	mchKey       *rsa.PrivateKey
@@ -145,6 +146,13 @@ func WithRepeatAnswer(r RepeatAnswer) Option { return func(c *config) { c.repeat
 // timestamps, the QPS ceiling's window and effect times. Client() passes it on.
 func WithClock(now func() time.Time) Option { return func(c *config) { c.now = now } }
 
+// WithClockSkew sets the fake's clock d ahead of the clock it would use
+// otherwise (negative: behind), as a WeChat Pay whose clock differs from the
+// client's: request timestamps are judged, and answers stamped, on the
+// skewed clock, and Client() does not pass the skew on. SetClockSkew changes
+// it while the server runs.
+func WithClockSkew(d time.Duration) Option { return func(c *config) { c.skew = d } }
+
 // WithIdentity sets the service provider's mchid and the brand id used in
 // brand mode (defaults 1900000109 and 120344).
 func WithIdentity(mchID, brandID string) Option {
@@ -181,6 +189,7 @@ type Server struct {
 	closeOnce sync.Once
 	now       func() time.Time
 	ridPrefix string
+	skew      atomic.Int64 // nanoseconds, WithClockSkew
 	reqSeq    atomic.Uint64
 	signSeq   atomic.Uint64
 
@@ -303,9 +312,12 @@ func NewServer(tb TB, opts ...Option) *Server {
 		rng:       mrand.New(mrand.NewPCG(cfg.seed, cfg.seed^0x9E3779B97F4A7C15)),
 		nextID:    1000000000,
 	}
-	if s.now == nil {
-		s.now = time.Now
+	base := cfg.now
+	if base == nil {
+		base = time.Now
 	}
+	s.skew.Store(int64(cfg.skew))
+	s.now = func() time.Time { return base().Add(time.Duration(s.skew.Load())) }
 	s.limiter.init(cfg.qps, cfg.qpsModel)
 	if cfg.keyMode.hasCertificates() {
 		s.certs = append(s.certs, s.newCert(poolKey(2)))
@@ -347,6 +359,10 @@ func (s *Server) Close() {
 		s.hs.Close()
 	})
 }
+
+// SetClockSkew moves the fake's clock d ahead of its base clock (see
+// WithClockSkew); 0 puts it back.
+func (s *Server) SetClockSkew(d time.Duration) { s.skew.Store(int64(d)) }
 
 // Mode returns the access mode the fake expects.
 func (s *Server) Mode() wechatpay.Mode { return s.cfg.mode }
