@@ -22,6 +22,7 @@ const (
 	CodeInterrupted      = "INTERRUPTED"       // the worker shut down during the call
 	CodeArchived         = "ARCHIVED"          // asynq archived the task without a final answer
 	CodeClientError      = "CLIENT_ERROR"      // the client failed before sending (configuration)
+	CodeNotSent          = "NOT_SENT"          // the client would not send: its clock is off WeChat Pay's, or no certificates
 )
 
 // Call outcomes reported to Metrics.ObserveCall.
@@ -63,6 +64,8 @@ func classify(err error) (outcome string, a results.Attempt) {
 			ErrorMessage: clip(err.Error()), RequestID: vf.RequestID}
 	case errors.As(err, &va):
 		return outcomeClientError, results.Attempt{ErrorCode: CodeInvalidPayload, ErrorMessage: clip(err.Error())}
+	case errors.Is(err, wechatpay.ErrNotSent):
+		return outcomeClientError, results.Attempt{ErrorCode: CodeNotSent, ErrorMessage: clip(err.Error())}
 	case errors.Is(err, context.DeadlineExceeded):
 		return outcomeNetworkError, results.Attempt{ErrorCode: CodeTimeout, ErrorMessage: clip(err.Error())}
 	case errors.Is(err, context.Canceled):

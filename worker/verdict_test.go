@@ -127,3 +127,13 @@ func TestGateTrips(t *testing.T) {
 		})
 	}
 }
+
+// TestClassifyNotSent: a call the client would not send is recorded as
+// NOT_SENT, not as a client error.
+func TestClassifyNotSent(t *testing.T) {
+	t.Parallel()
+	err := &wechatpay.CredentialsError{Credential: wechatpay.CredentialClock, Err: fmt.Errorf("x: %w", wechatpay.ErrNotSent)}
+	if _, a := classify(err); a.ErrorCode != CodeNotSent {
+		t.Errorf("error_code = %q, want %s", a.ErrorCode, CodeNotSent)
+	}
+}

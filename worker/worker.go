@@ -164,8 +164,12 @@ func (w *Worker) Run(ctx context.Context) error {
 	for _, msg := range chk.Warnings() {
 		w.log.Error("REDIS MISCONFIGURED: " + msg)
 	}
-	w.state.update(func(s *runState) { s.started, s.waitErr = true, nil })
-	w.noteRedis(chk, nil)
+	w.state.update(func(s *runState) {
+		s.started, s.waitErr = true, nil
+		if chk.Evicting() {
+			s.evicting = chk.Policy // logged above
+		}
+	})
 
 	w.gate.arm()
 	bg, stopBg := context.WithCancel(ctx)

@@ -188,6 +188,17 @@ func TestWorkerReadyzDuringDrain(t *testing.T) {
 		}
 		return nil
 	}, "the worker never became ready")
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{"couponq_worker_ready 1", "couponq_wechatpay_clock_skew_seconds "} {
+		if !strings.Contains(string(m), want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
 
 	f := b.writeFile(t, "one.jsonl", changeLines(b, 1, "drain"))
 	if r := b.run(t, "", "enqueue", "--file", f); r.code != 0 {

@@ -39,6 +39,7 @@ type mockConfig struct {
 	Jitter      time.Duration
 	Spurious429 float64
 	Latency     time.Duration
+	ClockSkew   time.Duration
 	Faults      string
 	Seed        uint64
 	Env         bool
@@ -100,6 +101,7 @@ calls 429 anyway; they count toward the window. --seed drives every draw.
 	f.DurationVar(&c.Jitter, "jitter", 0, "network delay before the ceiling, uniform in [0, jitter]")
 	f.Float64Var(&c.Spurious429, "spurious-429", 0, "share (0 to 1) of admitted calls answered 429 anyway")
 	f.DurationVar(&c.Latency, "latency", 0, "added latency per request, uniform in [0, latency)")
+	f.DurationVar(&c.ClockSkew, "clock-skew", 0, "run the mock's clock this far ahead (negative: behind); over 5m it refuses requests with 401 SIGN_ERROR")
 	f.StringVar(&c.Faults, "faults", "", "fault probabilities, e.g. 500=0.05,429=0.05,drop=0.02")
 	f.Uint64Var(&c.Seed, "seed", 1, "seed of the random draws: faults, jitter, 429s")
 	f.BoolVar(&c.Env, "env", false, "start in the background and print `export` lines for eval, then exit")
@@ -170,6 +172,7 @@ func (c *mockConfig) serverOptions() ([]wechatpaytest.Option, wechatpaytest.Faul
 		wechatpaytest.WithJitter(0, c.Jitter),
 		wechatpaytest.WithSpurious429(c.Spurious429),
 		wechatpaytest.WithLatency(c.Latency),
+		wechatpaytest.WithClockSkew(c.ClockSkew),
 		wechatpaytest.WithSeed(c.Seed),
 	}, faults, nil
 }
@@ -303,7 +306,7 @@ func (c *mockConfig) childArgs(ready string) []string {
 	args := []string{"mock", "--addr", c.Addr, "--dir", c.Dir, "--mode", c.Mode, "--mchid", c.MchID, "--brand", c.BrandID,
 		"--serial", c.Serial, "--public-key-id", c.PublicKeyID, "--coupons", strconv.Itoa(c.Coupons), "--qps", strconv.Itoa(c.QPS),
 		"--qps-model", c.QPSModel, "--jitter", c.Jitter.String(), "--spurious-429", strconv.FormatFloat(c.Spurious429, 'g', -1, 64),
-		"--latency", c.Latency.String(), "--faults", c.Faults, "--seed", strconv.FormatUint(c.Seed, 10), "--ready-file", ready}
+		"--latency", c.Latency.String(), "--clock-skew", c.ClockSkew.String(), "--faults", c.Faults, "--seed", strconv.FormatUint(c.Seed, 10), "--ready-file", ready}
 	if c.PublicURL != "" {
 		args = append(args, "--public-url", c.PublicURL)
 	}

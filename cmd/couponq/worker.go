@@ -227,6 +227,22 @@ func runWorker(ctx context.Context, e *env, c *workerFlags, cfg worker.Config) e
 	if err != nil {
 		return asSettingError(err)
 	}
+	// What /readyz says and why, for dashboards and alerts.
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "couponq_worker_ready",
+		Help: "1 while the worker takes tasks and can do them (what /readyz says), 0 otherwise.",
+	}, func() float64 {
+		if w.Ready(context.Background()) != nil {
+			return 0
+		}
+		return 1
+	}), prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "couponq_wechatpay_clock_skew_seconds",
+		Help: "WeChat Pay's clock minus the local one, as the last answer of the last minute showed it (0 when none); the worker stops beyond 240 s.",
+	}, func() float64 {
+		d, _ := api.ClockSkew()
+		return d.Seconds()
+	}))
 
 	if c.HTTPAddr != "" {
 		h, closer, err := worker.NewHTTPHandler(worker.HTTPConfig{
