@@ -13,6 +13,7 @@ package redistest
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -94,11 +95,25 @@ func Reserve(tb testing.TB, opts ...Option) *Server {
 	return s
 }
 
-// Launch starts a Reserved server and waits until it answers PING.
+// Launch starts a Reserved server and waits until it answers PING. The
+// port was free only when Reserve found it: another process (a client's
+// ephemeral port, often) may bind it before redis-server does; then
+// another port is tried.
 func (s *Server) Launch() {
 	s.tb.Helper()
-	s.start()
+	for attempt := 1; ; attempt++ {
+		err := s.startErr()
+		if err == nil {
+			return
+		}
+		if !errors.Is(err, errPortTaken) || attempt == 5 {
+			s.tb.Fatal(err)
+		}
+		s.port = freePort(s.tb)
+	}
 }
+
+var errPortTaken = errors.New("redistest: port taken")
 
 func freePort(tb testing.TB) int {
 	tb.Helper()
@@ -119,6 +134,13 @@ func freePort(tb testing.TB) int {
 
 func (s *Server) start() {
 	s.tb.Helper()
+	if err := s.startErr(); err != nil {
+		s.tb.Fatal(err)
+	}
+}
+
+// startErr starts the server and waits until it answers.
+func (s *Server) startErr() error {
 	args := []string{
 		"--port", strconv.Itoa(s.port), "--bind", "127.0.0.1", "--dir", s.dir,
 		"--save", "", "--maxmemory-policy", "noeviction", "--protected-mode", "yes",
@@ -131,13 +153,24 @@ func (s *Server) start() {
 	}
 	s.cmd = exec.Command(s.bin, args...)
 	if err := s.cmd.Start(); err != nil {
-		s.tb.Fatalf("redistest: start redis-server: %v", err)
+		return fmt.Errorf("redistest: start redis-server: %v", err)
 	}
 	s.done = make(chan struct{})
 	go func(cmd *exec.Cmd, done chan struct{}) { _ = cmd.Wait(); close(done) }(s.cmd, s.done)
 	// Wait until it answers PING; bounded. Not tb's context: Restart may
 	// run in a Cleanup.
+	exited := func() bool {
+		select {
+		case <-s.done:
+			return true
+		default:
+			return false
+		}
+	}
 	err := testutil.Poll(context.Background(), 10*time.Second, 20*time.Millisecond, func() error {
+		if exited() {
+			return nil // said below
+		}
 		c, err := net.DialTimeout("tcp", s.Addr(), 200*time.Millisecond)
 		if err != nil {
 			return err
@@ -151,10 +184,21 @@ func (s *Server) start() {
 		}
 		return nil
 	})
+	// A PONG from another server that holds the port is not ours either.
+	if err == nil && exited() {
+		err = errors.New("redis-server exited")
+	}
 	if err != nil {
 		log, _ := os.ReadFile(filepath.Join(s.dir, "redis.log"))
-		s.tb.Fatalf("redistest: redis-server did not answer on %s: %v\n%s", s.Addr(), err, log)
+		_ = s.cmd.Process.Kill()
+		<-s.done
+		if strings.Contains(string(log), "Address already in use") {
+			_ = os.Remove(filepath.Join(s.dir, "redis.log"))
+			return fmt.Errorf("%w: %d", errPortTaken, s.port)
+		}
+		return fmt.Errorf("redistest: redis-server did not answer on %s: %v\n%s", s.Addr(), err, log)
 	}
+	return nil
 }
 
 // Addr is host:port of the server.
