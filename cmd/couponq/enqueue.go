@@ -109,6 +109,14 @@ func runEnqueue(ctx context.Context, e *env, c *enqueueConfig) error {
 	redis.SetLogger(quietRedisLog{})
 	rdb := rc.NewClient()
 	defer rdb.Close()
+	// Reach Redis before naming a batch: a wrong password or an absent
+	// server is one line, not an error per change.
+	pingCtx, cancelPing := context.WithTimeout(ctx, 10*time.Second)
+	err = rdb.Ping(pingCtx).Err()
+	cancelPing()
+	if err != nil {
+		return fmt.Errorf("cannot use Redis at %s (nothing was enqueued): %w", rc, err)
+	}
 	// An evicting Redis would drop what is enqueued: refuse before writing.
 	if err := checkRedisForEnqueue(ctx, e, rdb, c.AllowEviction); err != nil {
 		return err
@@ -119,14 +127,6 @@ func runEnqueue(ctx context.Context, e *env, c *enqueueConfig) error {
 		return usageErrorf("%v", err)
 	}
 	defer p.Close()
-	// Reach Redis before naming a batch: a wrong password or an absent
-	// server is one line, not an error per change.
-	pingCtx, cancelPing := context.WithTimeout(ctx, 10*time.Second)
-	err = rdb.Ping(pingCtx).Err()
-	cancelPing()
-	if err != nil {
-		return fmt.Errorf("cannot use Redis at %s (nothing was enqueued): %w", rc, err)
-	}
 
 	// Pass 2: stream the file into the batch.
 	fh, err := os.Open(path)
