@@ -216,7 +216,12 @@ func verify(t *testing.T, rdb redis.UniversalClient, fake *wechatpaytest.Server,
 			}
 		}
 		if permanent[res.OutRequestNo] {
-			if res.Status != tasks.StatusFailed || res.HTTPStatus != 404 || answered404[res.OutRequestNo] != 1 || after404[res.OutRequestNo] != 0 {
+			// A worker SIGKILLed between a 404 and its record leaves a 404
+			// nobody recorded (attempts < answers); asynq's re-delivery asks
+			// again. Any other request after the first 404 is a bug.
+			n404, after := answered404[res.OutRequestNo], after404[res.OutRequestNo]
+			unrecorded := n404 - res.Attempts
+			if res.Status != tasks.StatusFailed || res.HTTPStatus != 404 || n404 < 1 || after != n404-1 || after > max(unrecorded, 0) {
 				t.Errorf("%s (404) = %s http %d, %d answered 404, %d requests after it; want failed at the first 404",
 					id, res.Status, res.HTTPStatus, answered404[res.OutRequestNo], after404[res.OutRequestNo])
 			}
