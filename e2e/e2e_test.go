@@ -11,7 +11,6 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
-	"path/filepath"
 	"sync"
 	"syscall"
 	"testing"
@@ -370,31 +369,7 @@ func TestWorkerSIGKILL(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	startChild := func(name string) *exec.Cmd {
-		cmd := exec.Command(os.Args[0], "-test.run=^$")
-		cmd.Env = append(os.Environ(), childEnv+"=1", "E2E_REDIS_ADDR="+srv.Addr())
-		for k, v := range env {
-			cmd.Env = append(cmd.Env, k+"="+v)
-		}
-		logf, err := os.Create(filepath.Join(dir, name+".log"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		cmd.Stdout, cmd.Stderr = logf, logf
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() {
-			_ = cmd.Process.Kill()
-			_ = cmd.Wait()
-			logf.Close()
-			if t.Failed() {
-				b, _ := os.ReadFile(logf.Name())
-				t.Logf("%s log:\n%s", name, b)
-			}
-		})
-		return cmd
-	}
+	startChild := func(name string) *exec.Cmd { return childProc(t, srv.Addr(), env, name) }
 	a := startChild("worker-a")
 	enqueue(t, rdb, cs, "sigkill")
 	r := tasks.NewReader(rdb)
