@@ -121,6 +121,9 @@ func runEnqueue(ctx context.Context, e *env, c *enqueueConfig) error {
 	if err := checkRedisForEnqueue(ctx, e, rdb, c.AllowEviction); err != nil {
 		return err
 	}
+	if err := reportTopology(ctx, e, rc, rdb); err != nil {
+		return err
+	}
 	p, err := tasks.NewProducer(rdb, tasks.WithQueue(c.Queue), tasks.WithConcurrency(c.Concurrency),
 		tasks.WithResultTTL(c.ResultTTL))
 	if err != nil {

@@ -23,7 +23,7 @@ import (
 
 const (
 	defaultRedisURL = "redis://127.0.0.1:6379/0"
-	redisFlagUsage  = "Redis URL: redis://, rediss:// or redis-sentinel:// (see the README)"
+	redisFlagUsage  = "Redis URL: redis://, rediss://, redis-sentinel:// or redis-cluster:// (see the README)"
 )
 
 // workerFlags is every setting of couponq worker: the worker.Config that
@@ -286,6 +286,20 @@ func evictionHint(err error) error {
 		return fmt.Errorf("%w; --allow-eviction (COUPONQ_ALLOW_EVICTION=true) runs anyway", err)
 	}
 	return err
+}
+
+// reportTopology says on stderr which Redis topology enqueue found, and
+// refuses one couponq cannot run on (worker.CheckTopology) before anything
+// is written.
+func reportTopology(ctx context.Context, e *env, rc *redisurl.Conn, rdb redis.UniversalClient) error {
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	top, err := worker.CheckTopology(cctx, rc, rdb)
+	if err != nil {
+		return fmt.Errorf("%w (nothing was enqueued)", err)
+	}
+	fmt.Fprintln(e.stderr, "redis: "+top.String())
+	return nil
 }
 
 // checkRedisForEnqueue refuses an evicting Redis unless allowed, and warns
