@@ -356,3 +356,119 @@ func TestWorkerFollowsSentinelFailover(t *testing.T) {
 		t.Errorf("%d update calls, want at least %d", got, 2*n)
 	}
 }
+
+// On a cluster with replicas, asynq and the limiter follow a master's
+// failover: the master of the queue's slot (and of the limiter's) is
+// killed after every earlier write reached its replica; tasks enqueued
+// before are done once, tasks enqueued after are processed, the limiter
+// books on the promoted replica.
+func TestAsynqFollowsClusterFailover(t *testing.T) {
+	t.Parallel()
+	c := redistest.StartCluster(t, redistest.WithReplicas(1))
+	conn, err := redisurl.Parse(c.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := t.Context()
+	const queue = "failover"
+	// An identity on the queue's master, so one kill hits both.
+	qm, err := c.MasterOf(ctx, "asynq:{"+queue+"}:pending")
+	if err != nil {
+		t.Fatal(err)
+	}
+	identity := ""
+	for i := 0; identity == "" && i < 1000; i++ {
+		id := fmt.Sprintf("19000%05d", i)
+		if m, err := c.MasterOf(ctx, limiterLogKey(id, "update")); err == nil && m == qm {
+			identity = id
+		}
+	}
+	if identity == "" {
+		t.Fatal("no identity on the queue's master")
+	}
+	var (
+		mu   sync.Mutex
+		done = map[string]int{}
+	)
+	srv := asynq.NewServer(conn, asynq.Config{
+		Concurrency: 4, Queues: map[string]int{queue: 1},
+		TaskCheckInterval: 10 * time.Millisecond, Logger: slogAdapter{slog.New(slog.DiscardHandler)},
+	})
+	if err := srv.Start(asynq.HandlerFunc(func(ctx context.Context, tk *asynq.Task) error {
+		id, _ := asynq.GetTaskID(ctx)
+		mu.Lock()
+		done[id]++
+		mu.Unlock()
+		return nil
+	})); err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Shutdown()
+	client := asynq.NewClient(conn)
+	defer client.Close()
+	// enqueue rides out the failover: a call that failed may still have
+	// enqueued its task, which the task ID then reports as a conflict.
+	enqueue := func(id string) {
+		t.Helper()
+		testutil.Eventually(t, 30*time.Second, 100*time.Millisecond, func() error {
+			_, err := client.EnqueueContext(ctx, asynq.NewTask(tasks.TypeUpdate, []byte(`{}`)), asynq.TaskID(id), asynq.Queue(queue), asynq.Retention(time.Hour))
+			if errors.Is(err, asynq.ErrTaskIDConflict) {
+				return nil
+			}
+			return err
+		}, "enqueue %s", id)
+	}
+	processed := func(n int) {
+		t.Helper()
+		testutil.Eventually(t, 60*time.Second, 20*time.Millisecond, func() error {
+			mu.Lock()
+			defer mu.Unlock()
+			if len(done) < n {
+				return fmt.Errorf("%d of %d processed", len(done), n)
+			}
+			return nil
+		}, "asynq on the cluster")
+	}
+	const n = 20
+	for i := range n {
+		enqueue(fmt.Sprintf("update:120344:before_%04d", i))
+	}
+	processed(n)
+	rdb := conn.NewClient() // as the worker makes it
+	defer rdb.Close()
+	l := NewLimiter(rdb, identity, 100)
+	if _, err := l.Wait(ctx, "update", 10*time.Second); err != nil {
+		t.Fatalf("limiter before the failover: %v", err)
+	}
+	direct := redis.NewClient(&redis.Options{Addr: qm.Addr()})
+	got, err := direct.Do(ctx, "WAIT", 1, 10000).Int64()
+	direct.Close()
+	if err != nil || got != 1 {
+		t.Fatalf("WAIT 1 on %s: %d, %v", qm.Addr(), got, err)
+	}
+	if killed := c.KillMasterOf("asynq:{" + queue + "}:pending"); killed != qm {
+		t.Fatalf("killed %s, the queue's master was %s", killed.Addr(), qm.Addr())
+	}
+	for i := range n {
+		enqueue(fmt.Sprintf("update:120344:after_%04d", i))
+	}
+	processed(2 * n)
+	mu.Lock()
+	for id, k := range done {
+		if k != 1 {
+			t.Errorf("%s processed %d times", id, k)
+		}
+	}
+	mu.Unlock()
+	testutil.Eventually(t, 30*time.Second, 100*time.Millisecond, func() error {
+		_, err := l.Wait(ctx, "update", 10*time.Second)
+		return err
+	}, "limiter after the failover")
+	use, err := QuotaUse(ctx, rdb, identity)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if use["update"] < 1 {
+		t.Errorf("QuotaUse after the failover = %v, want the booking just made", use)
+	}
+}

@@ -139,8 +139,10 @@ func (c *Cluster) Addrs() []string {
 func (c *Cluster) URL() string { return "redis-cluster://" + strings.Join(c.Addrs(), ",") }
 
 // Client returns a go-redis cluster client closed at the end of the test.
+// Like couponq's own, it reloads the cluster's slots every
+// redisurl.ClusterReloadInterval, so it finds a promoted replica soon.
 func (c *Cluster) Client() *redis.ClusterClient {
-	cc := redis.NewClusterClient(&redis.ClusterOptions{Addrs: c.Addrs()})
+	cc := redis.NewClusterClient(&redis.ClusterOptions{Addrs: c.Addrs(), ClusterStateReloadInterval: redisurl.ClusterReloadInterval})
 	c.tb.Cleanup(func() { cc.Close() })
 	return cc
 }

@@ -184,9 +184,23 @@ func (c *Conn) Kind() Kind { return c.kind }
 // Options returns a copy of the parsed options.
 func (c *Conn) Options() redis.UniversalOptions { return *c.opts }
 
-// NewClient returns a new go-redis client; the caller closes it.
+// ClusterReloadInterval is how stale a cluster client's map of slots to
+// masters may get. go-redis reloads it at once on a MOVED answer, but a
+// master that died answers nothing: until the next reload (60 s by
+// default) the client keeps dialling it, long after its replica took over.
+// A reload is one CLUSTER SLOTS, made only while the client is used.
+const ClusterReloadInterval = 2 * time.Second
+
+// NewClient returns a new go-redis client; the caller closes it. For a
+// cluster URL it is a *redis.ClusterClient, for a sentinel URL a failover
+// client (a *redis.Client that follows the master the sentinels name).
 func (c *Conn) NewClient() redis.UniversalClient {
 	o := *c.opts
+	if c.kind == Cluster {
+		co := o.Cluster()
+		co.ClusterStateReloadInterval = ClusterReloadInterval
+		return redis.NewClusterClient(co)
+	}
 	return redis.NewUniversalClient(&o)
 }
 

@@ -92,6 +92,9 @@ func TestNewClientKind(t *testing.T) {
 		}
 		rdb := c.NewClient()
 		got := typeName(rdb)
+		if cc, ok := rdb.(*redis.ClusterClient); ok && cc.Options().ClusterStateReloadInterval != redisurl.ClusterReloadInterval {
+			t.Errorf("cluster client reloads its slots every %s, want %s", cc.Options().ClusterStateReloadInterval, redisurl.ClusterReloadInterval)
+		}
 		rdb.Close()
 		if got != tt.want {
 			t.Errorf("NewClient for %s: %s, want %s", tt.url, got, tt.want)

@@ -29,6 +29,9 @@ func (t Topology) String() string {
 	case Sentinel:
 		return fmt.Sprintf("sentinel master %s at %s", t.Master, t.Addr)
 	case Cluster:
+		if t.Masters == 0 {
+			return "cluster" // not counted
+		}
 		return fmt.Sprintf("cluster with %d masters", t.Masters)
 	default:
 		return "single Redis at " + t.Addr
