@@ -147,6 +147,25 @@ func (c *Cluster) Client() *redis.ClusterClient {
 	return cc
 }
 
+// DBSize is the number of keys on all live masters together.
+func (c *Cluster) DBSize(ctx context.Context) (int64, error) {
+	ms, err := c.Masters(ctx)
+	if err != nil {
+		return 0, err
+	}
+	var n int64
+	for _, m := range ms {
+		rc := redis.NewClient(&redis.Options{Addr: m.Addr()})
+		k, err := rc.DBSize(ctx).Result()
+		rc.Close()
+		if err != nil {
+			return 0, fmt.Errorf("redistest: DBSIZE on %s: %w", m.Addr(), err)
+		}
+		n += k
+	}
+	return n, nil
+}
+
 // live returns the nodes that have not been killed or stopped.
 func (c *Cluster) live() []*Server {
 	var live []*Server
