@@ -2,6 +2,11 @@
 // free loopback port with its own data directory, and stops it through
 // tb.Cleanup. It never touches port 6379 or data it did not create.
 //
+// StartCluster starts a Redis Cluster of three masters (with replicas if
+// asked; redis-cli creates it) and StartSentinel a primary, its replica
+// and three sentinels (redis-server --sentinel, the same binary); both can
+// kill a master and wait for the failover.
+//
 // Under go test -short every test that needs a server is skipped at once,
 // whether or not redis-server is installed: -short means the unit tests
 // only (make test-short). Otherwise, without redis-server on PATH the test
