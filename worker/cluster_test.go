@@ -468,3 +468,33 @@ func TestAsynqFollowsClusterFailover(t *testing.T) {
 		t.Errorf("QuotaUse after the failover = %v, want the booking just made", use)
 	}
 }
+
+// CheckRedis on a cluster checks every master: one master set to evict is
+// found, whichever node a plain command would have reached.
+func TestCheckRedisEveryClusterMaster(t *testing.T) {
+	t.Parallel()
+	c := redistest.StartCluster(t)
+	ctx := t.Context()
+	rdb := c.Client()
+	chk, err := CheckRedis(ctx, rdb)
+	if err != nil || chk.Evicting() || chk.Version == "" {
+		t.Fatalf("fresh cluster: %+v, %v", chk, err)
+	}
+	ms, err := c.Masters(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	one := redis.NewClient(&redis.Options{Addr: ms[len(ms)-1].Addr()})
+	defer one.Close()
+	if err := one.ConfigSet(ctx, "maxmemory-policy", "allkeys-lru").Err(); err != nil {
+		t.Fatal(err)
+	}
+	chk, err = CheckRedis(ctx, rdb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ee *EvictionError
+	if !errors.As(chk.Eviction(), &ee) || ee.Policy != "allkeys-lru" {
+		t.Errorf("one evicting master: %+v, want allkeys-lru found", chk)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"sync"
 
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
@@ -68,4 +69,47 @@ func (w *Worker) checkTopology(ctx context.Context, opt asynq.RedisConnOpt) erro
 	}
 	w.log.Info("redis topology: "+top.String(), "topology", string(top.Kind))
 	return nil
+}
+
+// checkClusterMasters is CheckRedis on every master of a cluster: the
+// first error, else the lowest version and an evicting policy if any
+// master has one (its settings are per node).
+func checkClusterMasters(ctx context.Context, cc *redis.ClusterClient) (RedisCheck, error) {
+	var (
+		mu  sync.Mutex // ForEachMaster calls in parallel
+		out RedisCheck
+		n   int
+	)
+	err := cc.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error {
+		chk, err := CheckRedis(ctx, m)
+		mu.Lock()
+		defer mu.Unlock()
+		if err != nil {
+			if out.Version == "" {
+				out.Version = chk.Version
+			}
+			return fmt.Errorf("%s: %w", m.Options().Addr, err)
+		}
+		if n == 0 || versionLess(chk.Version, out.Version) {
+			out.Version = chk.Version
+		}
+		if out.Policy == "" || chk.Evicting() && !out.Evicting() {
+			out.Policy = chk.Policy
+		}
+		if chk.PolicyErr != nil && out.PolicyErr == nil {
+			out.PolicyErr = fmt.Errorf("%s: %w", m.Options().Addr, chk.PolicyErr)
+		}
+		n++
+		return nil
+	})
+	if err != nil {
+		return out, err
+	}
+	return out, nil
+}
+
+func versionLess(a, b string) bool {
+	amaj, amin, aok := parseVersion(a)
+	bmaj, bmin, bok := parseVersion(b)
+	return aok && bok && (amaj < bmaj || amaj == bmaj && amin < bmin)
 }
