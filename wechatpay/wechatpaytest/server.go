@@ -332,7 +332,10 @@ func NewServer(tb TB, opts ...Option) *Server {
 
 // newCert makes a self-signed platform certificate valid for five years.
 func (s *Server) newCert(key *rsa.PrivateKey) *platformCert {
-	serial, _ := new(big.Int).SetString(randomHex(40), 16)
+	// WeChat Pay's serials may start with a zero that %X would drop; the fake
+	// lists every one that way so clients that compare text are caught.
+	text := "0" + randomHex(39)
+	serial, _ := new(big.Int).SetString(text, 16)
 	now := s.now()
 	tmpl := &x509.Certificate{
 		SerialNumber: serial,
@@ -346,7 +349,7 @@ func (s *Server) newCert(key *rsa.PrivateKey) *platformCert {
 		panic("wechatpaytest: creating a certificate: " + err.Error())
 	}
 	return &platformCert{
-		serial: fmt.Sprintf("%X", serial), key: key,
+		serial: text, key: key,
 		pem:       pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
 		notBefore: tmpl.NotBefore, notAfter: tmpl.NotAfter,
 	}
