@@ -87,7 +87,7 @@ func TestCertificateModes(t *testing.T) {
 		wantErr string
 	}{
 		{"migration: both kinds sign", wechatpaytest.BothKeyModes, func(*wechatpaytest.Server) []wechatpay.Option { return nil }, ""},
-		{"brand mode with certificates", wechatpaytest.CertificateMode, func(*wechatpaytest.Server) []wechatpay.Option { return nil }, ""},
+		{"brand mode migrating: both kinds sign", wechatpaytest.BothKeyModes, func(*wechatpaytest.Server) []wechatpay.Option { return nil }, ""},
 		{"certificates asked of a public-key merchant", wechatpaytest.PublicKeyMode, func(s *wechatpaytest.Server) []wechatpay.Option {
 			return []wechatpay.Option{wechatpay.WithPlatformCertificates(s.APIv3Key())}
 		}, "404"},
