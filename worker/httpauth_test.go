@@ -139,7 +139,11 @@ func TestAuthThrottleBounded(t *testing.T) {
 		t.Errorf("%d entries after the window, want the stale ones pruned", n)
 	}
 
-	req := func(addr string) *http.Request { r := httptest.NewRequest("GET", "/", nil); r.RemoteAddr = addr; return r }
+	req := func(addr string) *http.Request {
+		r := httptest.NewRequest("GET", "/", nil)
+		r.RemoteAddr = addr
+		return r
+	}
 	if a, b := clientKey(req("[2001:db8:1:2::1]:1")), clientKey(req("[2001:db8:1:2:ffff::9]:2")); a != b {
 		t.Errorf("one /64: keys %q and %q", a, b)
 	}
