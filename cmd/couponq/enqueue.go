@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime"
+	"strconv"
 	"strings"
 	"time"
 
@@ -244,17 +246,22 @@ func changeFile(name string, stdin io.Reader) (string, func(), error) {
 	if err != nil {
 		return "", nil, err
 	}
-	cleanup := func() { os.Remove(tmp.Name()) }
+	// The spool is unlinked at once, so that an enqueue killed (SIGKILL,
+	// OOM) leaves no copy of the change data behind; it is read again
+	// through /proc/self/fd, where each open starts at the beginning. Where
+	// there is no /proc it keeps its name until cleanup.
+	path, cleanup := tmp.Name(), func() { tmp.Close(); os.Remove(tmp.Name()) }
+	if runtime.GOOS == "linux" {
+		fdPath := "/proc/self/fd/" + strconv.Itoa(int(tmp.Fd()))
+		if _, err := os.Stat(fdPath); err == nil && os.Remove(tmp.Name()) == nil {
+			path, cleanup = fdPath, func() { tmp.Close() }
+		}
+	}
 	if _, err := io.Copy(tmp, stdin); err != nil {
-		tmp.Close()
 		cleanup()
 		return "", nil, fmt.Errorf("read standard input: %w", err)
 	}
-	if err := tmp.Close(); err != nil {
-		cleanup()
-		return "", nil, err
-	}
-	return tmp.Name(), cleanup, nil
+	return path, cleanup, nil
 }
 
 // validateFile reads every line, reports every bad one to w and returns
