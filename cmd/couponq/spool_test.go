@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -22,7 +23,9 @@ func TestCouponqProcess(t *testing.T) {
 	if os.Getenv("COUPONQ_TEST_PROCESS") != "1" {
 		return
 	}
-	err := run(context.Background(), flag.Args(), os.Getenv, os.Stdin, os.Stdout, os.Stderr)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, flag.Args(), os.Getenv, os.Stdin, os.Stdout, os.Stderr)
+	stop()
 	os.Exit(exitCode(err, os.Stderr))
 }
 

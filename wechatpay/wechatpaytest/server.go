@@ -11,7 +11,6 @@ import (
 	mrand "math/rand/v2"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -474,15 +473,16 @@ func (s *Server) Client(opts ...wechatpay.Option) *wechatpay.Client {
 }
 
 // WriteEnv writes the merchant private key (PKCS#8) and, in public-key
-// modes, WeChat Pay's public key as PEM files into dir, and returns the
-// WECHATPAY_* environment a worker needs to use this server.
+// modes, WeChat Pay's public key as PEM files of mode 0600 into dir (new
+// files renamed over any there, symlinks replaced rather than followed),
+// and returns the WECHATPAY_* environment a worker needs to use this server.
 func (s *Server) WriteEnv(dir string) (map[string]string, error) {
 	keyDER, err := x509.MarshalPKCS8PrivateKey(s.cfg.mchKey)
 	if err != nil {
 		return nil, fmt.Errorf("wechatpaytest: WriteEnv: %w", err)
 	}
 	keyFile := filepath.Join(dir, "apiclient_key.pem")
-	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
+	if err := writePrivateFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})); err != nil {
 		return nil, fmt.Errorf("wechatpaytest: WriteEnv: %w", err)
 	}
 	env := map[string]string{
@@ -502,7 +502,7 @@ func (s *Server) WriteEnv(dir string) (map[string]string, error) {
 			return nil, fmt.Errorf("wechatpaytest: WriteEnv: %w", err)
 		}
 		pubFile := filepath.Join(dir, "pub_key.pem")
-		if err := os.WriteFile(pubFile, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pubDER}), 0o600); err != nil {
+		if err := writePrivateFile(pubFile, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pubDER})); err != nil {
 			return nil, fmt.Errorf("wechatpaytest: WriteEnv: %w", err)
 		}
 		env["WECHATPAY_PUBLIC_KEY_ID"] = s.cfg.pubKeyID
