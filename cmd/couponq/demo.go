@@ -186,7 +186,10 @@ func runDemo(ctx context.Context, e *env, c *demoConfig) error {
 	}
 	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
 	go func() { _ = srv.Serve(ln) }()
-	fmt.Fprintf(e.stderr, "\nserving http://%s/monitoring/ and http://%s/metrics — Ctrl-C to stop\n", ln.Addr(), ln.Addr())
+	if len(worker.ListenerWarnings(ln.Addr(), false)) > 0 {
+		fmt.Fprintf(e.stderr, "warning: the demo's HTTP listener %s is reachable from other hosts and has no authentication\n", ln.Addr())
+	}
+	fmt.Fprintf(e.stderr, "\nserving http://%s/monitoring/ (no auth: payloads hidden) and http://%s/metrics — Ctrl-C to stop\n", ln.Addr(), ln.Addr())
 	<-ctx.Done()
 	sctx, scancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer scancel()
