@@ -179,7 +179,8 @@ func (m *certManager) download(ctx context.Context, send sendFunc) error {
 // An entry that cannot be used (another algorithm, no decryption, not a
 // certificate, a serial_no that is not the certificate's) is skipped with a
 // warning: the others still verify, as in the official SDK. Only a list with
-// no usable certificate is an error, carrying the first entry's reason.
+// no usable certificate is an error, carrying the first entry's reason (and
+// no warnings).
 func (m *certManager) decode(body []byte) (map[string]platformCert, error) {
 	var ans certificatesAnswer
 	if err := json.Unmarshal(body, &ans); err != nil {
@@ -187,14 +188,15 @@ func (m *certManager) decode(body []byte) (map[string]platformCert, error) {
 	}
 	now := m.c.now()
 	out := make(map[string]platformCert, len(ans.Data))
-	var firstErr error
+	type skipped struct {
+		serial string
+		err    error
+	}
+	var skips []skipped
 	for _, d := range ans.Data {
 		pc, err := m.decodeOne(d.SerialNo, d.EncryptCertificate.Algorithm, d.EncryptCertificate.Nonce, d.EncryptCertificate.AssociatedData, d.EncryptCertificate.Ciphertext)
 		if err != nil {
-			m.c.log.Warn("wechatpay: skipping a platform certificate", "serial_no", fmt.Sprintf("%.64s", d.SerialNo), "error", err)
-			if firstErr == nil {
-				firstErr = err
-			}
+			skips = append(skips, skipped{fmt.Sprintf("%.64s", d.SerialNo), err})
 			continue
 		}
 		if now.After(pc.notAfter) {
@@ -203,10 +205,15 @@ func (m *certManager) decode(body []byte) (map[string]platformCert, error) {
 		out[serialKey(pc.serial)] = pc
 	}
 	if len(out) == 0 {
-		if firstErr != nil {
-			return nil, fmt.Errorf("%w: %w", ErrNoCertificates, firstErr)
+		// The error says it once; a warning per entry would repeat it at
+		// every probe of a worker whose APIv3 key is wrong.
+		if len(skips) > 0 {
+			return nil, fmt.Errorf("%w: %d of %d unusable, the first: %w", ErrNoCertificates, len(skips), len(ans.Data), skips[0].err)
 		}
 		return nil, fmt.Errorf("%w: the answer holds no certificate valid now", ErrNoCertificates)
+	}
+	for _, s := range skips {
+		m.c.log.Warn("wechatpay: skipping a platform certificate", "serial_no", s.serial, "error", s.err)
 	}
 	return out, nil
 }

@@ -80,7 +80,7 @@ func TestCertificateListSerials(t *testing.T) {
 		{"leading zero", []certEntry{good}, 0, ""},
 		{"lower-case serial_no", []certEntry{func() certEntry { e := good; e.SerialNo = strings.ToLower(e.SerialNo); return e }()}, 0, ""},
 		{"one bad entry of several", []certEntry{mismatch, good, undecryptable, otherAlg, notHex}, 4, ""},
-		{"only bad entries", []certEntry{mismatch, undecryptable}, 2, "does not match"},
+		{"only bad entries", []certEntry{mismatch, undecryptable}, 0, "2 of 2 unusable, the first: serial_no 0ABCDEF1 does not match"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -117,7 +117,8 @@ func TestHelpNamesEveryFlagAndVariable(t *testing.T) {
 	}{
 		{"worker", []string{"--redis", "COUPONQ_REDIS_URL", "--concurrency", "COUPONQ_CONCURRENCY", "--rate", "COUPONQ_RATE",
 			"--max-retry", "COUPONQ_MAX_RETRY", "--http", "COUPONQ_HTTP_ADDR", "--result-ttl", "COUPONQ_RESULT_TTL",
-			"--log-format", "COUPONQ_LOG_FORMAT", "--shutdown-timeout", "WECHATPAY_MCH_PRIVATE_KEY_FILE", "WECHATPAY_APIV3_KEY"}},
+			"--log-format", "COUPONQ_LOG_FORMAT", "--shutdown-timeout", "WECHATPAY_MCH_PRIVATE_KEY_FILE", "WECHATPAY_APIV3_KEY",
+			"--monitoring-auth-file", "COUPONQ_MONITORING_AUTH_FILE"}},
 		{"enqueue", []string{"--file", "--batch", "--queue", "--format", "exit status is 2"}},
 		{"status", []string{"--batch", "--task", "--wait", "--json", "--rate", "COUPONQ_RATE"}},
 		{"get", []string{"--brand", "--coupon", "WECHATPAY_MODE"}},
