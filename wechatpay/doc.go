@@ -27,6 +27,8 @@
 // brand_id otherwise; a request naming another brand than the client's is
 // refused before any I/O. Wechatpay-Serial carries the WeChat Pay public-key
 // id (or the newest platform certificate's serial) whenever one is known.
+// Brand mode requires the public key (WithPublicKey): NewClient refuses it
+// with platform certificates alone, whose serial brand calls cannot carry.
 //
 // # Signing and verification
 //
@@ -45,7 +47,11 @@
 // the set every hour in the background (until Close) and downloads it again
 // at once, at most once a minute, when an answer names an unknown serial.
 // With both WithPublicKey and WithPlatformCertificates, answers signed by
-// either are accepted, chosen by Wechatpay-Serial.
+// either are accepted, chosen by Wechatpay-Serial. Serials are numbers:
+// serial_no is matched to the certificate's serial numerically (a leading
+// zero counts for nothing), the certificate is named as listed, and an
+// entry that cannot be used is skipped with a warning rather than failing
+// the set.
 //
 // # Errors and retries
 //
