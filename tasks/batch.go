@@ -20,6 +20,10 @@ type BatchOptions struct {
 	// OnProgress, when set, is called after each change is settled and once
 	// at the end; never concurrently.
 	OnProgress func(BatchProgress)
+	// OnOpen, when set, is called with the batch ID as soon as the batch
+	// exists in Redis, before any change is enqueued (couponq enqueue names
+	// the batch then, so an interrupted run can be completed).
+	OnOpen func(batchID string)
 	// MaxFailures stops the batch after this many changes failed to
 	// enqueue (invalid, or refused by Redis); 0 means 100,
 	// a negative value never stops. Conflicts do not count.
@@ -131,6 +135,9 @@ func (p *Producer) EnqueueBatch(ctx context.Context, changes iter.Seq2[Change, e
 		return nil, err
 	}
 	p.log.Debug("couponq: batch opened", "batch", id)
+	if opts.OnOpen != nil {
+		opts.OnOpen(id)
+	}
 
 	b := p.newBatchRun(ctx, id, opts)
 	defer b.cancel(nil)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -47,8 +48,12 @@ terminal, and prints the batch ID alone on standard output:
   BATCH=$(couponq enqueue --file changes.jsonl)
   couponq status --batch "$BATCH" --wait
 
-A change already enqueued with the same payload is a duplicate (counted, skipped);
-with another payload it is a conflict (reported, exit status 1).`,
+The batch is named on standard error as soon as it exists, so an interrupted run
+can be completed with --batch. A change already enqueued with the same payload is
+a duplicate (counted, skipped); with another payload it is a conflict (reported,
+exit status 1). A duplicate of a task that failed or was canceled is not run
+again: it counts in the batch's earlier_failed, and enqueue exits 1 naming the
+couponq retry command that runs it again.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := ef.apply(cmd.Flags(), e.getenv); err != nil {
@@ -139,6 +144,10 @@ func runEnqueue(ctx context.Context, e *env, c *enqueueConfig) error {
 	start := time.Now()
 	rep, err := p.EnqueueBatch(ctx, r.All(), tasks.BatchOptions{
 		ID: c.Batch,
+		// Named at once: an interrupted run is completed with --batch.
+		OnOpen: func(id string) {
+			prog.note(fmt.Sprintf("batch %s: enqueuing %d changes", id, n))
+		},
 		OnProgress: func(bp tasks.BatchProgress) {
 			suffix := ""
 			if bp.Duplicates+bp.Conflicts+bp.Failed > 0 {
@@ -156,8 +165,12 @@ func runEnqueue(ctx context.Context, e *env, c *enqueueConfig) error {
 	if rep.Resumed > 0 {
 		resumed = fmt.Sprintf("%d already in the batch, ", rep.Resumed)
 	}
-	fmt.Fprintf(e.stderr, "batch %s: %d enqueued, %s%d duplicates, %d conflicts, %d failed in %s (%.0f changes/s)\n",
-		rep.BatchID, rep.Total, resumed, rep.Duplicates, len(rep.Conflicts), len(rep.Failed), elapsed.Round(time.Millisecond),
+	earlier := ""
+	if rep.EarlierFailed > 0 {
+		earlier = fmt.Sprintf(" (%d of failed or canceled tasks)", rep.EarlierFailed)
+	}
+	fmt.Fprintf(e.stderr, "batch %s: %d enqueued, %s%d duplicates%s, %d conflicts, %d failed in %s (%.0f changes/s)\n",
+		rep.BatchID, rep.Total, resumed, rep.Duplicates, earlier, len(rep.Conflicts), len(rep.Failed), elapsed.Round(time.Millisecond),
 		float64(rep.Read)/max(elapsed.Seconds(), 1e-9))
 	for i, ce := range append(append([]error{}, rep.Conflicts...), rep.Failed...) {
 		if i == maxReportedLines {
@@ -175,8 +188,10 @@ func runEnqueue(ctx context.Context, e *env, c *enqueueConfig) error {
 			missing, firstTasks(rep.Failed, 3), rep.BatchID))
 	}
 	if len(rep.Conflicts) > 0 {
-		sum = append(sum, fmt.Errorf("%d conflicts (%s)", len(rep.Conflicts), firstTasks(rep.Conflicts, 3)))
+		// Each is listed above: the summary does not repeat them.
+		sum = append(sum, fmt.Errorf("%d conflict(s), listed above: an out_request_no never carries two bodies", len(rep.Conflicts)))
 	}
+	sum = append(sum, earlierFailed(rep)...)
 	if err != nil {
 		return errors.Join(append(sum, err)...)
 	}
@@ -184,6 +199,26 @@ func runEnqueue(ctx context.Context, e *env, c *enqueueConfig) error {
 		return &exitError{code: exitFailure, err: errors.Join(sum...)}
 	}
 	return nil
+}
+
+// earlierFailed says, per earlier batch, how many changes were duplicates of
+// its failed or canceled tasks, and how to run those again.
+func earlierFailed(rep *tasks.BatchReport) []error {
+	batches := make([]string, 0, len(rep.EarlierFailedBatches))
+	for b := range rep.EarlierFailedBatches {
+		batches = append(batches, b)
+	}
+	slices.Sort(batches)
+	var out []error
+	for _, b := range batches {
+		n := rep.EarlierFailedBatches[b]
+		of, how := "batch "+b, "couponq retry --batch "+b
+		if b == "" {
+			of, how = "no batch", "couponq retry --task <task ID> for each"
+		}
+		out = append(out, fmt.Errorf("%d change(s) duplicate failed or canceled tasks (of %s) and were not run again (earlier_failed); to run them again: %s", n, of, how))
+	}
+	return out
 }
 
 // firstTasks names the first n changes of errs, by task ID when known.
