@@ -100,8 +100,9 @@ const (
 
 // barLine renders "label [=====>    ]  42% 420/1000 suffix" in at most
 // width-1 columns (a line filling the last column wraps on some
-// terminals): the bar takes what the text leaves, up to maxBar, and is
-// left out below minBar; text that still does not fit is cut with "…".
+// terminals). Label and counts come first; the bar takes at least minBar
+// columns when they leave that much, and up to maxBar; the suffix gets
+// what is left, cut with "…".
 func barLine(width int, label string, done, total int64, suffix string) string {
 	width = max(width-1, 1)
 	pct := int64(100)
@@ -109,26 +110,41 @@ func barLine(width int, label string, done, total int64, suffix string) string {
 		pct = min(100, max(0, done*100/total))
 	}
 	counts := fmt.Sprintf("%3d%% %d/%d", pct, done, total)
-	text := func(bar string) string {
-		parts := []string{}
-		for _, s := range []string{label, bar, counts, suffix} {
+	join := func(parts ...string) string {
+		var keep []string
+		for _, s := range parts {
 			if s != "" {
-				parts = append(parts, s)
+				keep = append(keep, s)
 			}
 		}
-		return strings.Join(parts, " ")
+		return strings.Join(keep, " ")
 	}
-	plain := text("")
-	if room := width - utf8.RuneCountInString(plain) - 3; room >= minBar { // "[" + "]" + a space
-		n := min(room, maxBar)
-		fill := int(int64(n) * pct / 100)
-		bar := strings.Repeat("=", fill)
-		if fill < n {
-			bar += ">" + strings.Repeat(" ", n-fill-1)
+	fit := func(used int) string { // the suffix in what is left after used columns
+		if left := width - used - 1; left >= 4 {
+			return cut(suffix, left)
 		}
-		return text("[" + bar + "]")
+		return ""
 	}
-	return cut(plain, width)
+	base := join(label, counts)
+	room := width - utf8.RuneCountInString(base) - 3 // "[", "]" and a space
+	if room < minBar {
+		if utf8.RuneCountInString(base) > width {
+			return cut(base, width)
+		}
+		return join(base, fit(utf8.RuneCountInString(base)))
+	}
+	sfx := fit(utf8.RuneCountInString(base) + 3 + minBar)
+	n := room
+	if sfx != "" {
+		n -= utf8.RuneCountInString(sfx) + 1
+	}
+	n = min(n, maxBar)
+	fill := int(int64(n) * pct / 100)
+	bar := strings.Repeat("=", fill)
+	if fill < n {
+		bar += ">" + strings.Repeat(" ", n-fill-1)
+	}
+	return join(label, "["+bar+"]", counts, sfx)
 }
 
 // cut shortens s to at most n runes, ending in "…" when cut.
