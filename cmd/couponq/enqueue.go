@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"iter"
 	"os"
 	"slices"
 	"strings"
@@ -24,6 +25,7 @@ type enqueueConfig struct {
 	Format      string
 	Batch       string
 	Queue       string
+	NotBefore   string // not_before of the lines that have none
 	RedisURL    string
 	Concurrency int
 	ResultTTL   time.Duration
@@ -35,7 +37,7 @@ func newEnqueueCmd(e *env) *cobra.Command {
 	var c enqueueConfig
 	var ef envFlags
 	cmd := &cobra.Command{
-		Use:   "enqueue --file F [--batch ID] [--queue Q]",
+		Use:   "enqueue --file F [--batch ID] [--queue Q] [--not-before T]",
 		Short: "Validate a change file, then enqueue it as one batch",
 		Long: `Reads a change file — JSON Lines (.jsonl) or CSV (.csv, header row, display_info
 as one JSON column); --file - reads standard input — and validates the whole file
@@ -47,6 +49,10 @@ terminal, and prints the batch ID alone on standard output:
 
   BATCH=$(couponq enqueue --file changes.jsonl)
   couponq status --batch "$BATCH" --wait
+
+A line may hold back its change with not_before (RFC 3339, e.g.
+2025-01-01T10:00:00+08:00): it is not applied before that time. --not-before
+sets it for the lines that have none; it is part of each payload.
 
 The batch is named on standard error as soon as it exists, so an interrupted run
 can be completed with --batch. A change already enqueued with the same payload is
@@ -66,6 +72,7 @@ couponq retry command that runs it again.`,
 	f.StringVar(&c.File, "file", "", "change file (.jsonl or .csv), - for standard input (required)")
 	f.StringVar(&c.Format, "format", "", "jsonl or csv (default: from the file name; jsonl for standard input)")
 	f.StringVar(&c.Batch, "batch", "", "batch ID (default: a new time-sortable ULID); an existing batch gets the new tasks")
+	f.StringVar(&c.NotBefore, "not-before", "", "RFC 3339 time before which no change is applied, for lines without not_before")
 	f.StringVar(&c.Queue, "queue", tasks.DefaultQueue, "asynq queue to enqueue into")
 	ef.add(f, "queue", "COUPONQ_QUEUE")
 	addRedisFlag(cmd, &ef, &c.RedisURL)
@@ -89,6 +96,9 @@ func runEnqueue(ctx context.Context, e *env, c *enqueueConfig) error {
 			return usageErrorf("--batch: %v", err)
 		}
 	}
+	if _, err := tasks.ParseNotBefore(c.NotBefore); err != nil {
+		return usageErrorf("--not-before %q: must be an RFC 3339 time with a zone, e.g. 2025-01-01T10:00:00+08:00", c.NotBefore)
+	}
 	rc, err := parseRedis(c.RedisURL)
 	if err != nil {
 		return err
@@ -101,7 +111,7 @@ func runEnqueue(ctx context.Context, e *env, c *enqueueConfig) error {
 
 	// Pass 1: validate everything, holding only task IDs to find a file
 	// that gives one task ID two different payloads.
-	n, err := validateFile(path, format, e.stderr)
+	n, err := validateFile(path, format, c.NotBefore, e.stderr)
 	if err != nil {
 		return err
 	}
@@ -142,7 +152,7 @@ func runEnqueue(ctx context.Context, e *env, c *enqueueConfig) error {
 	r := tasks.NewChangeReader(fh, format)
 	prog := newProgress(e.stderr, "enqueue", int64(n))
 	start := time.Now()
-	rep, err := p.EnqueueBatch(ctx, r.All(), tasks.BatchOptions{
+	rep, err := p.EnqueueBatch(ctx, withNotBefore(r.All(), c.NotBefore), tasks.BatchOptions{
 		ID: c.Batch,
 		// Named at once: an interrupted run is completed with --batch.
 		OnOpen: func(id string) {
@@ -292,9 +302,27 @@ func changeFile(name string, stdin io.Reader) (string, func(), error) {
 	return tmp.Name(), cleanup, nil
 }
 
+// withNotBefore gives the changes without not_before nb ("" = as they are).
+func withNotBefore(changes iter.Seq2[tasks.Change, error], nb string) iter.Seq2[tasks.Change, error] {
+	if nb == "" {
+		return changes
+	}
+	return func(yield func(tasks.Change, error) bool) {
+		for c, err := range changes {
+			if err == nil && c.NotBefore == "" {
+				c.NotBefore = nb
+			}
+			if !yield(c, err) {
+				return
+			}
+		}
+	}
+}
+
 // validateFile reads every line, reports every bad one to w and returns
 // the number of valid changes, or a usage error when any line is bad.
-func validateFile(path string, format tasks.Format, w io.Writer) (int, error) {
+// Lines without not_before get nb, as pass 2 gives them.
+func validateFile(path string, format tasks.Format, nb string, w io.Writer) (int, error) {
 	fh, err := os.Open(path)
 	if err != nil {
 		return 0, err
@@ -327,6 +355,9 @@ func validateFile(path string, format tasks.Format, w io.Writer) (int, error) {
 			return 0, fmt.Errorf("read %s: %w", path, err)
 		}
 		line := r.Line()
+		if ch.NotBefore == "" {
+			ch.NotBefore = nb
+		}
 		if ch.Op == tasks.OpGet && ch.OutRequestNo == "" {
 			n++
 			continue

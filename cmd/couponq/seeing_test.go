@@ -439,3 +439,73 @@ func TestStatusWaitRidesOutRedisOutage(t *testing.T) {
 var ulidRE = regexp.MustCompile(`^[0-9A-HJKMNP-TV-Z]{26}$`)
 
 func isULID(s string) bool { return ulidRE.MatchString(s) }
+
+// TestEnqueueNotBeforeInput: a malformed not_before is refused with its
+// line number (exit 2, nothing enqueued), as is a malformed --not-before;
+// --not-before sets the payload of the lines that have none.
+func TestEnqueueNotBeforeInput(t *testing.T) {
+	t.Parallel()
+	b := setup(t, 2)
+	bad := lineOf(b, "get", b.ids[0], "orn_nbin_1", "") + lineOf(b, "get", b.ids[1], "orn_nbin_2", `,"not_before":"2025-13-01T00:00:00Z"`)
+	r := b.run(t, bad, "enqueue", "--file", "-")
+	if r.code != 2 || !strings.Contains(r.stderr, "line 2: ") || !strings.Contains(r.stderr, "not_before") || r.stdout != "" {
+		t.Errorf("malformed not_before: exit %d, stdout %q\n%s", r.code, r.stdout, r.stderr)
+	}
+	if keys := b.mr.Keys(); len(keys) != 0 {
+		t.Errorf("keys written for a refused file: %v", keys)
+	}
+	r = b.run(t, lineOf(b, "get", b.ids[0], "orn_nbin_1", ""), "enqueue", "--file", "-", "--not-before", "next week")
+	if r.code != 2 || !strings.Contains(r.stderr, `--not-before "next week": must be an RFC 3339 time`) {
+		t.Errorf("malformed --not-before: exit %d\n%s", r.code, r.stderr)
+	}
+	in := lineOf(b, "get", b.ids[0], "orn_nbin_3", "") + lineOf(b, "get", b.ids[1], "orn_nbin_4", `,"not_before":"2030-01-01T00:00:00Z"`)
+	r = b.run(t, in, "enqueue", "--file", "-", "--not-before", "2031-06-01T08:00:00+08:00")
+	if r.code != 0 {
+		t.Fatalf("enqueue: exit %d\n%s", r.code, r.stderr)
+	}
+	r = b.run(t, "", "status", "--batch", strings.TrimSpace(r.stdout), "--tasks", "--format", "jsonl")
+	for _, want := range []string{`"out_request_no":"orn_nbin_3","not_before":"2031-06-01T08:00:00+08:00"`, `"out_request_no":"orn_nbin_4","not_before":"2030-01-01T00:00:00Z"`} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("export lacks %s:\n%s", want, r.stdout)
+		}
+	}
+}
+
+// TestNotBeforeEndToEnd: on a real redis-server with a worker, changes
+// whose not_before is a few seconds ahead reach the fake WeChat Pay no
+// earlier than that (per its request log), and succeed.
+func TestNotBeforeEndToEnd(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	b := realBundle(t, srv, 3)
+	b.startProc(t, "worker", "--rate", "0", "--http", "", "--retry-base", "50ms", "--retry-cap", "200ms", "--log-format", "json")
+	nb := time.Now().Add(3 * time.Second).Truncate(time.Second).Add(time.Second)
+	stamp := nb.UTC().Format(time.RFC3339)
+	in := lineOf(b, "deactivate", b.ids[0], "orn_nbe_1", `,"not_before":"`+stamp+`"`) +
+		lineOf(b, "get", b.ids[1], "orn_nbe_2", "") + // from --not-before
+		lineOf(b, "get", b.ids[2], "orn_nbe_3", `,"not_before":"2000-01-01T00:00:00Z"`) // past: at once
+	r := b.run(t, in, "enqueue", "--file", "-", "--not-before", nb.In(time.FixedZone("CST", 8*3600)).Format(time.RFC3339))
+	if r.code != 0 {
+		t.Fatalf("enqueue: exit %d\n%s", r.code, r.stderr)
+	}
+	batch := strings.TrimSpace(r.stdout)
+	r = b.run(t, "", "status", "--batch", batch, "--wait", "--interval", "50ms", "--rate", "0", "--timeout", "2m")
+	if r.code != 0 {
+		t.Fatalf("status --wait: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	seen := map[string]bool{}
+	for _, req := range b.fake.Requests() {
+		switch req.CouponID {
+		case b.ids[0], b.ids[1]:
+			seen[req.CouponID] = true
+			if req.Time.Before(nb) {
+				t.Errorf("%s %s at %v, before not_before %v", req.Method, req.Path, req.Time, nb)
+			}
+		case b.ids[2]:
+			seen[req.CouponID] = true
+		}
+	}
+	if len(seen) != 3 {
+		t.Errorf("requests for %d coupons, want 3", len(seen))
+	}
+}
