@@ -11,6 +11,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/couponq/couponq/internal/redistest"
@@ -489,9 +490,22 @@ func TestNotBeforeEndToEnd(t *testing.T) {
 		t.Fatalf("enqueue: exit %d\n%s", r.code, r.stderr)
 	}
 	batch := strings.TrimSpace(r.stdout)
+	ins := asynq.NewInspectorFromRedisClient(srv.Client())
+	testutil.Eventually(t, 60*time.Second, 20*time.Millisecond, func() error {
+		servers, err := ins.Servers()
+		for _, s := range servers {
+			if _, ok := s.Queues[tasks.DefaultQueue]; ok {
+				return nil
+			}
+		}
+		return fmt.Errorf("no server heartbeat yet (%v)", err)
+	}, "the worker never showed in asynq's servers")
 	r = b.run(t, "", "status", "--batch", batch, "--wait", "--interval", "50ms", "--rate", "0", "--timeout", "2m")
 	if r.code != 0 {
 		t.Fatalf("status --wait: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	if strings.Contains(r.stderr, "no worker serves") {
+		t.Errorf("status --wait warned of no worker while one serves the queue:\n%s", r.stderr)
 	}
 	seen := map[string]bool{}
 	for _, req := range b.fake.Requests() {
