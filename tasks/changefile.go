@@ -56,7 +56,7 @@ func (e *LineError) Unwrap() error { return e.Err }
 
 // csvColumns are the columns a CSV change file may have, in the order of
 // Change's fields. The first three are required.
-var csvColumns = []string{"op", "product_coupon_id", "brand_id", "out_request_no", "display_info", "deactivate_reason"}
+var csvColumns = []string{"op", "product_coupon_id", "brand_id", "out_request_no", "display_info", "deactivate_reason", "not_before"}
 
 const csvRequired = 3
 
@@ -347,6 +347,8 @@ func (r *ChangeReader) changeOf(rec []string) (Change, error) {
 			c.DisplayInfo = d
 		case "deactivate_reason":
 			c.DeactivateReason = v
+		case "not_before":
+			c.NotBefore = v
 		}
 	}
 	return c, nil

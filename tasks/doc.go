@@ -26,7 +26,19 @@
 //
 // Reader.Result reads one task's result, Reader.Batch a batch's counters,
 // Reader.FailedTasks the failed tasks of a batch, and Reader.Wait polls a
-// batch until it is done.
+// batch until it is done. Reader.Batches lists the recent batches, newest
+// first; Reader.ScanTasks streams every task of a batch (of one status, if
+// asked) and Reader.ExportChanges writes their change lines, to fix and
+// enqueue again. BatchStatus.OK says whether anything went wrong: a failed
+// or canceled task, a conflict, or a duplicate of a failed or canceled
+// task (earlier_failed).
+//
+// # All or nothing
+//
+// BatchOptions.AllOrNothing validates every change before enqueuing any,
+// as couponq enqueue does: one invalid change and nothing is enqueued
+// (ErrInvalidBatch). Without it, valid changes are enqueued and the
+// invalid ones are listed in BatchReport.Failed.
 //
 // # Errors and retries
 //

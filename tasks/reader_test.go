@@ -46,7 +46,7 @@ func TestReaderResult(t *testing.T) {
 	want := &Result{
 		TaskID: id.TaskID, Op: OpDeactivate, BrandID: "120344", ProductCouponID: "1000000013", OutRequestNo: "abcdefg", Batch: "r",
 		Status: StatusSucceeded, Attempts: 2, HTTPStatus: 200, RequestID: "r2", Coupon: json.RawMessage(coupon), CouponState: "DEACTIVATED",
-		EnqueuedAt: testNow, UpdatedAt: testNow, FinishedAt: testNow, PayloadSHA256: PayloadSHA256(payload),
+		EnqueuedAt: testNow, UpdatedAt: testNow, FinishedAt: testNow, PayloadSHA256: PayloadSHA256(payload), Payload: payload,
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("result (-want +got):\n%s", diff)
@@ -78,7 +78,7 @@ func TestReaderFailedTasks(t *testing.T) {
 		finish(t, b.store, c, st)
 	}
 	sort.Strings(wantIDs)
-	got, err := b.reader.FailedTasks(ctx, "f", 0)
+	got, err := b.reader.FailedTasks(ctx, "f", -1)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -95,7 +95,10 @@ func TestReaderFailedTasks(t *testing.T) {
 	if got, _ := b.reader.FailedTasks(ctx, "f", 5); len(got) != 5 {
 		t.Errorf("limit 5 gave %d", len(got))
 	}
-	if got, err := b.reader.FailedTasks(ctx, "none", 0); err != nil || len(got) != 0 {
+	if got, err := b.reader.FailedTasks(ctx, "f", 0); err != nil || len(got) != 0 {
+		t.Errorf("limit 0 gave %d, %v; want none (as status --failed 0)", len(got), err)
+	}
+	if got, err := b.reader.FailedTasks(ctx, "none", -1); err != nil || len(got) != 0 {
 		t.Errorf("unknown batch: %v, %v", got, err)
 	}
 	s := b.batch(t, "f")

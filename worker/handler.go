@@ -52,6 +52,12 @@ func (w *Worker) process(ctx context.Context, t *asynq.Task) error {
 		w.metrics.ObserveRetry(string(c.op), reasonGated)
 		return &comeBackError{reason: reasonGated, after: w.cfg.ProbeInterval, err: fmt.Errorf("worker: not taking tasks: %w", err)}
 	}
+	if err := notYet(c, time.Now()); err != nil {
+		// Scheduled for later: back to the queue until then, its result
+		// untouched (still queued) and no retry counted.
+		w.metrics.ObserveRetry(string(c.op), reasonNotBefore)
+		return err
+	}
 	r := &run{w: w, c: c, taskID: taskID}
 	r.retried, _ = w.retryCount(ctx)
 	r.log = w.log.With("task_id", taskID, "op", string(c.op), "out_request_no", c.outRequestNo, "attempt", r.retried+1)

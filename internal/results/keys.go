@@ -61,6 +61,10 @@ const (
 	// milliseconds). A batch whose producer stopped being seen is sealed by
 	// the workers' adoption sweep.
 	OpenBatchesKey = keyPrefix + "open-batches"
+	// BatchesKey is a sorted set of every batch ID, scored by when the
+	// batch was created (Unix milliseconds), for listing recent batches.
+	// Entries older than the result TTL are trimmed as batches are opened.
+	BatchesKey = keyPrefix + "batches"
 	// AdoptLockKey is the lock that lets one worker at a time run the
 	// adoption sweep.
 	AdoptLockKey = keyPrefix + "adopt-lock"
@@ -117,6 +121,11 @@ const (
 	BatchFieldFailed     = "failed"
 	BatchFieldCreatedAt  = "created_at"
 	BatchFieldFinishedAt = "finished_at"
+	BatchFieldConflicts  = "conflicts"
+	// BatchFieldEarlierFailed counts the duplicates whose earlier task is
+	// failed or canceled (of BatchFieldDuplicates).
+	BatchFieldEarlierFailed = "earlier_failed"
+	BatchFieldCanceled      = "canceled"
 	// BatchFieldSealed is couponq's own addition: "0" while a producer is
 	// still enqueuing into the batch, "1" after. A batch finishes only once
 	// sealed, so early tasks finishing cannot mark a half-enqueued batch done.

@@ -110,6 +110,20 @@ func (s *Store) OpenBatch(ctx context.Context, batchID string) error {
 	if err := openBatchScript.Run(ctx, s.rdb, []string{BatchKey(batchID)}, s.stamp(), s.ttlMillis()).Err(); err != nil {
 		return fmt.Errorf("couponq: open batch %s: %w", batchID, err)
 	}
+	return s.indexBatch(ctx, batchID)
+}
+
+// indexBatch lists batchID in BatchesKey (kept at its first creation time)
+// and trims the entries older than the TTL. Each is a command on that one
+// key: on Redis Cluster it lives in a slot of its own.
+func (s *Store) indexBatch(ctx context.Context, batchID string) error {
+	now := s.now()
+	pipe := s.rdb.Pipeline()
+	pipe.ZAddNX(ctx, BatchesKey, redis.Z{Score: float64(now.UnixMilli()), Member: batchID})
+	pipe.ZRemRangeByScore(ctx, BatchesKey, "-inf", "("+strconv.FormatInt(now.Add(-s.ttl).UnixMilli(), 10))
+	if _, err := pipe.Exec(ctx); err != nil {
+		return fmt.Errorf("couponq: list batch %s: %w", batchID, err)
+	}
 	return nil
 }
 
@@ -188,7 +202,25 @@ const (
 	// Underway: an earlier run of the same batch accepted the task and a
 	// worker has taken it up since; nothing to do.
 	Underway AcceptOutcome = "underway"
+	// EarlierFailed: a duplicate whose earlier task is failed or canceled,
+	// so it will not run again unless retried. It counts in the batch's
+	// duplicates and in its earlier_failed. The outcome AcceptMany returns
+	// is "earlier_failed:<that task's batch>": see Kind and EarlierBatch.
+	EarlierFailed AcceptOutcome = "earlier_failed"
 )
+
+// Kind is the outcome without the earlier batch an EarlierFailed carries.
+func (o AcceptOutcome) Kind() AcceptOutcome {
+	k, _, _ := strings.Cut(string(o), ":")
+	return AcceptOutcome(k)
+}
+
+// EarlierBatch is the batch of the earlier, failed or canceled task of an
+// EarlierFailed outcome ("" when that task belongs to no batch).
+func (o AcceptOutcome) EarlierBatch() string {
+	_, b, _ := strings.Cut(string(o), ":")
+	return b
+}
 
 // Handoff says how the tasks of one accept call will be enqueued: it is
 // kept in each result hash so that the task can be enqueued again by a
@@ -228,7 +260,9 @@ const MaxAcceptMany = 512
 // For a taken task ID: another payload is a 'conflict'; the same payload
 // written earlier in this run (a repeated line) or by another batch is a
 // 'duplicate'; by an earlier run of this batch, 'resumed' (still queued) or
-// 'underway'.
+// 'underway'. A duplicate of another batch's failed or canceled task is
+// 'earlier_failed:<its batch>' and counts in earlier_failed too. Conflicts
+// count in the batch's conflicts.
 //
 // KEYS[1] -> couponq:batch:<batch_id>
 // KEYS[2] -> couponq:batch:<batch_id>:tasks
@@ -259,7 +293,7 @@ end
 local token = run .. '/' .. ARGV[5]
 local runPrefix = run .. '/'
 local queue, timeout = ARGV[6], ARGV[7]
-local out, added, dups = {}, {}, 0
+local out, added, dups, efail, conflicts = {}, {}, 0, 0, 0
 for i = 4, #KEYS do
   local a = 9 + (i - 4) * 7
   local sha = ARGV[a + 5]
@@ -281,14 +315,23 @@ for i = 4, #KEYS do
     o = 'duplicate'
   elseif batch ~= '' and cur[3] == batch then
     if cur[5] == 'queued' then o = 'resumed' else o = 'underway' end
+  elseif cur[5] == 'failed' or cur[5] == 'canceled' then
+    -- a duplicate that will not run again: counted apart, so the batch
+    -- does not look healthy, and named by its batch for couponq retry
+    o = 'duplicate'
+    efail = efail + 1
+    out[#out + 1] = 'earlier_failed:' .. (cur[3] or '')
   else
     o = 'duplicate'
   end
   if o == 'duplicate' then dups = dups + 1 end
-  out[#out + 1] = o
+  if o == 'conflict' then conflicts = conflicts + 1 end
+  if #out < i - 3 then out[#out + 1] = o end
 end
 if batch ~= '' then
   if dups > 0 then redis.call('HINCRBY', KEYS[1], 'duplicates', dups) end
+  if efail > 0 then redis.call('HINCRBY', KEYS[1], 'earlier_failed', efail) end
+  if conflicts > 0 then redis.call('HINCRBY', KEYS[1], 'conflicts', conflicts) end
   if #added > 0 then
     redis.call('HINCRBY', KEYS[1], 'total', #added)
     -- reopen a batch sealed early (its producer was not seen for a while)
@@ -426,7 +469,11 @@ redis.call('DEL', KEYS[1])
 if ARGV[1] ~= '' then
   redis.call('HINCRBY', KEYS[2], 'total', -1)
   redis.call('SREM', KEYS[3], ARGV[2])
-  if ARGV[3] == '1' then redis.call('HINCRBY', KEYS[2], 'duplicates', 1) end
+  if ARGV[3] == '1' then
+    redis.call('HINCRBY', KEYS[2], 'duplicates', 1)
+  else
+    redis.call('HINCRBY', KEYS[2], 'conflicts', 1)
+  end
   finish_batch_if_done(KEYS[2], ARGV[4])
 end
 return 1
@@ -434,7 +481,7 @@ return 1
 
 // Unaccept undoes Accept when the task cannot be enqueued after all: asynq
 // holds its task ID for another task. With duplicate set, the task is
-// counted as a duplicate of its batch instead. It does nothing once a
+// counted as a duplicate of its batch instead (else as a conflict). It does nothing once a
 // worker has touched the result.
 //
 // It reports whether the result is gone: false means a worker already runs
