@@ -291,8 +291,13 @@ func (r *Reader) Wait(ctx context.Context, batchID string, every time.Duration, 
 		}
 		select {
 		case <-ctx.Done():
-			return b, fmt.Errorf("couponq: waiting for batch %s: %w", batchID, context.Cause(ctx))
 		case <-t.C:
+		}
+		// Checked after the select too: when the tick and the cancel are
+		// both ready, select may pick the tick, and the next read would
+		// fail on the canceled context and lose the last status.
+		if ctx.Err() != nil {
+			return b, fmt.Errorf("couponq: waiting for batch %s: %w", batchID, context.Cause(ctx))
 		}
 	}
 }
