@@ -41,9 +41,9 @@ func (c *Client) brandField(brandID string) string {
 }
 
 type updateBody struct {
-	BrandID      string       `json:"brand_id,omitempty"`
-	OutRequestNo string       `json:"out_request_no"`
-	DisplayInfo  *DisplayInfo `json:"display_info"`
+	BrandID      string          `json:"brand_id,omitempty"`
+	OutRequestNo string          `json:"out_request_no"`
+	DisplayInfo  json.RawMessage `json:"display_info"`
 }
 
 type deactivateBody struct {
@@ -64,17 +64,58 @@ func (c *Client) UpdateProductCoupon(ctx context.Context, req *UpdateProductCoup
 	if req == nil {
 		return nil, &ValidationError{Field: "request", Reason: "required"}
 	}
+	body := []byte(req.Body)
+	if body == nil {
+		var err error
+		if body, err = c.EncodeUpdate(req, nil); err != nil {
+			return nil, err
+		}
+	} else {
+		var v validator
+		v.ids(req.ProductCouponID, req.BrandID)
+		v.key("out_request_no", req.OutRequestNo, MinOutRequestNoLen, MaxOutRequestNoLen)
+		if !json.Valid(body) {
+			v.add("body", "is not JSON")
+		}
+		if err := v.err(); err != nil {
+			return nil, err
+		}
+		if err := c.checkBrand(req.BrandID); err != nil {
+			return nil, err
+		}
+	}
+	return c.coupon(ctx, http.MethodPatch, c.couponPath(req.ProductCouponID, ""), "", body)
+}
+
+// EncodeUpdate validates req and returns the JSON body UpdateProductCoupon
+// sends for it: brand_id (partner mode only), out_request_no and
+// display_info — displayInfo when given (a JSON object, such as
+// MergeDisplayInfo returns), else req.DisplayInfo. A caller that retries
+// keeps the bytes and sends them again through req.Body.
+func (c *Client) EncodeUpdate(req *UpdateProductCouponRequest, displayInfo json.RawMessage) ([]byte, error) {
+	if req == nil {
+		return nil, &ValidationError{Field: "request", Reason: "required"}
+	}
 	if err := req.Validate(); err != nil {
 		return nil, err
 	}
 	if err := c.checkBrand(req.BrandID); err != nil {
 		return nil, err
 	}
-	body, err := json.Marshal(updateBody{BrandID: c.brandField(req.BrandID), OutRequestNo: req.OutRequestNo, DisplayInfo: req.DisplayInfo})
+	di := displayInfo
+	if di == nil {
+		var err error
+		if di, err = marshalNoEscape(req.DisplayInfo); err != nil {
+			return nil, fmt.Errorf("wechatpay: encoding update: %w", err)
+		}
+	} else if !isJSONObject(di) {
+		return nil, &ValidationError{Field: "display_info", Reason: "must be a JSON object"}
+	}
+	body, err := marshalNoEscape(updateBody{BrandID: c.brandField(req.BrandID), OutRequestNo: req.OutRequestNo, DisplayInfo: di})
 	if err != nil {
 		return nil, fmt.Errorf("wechatpay: encoding update: %w", err)
 	}
-	return c.coupon(ctx, http.MethodPatch, c.couponPath(req.ProductCouponID, ""), "", body)
+	return body, nil
 }
 
 // DeactivateProductCoupon ends every batch and channel of a coupon; coupons

@@ -35,6 +35,8 @@ type stubAPI struct {
 	applyBeforeError map[string]bool
 	// onCall runs at the start of every call, under the lock.
 	onCall func(op tasks.Op)
+	// bodies are the Body of every update call, in order.
+	bodies []string
 }
 
 func newStubAPI() *stubAPI {
@@ -121,11 +123,39 @@ func (s *stubAPI) do(ctx context.Context, op tasks.Op, id, brand, outNo string, 
 }
 
 func (s *stubAPI) UpdateProductCoupon(ctx context.Context, req *wechatpay.UpdateProductCouponRequest) (*wechatpay.ProductCoupon, error) {
+	di := *req.DisplayInfo
+	if req.Body != nil {
+		// What the worker sends: the whole display_info, which replaces the coupon's.
+		var b struct {
+			DisplayInfo wechatpay.DisplayInfo `json:"display_info"`
+		}
+		if err := json.Unmarshal(req.Body, &b); err != nil {
+			return nil, apiErr(400, wechatpay.CodeParamError, "")
+		}
+		di = b.DisplayInfo
+	}
+	s.mu.Lock()
+	s.bodies = append(s.bodies, string(req.Body))
+	s.mu.Unlock()
 	return s.do(ctx, tasks.OpUpdate, req.ProductCouponID, req.BrandID, req.OutRequestNo, func(c *wechatpay.ProductCoupon) error {
-		di := *req.DisplayInfo
 		c.DisplayInfo = &di
 		return nil
 	})
+}
+
+// EncodeUpdate encodes a partner-mode body, as the client does.
+func (s *stubAPI) EncodeUpdate(req *wechatpay.UpdateProductCouponRequest, displayInfo json.RawMessage) ([]byte, error) {
+	if err := req.Validate(); err != nil {
+		return nil, err
+	}
+	if displayInfo == nil {
+		displayInfo, _ = json.Marshal(req.DisplayInfo)
+	}
+	return json.Marshal(struct {
+		BrandID      string          `json:"brand_id"`
+		OutRequestNo string          `json:"out_request_no"`
+		DisplayInfo  json.RawMessage `json:"display_info"`
+	}{req.BrandID, req.OutRequestNo, displayInfo})
 }
 
 func (s *stubAPI) DeactivateProductCoupon(ctx context.Context, req *wechatpay.DeactivateProductCouponRequest) (*wechatpay.ProductCoupon, error) {
@@ -174,11 +204,16 @@ type fakeLimiter struct {
 	mu       sync.Mutex
 	waitErrs []error
 	backoffs []string
+	waits    map[string]int // Wait calls by endpoint
 }
 
 func (f *fakeLimiter) Wait(_ context.Context, endpoint string, _ time.Duration) (time.Duration, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.waits == nil {
+		f.waits = map[string]int{}
+	}
+	f.waits[endpoint]++
 	if len(f.waitErrs) > 0 {
 		err := f.waitErrs[0]
 		f.waitErrs = f.waitErrs[1:]
