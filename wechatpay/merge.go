@@ -18,7 +18,7 @@ import (
 // the whole display_info is right under both readings. A list is replaced
 // whole (detail_image_url_list, combo_package_list). A field is named by
 // change when it is non-empty, or for original_price when
-// OriginalPriceSet. The keys come out sorted, so the same inputs always
+// OriginalPriceZero. The keys come out sorted, so the same inputs always
 // give the same bytes.
 func MergeDisplayInfo(coupon *ProductCoupon, change *DisplayInfo) (merged json.RawMessage, changed bool, err error) {
 	if change == nil {

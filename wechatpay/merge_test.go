@@ -36,7 +36,7 @@ func TestZeroPricesStayOnTheWire(t *testing.T) {
 	}
 	// Built in Go: a zero price is sent only when marked given.
 	b, _ := json.Marshal(wechatpay.DisplayInfo{Name: "名称券"})
-	z, _ := json.Marshal(wechatpay.DisplayInfo{Name: "名称券", OriginalPriceSet: true})
+	z, _ := json.Marshal(wechatpay.DisplayInfo{Name: "名称券", OriginalPriceZero: true})
 	if string(b) != `{"name":"名称券"}` || string(z) != `{"name":"名称券","original_price":0}` {
 		t.Errorf("encoded %s and %s", b, z)
 	}
@@ -168,5 +168,26 @@ func TestEncodeUpdateAndBody(t *testing.T) {
 				t.Error("a display_info that is not an object was encoded")
 			}
 		})
+	}
+}
+
+func TestDisplayInfoDecoding(t *testing.T) {
+	t.Parallel()
+	// WeChat Pay's answer may carry fields this model does not know.
+	var pc wechatpay.ProductCoupon
+	answer := `{"product_coupon_id":"1","new_top":1,"display_info":{"name":"名称券","new_field":2,` +
+		`"combo_package_list":[{"name":"p","pick_count":1,"new_pkg":3,"choice_list":[{"name":"c","price":0,"count":1,"new_choice":4}]}]}}`
+	if err := json.Unmarshal([]byte(answer), &pc); err != nil {
+		t.Fatalf("answer with unknown fields: %v", err)
+	}
+	if pc.ProductCouponID != "1" || pc.DisplayInfo.Name != "名称券" || !pc.DisplayInfo.ComboPackageList[0].ChoiceList[0].PriceZero {
+		t.Errorf("decoded %+v", pc.DisplayInfo)
+	}
+	// Input is strict: a misspelt field is an error, not a dropped change.
+	var d wechatpay.DisplayInfo
+	for _, in := range []string{`{"nmae":"名称券"}`, `{"combo_package_list":[{"name":"p","choice_list":[{"prce":1}]}]}`} {
+		if err := json.Unmarshal([]byte(in), &d); err == nil || !strings.Contains(err.Error(), "unknown field") {
+			t.Errorf("%s: err = %v, want unknown field", in, err)
+		}
 	}
 }

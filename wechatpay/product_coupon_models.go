@@ -76,10 +76,11 @@ type ProgressiveBundleUsageInfo struct {
 }
 
 // DisplayInfo is what users see of a coupon. Money is in fen. Empty fields
-// are omitted from requests, except a price the JSON named: OriginalPriceSet
-// records that original_price was present (so an explicit 0 stays on the
-// wire while an absent price stays absent); decoding sets it, and code that
-// builds a DisplayInfo with a zero price it means to send sets it too.
+// are omitted from requests, except a zero price that was given:
+// OriginalPriceZero marks an original_price of 0 as given, so an explicit 0
+// stays on the wire while an absent price stays absent. Decoding sets it
+// for a 0 in the JSON; code that builds a DisplayInfo with a zero price it
+// means to send sets it too.
 // WeChat Pay documents name, image_url and background_url as required and
 // does not say whether PATCH merges or replaces display_info: send the whole
 // display_info (MergeDisplayInfo builds it from the coupon).
@@ -91,44 +92,109 @@ type DisplayInfo struct {
 	OriginalPrice      int64          `json:"original_price,omitempty"`
 	ComboPackageList   []ComboPackage `json:"combo_package_list,omitempty"`
 
-	// OriginalPriceSet reports that original_price is given even when 0.
-	OriginalPriceSet bool `json:"-"`
+	// OriginalPriceZero marks OriginalPrice 0 as given: it is sent.
+	OriginalPriceZero bool `json:"-"`
 }
 
-// displayInfoJSON is DisplayInfo's wire form with original_price always
-// encoded when given; the alias drops the methods so encoding does not recurse.
-type displayInfoJSON struct {
-	Name               string         `json:"name,omitempty"`
-	ImageURL           string         `json:"image_url,omitempty"`
-	BackgroundURL      string         `json:"background_url,omitempty"`
-	DetailImageURLList []string       `json:"detail_image_url_list,omitempty"`
-	OriginalPrice      *int64         `json:"original_price,omitempty"`
-	ComboPackageList   []ComboPackage `json:"combo_package_list,omitempty"`
+// displayInfoWire is DisplayInfo's wire form: a price is a pointer, so a
+// given 0 is told from an absent price. The wire types have no methods, so
+// a decoder's DisallowUnknownFields reaches every level.
+type displayInfoWire struct {
+	Name               string             `json:"name,omitempty"`
+	ImageURL           string             `json:"image_url,omitempty"`
+	BackgroundURL      string             `json:"background_url,omitempty"`
+	DetailImageURLList []string           `json:"detail_image_url_list,omitempty"`
+	OriginalPrice      *int64             `json:"original_price,omitempty"`
+	ComboPackageList   []comboPackageWire `json:"combo_package_list,omitempty"`
 }
 
-// MarshalJSON encodes d with original_price present when nonzero or
-// OriginalPriceSet.
-func (d DisplayInfo) MarshalJSON() ([]byte, error) {
-	w := displayInfoJSON{Name: d.Name, ImageURL: d.ImageURL, BackgroundURL: d.BackgroundURL,
-		DetailImageURLList: d.DetailImageURLList, ComboPackageList: d.ComboPackageList}
-	if d.OriginalPrice != 0 || d.OriginalPriceSet {
-		p := d.OriginalPrice
-		w.OriginalPrice = &p
+type comboPackageWire struct {
+	Name       string            `json:"name,omitempty"`
+	PickCount  int64             `json:"pick_count,omitempty"`
+	ChoiceList []comboChoiceWire `json:"choice_list,omitempty"`
+}
+
+type comboChoiceWire struct {
+	Name             string `json:"name,omitempty"`
+	Price            *int64 `json:"price,omitempty"`
+	Count            int64  `json:"count,omitempty"`
+	ImageURL         string `json:"image_url,omitempty"`
+	MiniProgramAppID string `json:"mini_program_appid,omitempty"`
+	MiniProgramPath  string `json:"mini_program_path,omitempty"`
+}
+
+// price is the wire form of a price: present when nonzero or given as 0.
+func price(n int64, zeroGiven bool) *int64 {
+	if n == 0 && !zeroGiven {
+		return nil
 	}
-	return marshalNoEscape(w)
+	return &n
 }
 
-// UnmarshalJSON decodes d, setting OriginalPriceSet when original_price is present.
-func (d *DisplayInfo) UnmarshalJSON(b []byte) error {
-	var w displayInfoJSON
-	if err := json.Unmarshal(b, &w); err != nil {
+func (d *DisplayInfo) wire() displayInfoWire {
+	w := displayInfoWire{Name: d.Name, ImageURL: d.ImageURL, BackgroundURL: d.BackgroundURL,
+		DetailImageURLList: d.DetailImageURLList, OriginalPrice: price(d.OriginalPrice, d.OriginalPriceZero)}
+	if d.ComboPackageList != nil {
+		w.ComboPackageList = make([]comboPackageWire, len(d.ComboPackageList))
+	}
+	for i, p := range d.ComboPackageList {
+		wp := comboPackageWire{Name: p.Name, PickCount: p.PickCount}
+		if p.ChoiceList != nil {
+			wp.ChoiceList = make([]comboChoiceWire, len(p.ChoiceList))
+		}
+		for j, c := range p.ChoiceList {
+			wp.ChoiceList[j] = comboChoiceWire{Name: c.Name, Price: price(c.Price, c.PriceZero), Count: c.Count,
+				ImageURL: c.ImageURL, MiniProgramAppID: c.MiniProgramAppID, MiniProgramPath: c.MiniProgramPath}
+		}
+		w.ComboPackageList[i] = wp
+	}
+	return w
+}
+
+func (w *displayInfoWire) model() DisplayInfo {
+	d := DisplayInfo{Name: w.Name, ImageURL: w.ImageURL, BackgroundURL: w.BackgroundURL, DetailImageURLList: w.DetailImageURLList}
+	if w.OriginalPrice != nil {
+		d.OriginalPrice, d.OriginalPriceZero = *w.OriginalPrice, *w.OriginalPrice == 0
+	}
+	if w.ComboPackageList != nil {
+		d.ComboPackageList = make([]ComboPackage, len(w.ComboPackageList))
+	}
+	for i, wp := range w.ComboPackageList {
+		p := ComboPackage{Name: wp.Name, PickCount: wp.PickCount}
+		if wp.ChoiceList != nil {
+			p.ChoiceList = make([]ComboChoice, len(wp.ChoiceList))
+		}
+		for j, wc := range wp.ChoiceList {
+			c := ComboChoice{Name: wc.Name, Count: wc.Count, ImageURL: wc.ImageURL,
+				MiniProgramAppID: wc.MiniProgramAppID, MiniProgramPath: wc.MiniProgramPath}
+			if wc.Price != nil {
+				c.Price, c.PriceZero = *wc.Price, *wc.Price == 0
+			}
+			p.ChoiceList[j] = c
+		}
+		d.ComboPackageList[i] = p
+	}
+	return d
+}
+
+// MarshalJSON encodes d; a price is present when nonzero or given as 0.
+func (d DisplayInfo) MarshalJSON() ([]byte, error) { return marshalNoEscape(d.wire()) }
+
+// UnmarshalJSON decodes d strictly, as input should be: an unknown field is
+// an error (a misspelt field in a change line must not be dropped). A
+// ProductCoupon's display_info, WeChat Pay's answer, is decoded leniently.
+func (d *DisplayInfo) UnmarshalJSON(b []byte) error { return d.decode(b, true) }
+
+func (d *DisplayInfo) decode(b []byte, strict bool) error {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	if strict {
+		dec.DisallowUnknownFields()
+	}
+	var w displayInfoWire
+	if err := dec.Decode(&w); err != nil {
 		return err
 	}
-	*d = DisplayInfo{Name: w.Name, ImageURL: w.ImageURL, BackgroundURL: w.BackgroundURL,
-		DetailImageURLList: w.DetailImageURLList, ComboPackageList: w.ComboPackageList}
-	if w.OriginalPrice != nil {
-		d.OriginalPrice, d.OriginalPriceSet = *w.OriginalPrice, true
-	}
+	*d = w.model()
 	return nil
 }
 
@@ -139,8 +205,8 @@ type ComboPackage struct {
 	ChoiceList []ComboChoice `json:"choice_list,omitempty"`
 }
 
-// ComboChoice is one item of a combo package. Price is in fen; PriceSet
-// records that price was given even when 0 (see DisplayInfo).
+// ComboChoice is one item of a combo package. Price is in fen; PriceZero
+// marks a Price of 0 as given, so it is sent (see DisplayInfo).
 type ComboChoice struct {
 	Name             string `json:"name,omitempty"`
 	Price            int64  `json:"price,omitempty"`
@@ -149,40 +215,33 @@ type ComboChoice struct {
 	MiniProgramAppID string `json:"mini_program_appid,omitempty"`
 	MiniProgramPath  string `json:"mini_program_path,omitempty"`
 
-	// PriceSet reports that price is given even when 0.
-	PriceSet bool `json:"-"`
+	// PriceZero marks Price 0 as given: it is sent.
+	PriceZero bool `json:"-"`
 }
 
-type comboChoiceJSON struct {
-	Name             string `json:"name,omitempty"`
-	Price            *int64 `json:"price,omitempty"`
-	Count            int64  `json:"count,omitempty"`
-	ImageURL         string `json:"image_url,omitempty"`
-	MiniProgramAppID string `json:"mini_program_appid,omitempty"`
-	MiniProgramPath  string `json:"mini_program_path,omitempty"`
-}
+// productCouponFields is ProductCoupon without its methods.
+type productCouponFields ProductCoupon
 
-// MarshalJSON encodes c with price present when nonzero or PriceSet.
-func (c ComboChoice) MarshalJSON() ([]byte, error) {
-	w := comboChoiceJSON{Name: c.Name, Count: c.Count, ImageURL: c.ImageURL,
-		MiniProgramAppID: c.MiniProgramAppID, MiniProgramPath: c.MiniProgramPath}
-	if c.Price != 0 || c.PriceSet {
-		p := c.Price
-		w.Price = &p
+// UnmarshalJSON decodes an answer leniently: fields this model does not
+// know, display_info's included, are ignored here and kept in Raw by the
+// client.
+func (pc *ProductCoupon) UnmarshalJSON(b []byte) error {
+	var w struct {
+		*productCouponFields
+		DisplayInfo json.RawMessage `json:"display_info,omitempty"`
 	}
-	return marshalNoEscape(w)
-}
-
-// UnmarshalJSON decodes c, setting PriceSet when price is present.
-func (c *ComboChoice) UnmarshalJSON(b []byte) error {
-	var w comboChoiceJSON
+	raw := pc.Raw
+	*pc = ProductCoupon{}
+	w.productCouponFields = (*productCouponFields)(pc)
 	if err := json.Unmarshal(b, &w); err != nil {
 		return err
 	}
-	*c = ComboChoice{Name: w.Name, Count: w.Count, ImageURL: w.ImageURL,
-		MiniProgramAppID: w.MiniProgramAppID, MiniProgramPath: w.MiniProgramPath}
-	if w.Price != nil {
-		c.Price, c.PriceSet = *w.Price, true
+	pc.Raw = raw
+	if len(w.DisplayInfo) > 0 && !bytes.Equal(bytes.TrimSpace(w.DisplayInfo), []byte("null")) {
+		pc.DisplayInfo = new(DisplayInfo)
+		if err := pc.DisplayInfo.decode(w.DisplayInfo, false); err != nil {
+			return err
+		}
 	}
 	return nil
 }

@@ -122,7 +122,7 @@ func (v *validator) money(field string, n int64) {
 // validate checks the display info against the documented limits.
 func (d *DisplayInfo) validate(v *validator, field string) {
 	if d.Name == "" && d.ImageURL == "" && d.BackgroundURL == "" && len(d.DetailImageURLList) == 0 &&
-		d.OriginalPrice == 0 && !d.OriginalPriceSet && len(d.ComboPackageList) == 0 {
+		d.OriginalPrice == 0 && !d.OriginalPriceZero && len(d.ComboPackageList) == 0 {
 		v.add(field, "must change at least one field")
 		return
 	}

@@ -121,7 +121,7 @@ func TestValidateUpdate(t *testing.T) {
 		// Undocumented, so not a rule: pick 3 of one choice (the seed's own sample).
 		{"pick_count above choices", func(r *wechatpay.UpdateProductCouponRequest) { r.DisplayInfo.ComboPackageList[0].PickCount = 3 }, nil},
 		{"only a zero original_price", func(r *wechatpay.UpdateProductCouponRequest) {
-			r.DisplayInfo = &wechatpay.DisplayInfo{OriginalPriceSet: true}
+			r.DisplayInfo = &wechatpay.DisplayInfo{OriginalPriceZero: true}
 		}, nil},
 		{"choice name missing", func(r *wechatpay.UpdateProductCouponRequest) {
 			r.DisplayInfo.ComboPackageList[0].ChoiceList[0].Name = ""

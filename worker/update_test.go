@@ -17,7 +17,7 @@ func fullCoupon(id string) *wechatpay.ProductCoupon {
 	return &wechatpay.ProductCoupon{ProductCouponID: id, BrandID: testBrand, State: wechatpay.StateEffective,
 		DisplayInfo: &wechatpay.DisplayInfo{Name: "原始名称券", ImageURL: "https://img.example/i.png",
 			BackgroundURL: "https://img.example/b.png", DetailImageURLList: []string{"https://img.example/d1.png"},
-			OriginalPrice: 5000, OriginalPriceSet: true}}
+			OriginalPrice: 5000}}
 }
 
 func TestUpdateSendsMergedBodyAndStoresIt(t *testing.T) {
@@ -113,7 +113,7 @@ func TestUpdateZeroPriceIsAChange(t *testing.T) {
 	if err := b.w.Handler().ProcessTask(t.Context(), task); err != nil {
 		t.Fatal(err)
 	}
-	if got := b.api.coupons["1000000013"].DisplayInfo; got.OriginalPrice != 0 || !got.OriginalPriceSet || got.ImageURL == "" {
+	if got := b.api.coupons["1000000013"].DisplayInfo; got.OriginalPrice != 0 || !got.OriginalPriceZero || got.ImageURL == "" {
 		t.Errorf("display_info = %+v, want original_price 0 sent, the rest kept", got)
 	}
 }
