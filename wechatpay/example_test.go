@@ -25,7 +25,7 @@ func Example() {
 		ProductCouponID: id,
 		BrandID:         brand,
 		OutRequestNo:    "34657_20250101_123456",
-		DisplayInfo:     &wechatpay.DisplayInfo{Name: "全场满100立打8折", OriginalPrice: 10000},
+		DisplayInfo:     &wechatpay.DisplayInfo{Name: "全场满100立打8折", OriginalPrice: 10000, ImageURL: "https://img.example/i.png", BackgroundURL: "https://img.example/b.png"},
 	})
 	if err != nil {
 		fmt.Println(err)

@@ -11,7 +11,7 @@ import (
 
 func update(brand, id, key, name string) *wechatpay.UpdateProductCouponRequest {
 	return &wechatpay.UpdateProductCouponRequest{ProductCouponID: id, BrandID: brand, OutRequestNo: key,
-		DisplayInfo: &wechatpay.DisplayInfo{Name: name}}
+		DisplayInfo: &wechatpay.DisplayInfo{Name: name, ImageURL: "https://img.example/i.png", BackgroundURL: "https://img.example/b.png"}}
 }
 
 func deactivate(brand, id, key string) *wechatpay.DeactivateProductCouponRequest {
