@@ -21,6 +21,8 @@ func Example() {
 	defer client.Close()
 	ctx := context.Background()
 
+	// The whole display_info: name and both images are required, and
+	// PATCH may replace it (MergeDisplayInfo builds it from the coupon).
 	pc, err := client.UpdateProductCoupon(ctx, &wechatpay.UpdateProductCouponRequest{
 		ProductCouponID: id,
 		BrandID:         brand,
