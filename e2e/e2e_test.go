@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -204,8 +205,21 @@ func verify(t *testing.T, rdb redis.UniversalClient, fake *wechatpaytest.Server,
 			answered404[key]++
 		}
 	}
+	// Every attempt of a write sends the body fixed before the first.
+	bodies := map[string][]string{}
+	for _, q := range fake.Requests() {
+		if q.Method != http.MethodGet && q.OutRequestNo != "" {
+			bodies[q.OutRequestNo] = append(bodies[q.OutRequestNo], string(q.Body))
+		}
+	}
 	for _, res := range all {
 		id := res.TaskID
+		for i, b := range bodies[res.OutRequestNo] {
+			if res.Op != tasks.OpGet && b != string(res.Request) {
+				t.Errorf("%s: attempt %d of %d sent %s, want the stored request %s", id, i+1, len(bodies[res.OutRequestNo]), b, res.Request)
+				break
+			}
+		}
 		switch res.Status {
 		case tasks.StatusSucceeded:
 			succeeded++

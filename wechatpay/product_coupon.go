@@ -70,19 +70,8 @@ func (c *Client) UpdateProductCoupon(ctx context.Context, req *UpdateProductCoup
 		if body, err = c.EncodeUpdate(req, nil); err != nil {
 			return nil, err
 		}
-	} else {
-		var v validator
-		v.ids(req.ProductCouponID, req.BrandID)
-		v.key("out_request_no", req.OutRequestNo, MinOutRequestNoLen, MaxOutRequestNoLen)
-		if !json.Valid(body) {
-			v.add("body", "is not JSON")
-		}
-		if err := v.err(); err != nil {
-			return nil, err
-		}
-		if err := c.checkBrand(req.BrandID); err != nil {
-			return nil, err
-		}
+	} else if err := c.checkBody(req.ProductCouponID, req.BrandID, req.OutRequestNo, body); err != nil {
+		return nil, err
 	}
 	return c.coupon(ctx, http.MethodPatch, c.couponPath(req.ProductCouponID, ""), "", body)
 }
@@ -130,17 +119,50 @@ func (c *Client) DeactivateProductCoupon(ctx context.Context, req *DeactivatePro
 	if req == nil {
 		return nil, &ValidationError{Field: "request", Reason: "required"}
 	}
+	body := []byte(req.Body)
+	if body == nil {
+		var err error
+		if body, err = c.EncodeDeactivate(req); err != nil {
+			return nil, err
+		}
+	} else if err := c.checkBody(req.ProductCouponID, req.BrandID, req.OutRequestNo, body); err != nil {
+		return nil, err
+	}
+	return c.coupon(ctx, http.MethodPost, c.couponPath(req.ProductCouponID, "/deactivate"), "", body)
+}
+
+// EncodeDeactivate validates req and returns the JSON body
+// DeactivateProductCoupon sends for it; a caller that retries may keep the
+// bytes and send them again through req.Body.
+func (c *Client) EncodeDeactivate(req *DeactivateProductCouponRequest) ([]byte, error) {
+	if req == nil {
+		return nil, &ValidationError{Field: "request", Reason: "required"}
+	}
 	if err := req.Validate(); err != nil {
 		return nil, err
 	}
 	if err := c.checkBrand(req.BrandID); err != nil {
 		return nil, err
 	}
-	body, err := json.Marshal(deactivateBody{BrandID: c.brandField(req.BrandID), OutRequestNo: req.OutRequestNo, DeactivateReason: req.DeactivateReason})
+	body, err := marshalNoEscape(deactivateBody{BrandID: c.brandField(req.BrandID), OutRequestNo: req.OutRequestNo, DeactivateReason: req.DeactivateReason})
 	if err != nil {
 		return nil, fmt.Errorf("wechatpay: encoding deactivate: %w", err)
 	}
-	return c.coupon(ctx, http.MethodPost, c.couponPath(req.ProductCouponID, "/deactivate"), "", body)
+	return body, nil
+}
+
+// checkBody validates what routes a request sent with a body given as is.
+func (c *Client) checkBody(couponID, brandID, outRequestNo string, body []byte) error {
+	var v validator
+	v.ids(couponID, brandID)
+	v.key("out_request_no", outRequestNo, MinOutRequestNoLen, MaxOutRequestNoLen)
+	if !isJSONObject(body) {
+		v.add("body", "must be a JSON object")
+	}
+	if err := v.err(); err != nil {
+		return err
+	}
+	return c.checkBrand(brandID)
 }
 
 // GetProductCoupon reads a coupon.

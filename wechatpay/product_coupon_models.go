@@ -281,6 +281,10 @@ type DeactivateProductCouponRequest struct {
 	BrandID          string `json:"brand_id"`
 	OutRequestNo     string `json:"out_request_no"`
 	DeactivateReason string `json:"deactivate_reason"`
+
+	// Body, when set, is the exact JSON body to send, as EncodeDeactivate
+	// made it for the first attempt.
+	Body json.RawMessage `json:"-"`
 }
 
 // GetProductCouponRequest is the input of Client.GetProductCoupon.

@@ -19,4 +19,7 @@ type API interface {
 	// EncodeUpdate returns the body of an update with displayInfo merged
 	// from the coupon; the worker stores it and sends it on every attempt.
 	EncodeUpdate(req *wechatpay.UpdateProductCouponRequest, displayInfo json.RawMessage) ([]byte, error)
+	// EncodeDeactivate returns the body of a deactivation, stored and sent
+	// on every attempt like an update's.
+	EncodeDeactivate(req *wechatpay.DeactivateProductCouponRequest) ([]byte, error)
 }

@@ -77,8 +77,13 @@ func (w *Worker) process(ctx context.Context, t *asynq.Task) error {
 const maxStays = 3
 
 func (r *run) execute(ctx context.Context) error {
-	if r.c.op == tasks.OpUpdate {
+	switch r.c.op {
+	case tasks.OpUpdate:
 		if done, err := r.prepareUpdate(ctx); done {
+			return err
+		}
+	case tasks.OpDeactivate:
+		if done, err := r.prepareDeactivate(ctx); done {
 			return err
 		}
 	}

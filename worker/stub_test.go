@@ -35,8 +35,9 @@ type stubAPI struct {
 	applyBeforeError map[string]bool
 	// onCall runs at the start of every call, under the lock.
 	onCall func(op tasks.Op)
-	// bodies are the Body of every update call, in order.
-	bodies []string
+	// bodies are the Body of every update call, in order; deactBodies of
+	// every deactivate call.
+	bodies, deactBodies []string
 }
 
 func newStubAPI() *stubAPI {
@@ -143,6 +144,18 @@ func (s *stubAPI) UpdateProductCoupon(ctx context.Context, req *wechatpay.Update
 	})
 }
 
+// EncodeDeactivate encodes a partner-mode body, as the client does.
+func (s *stubAPI) EncodeDeactivate(req *wechatpay.DeactivateProductCouponRequest) ([]byte, error) {
+	if err := req.Validate(); err != nil {
+		return nil, err
+	}
+	return json.Marshal(struct {
+		BrandID          string `json:"brand_id"`
+		OutRequestNo     string `json:"out_request_no"`
+		DeactivateReason string `json:"deactivate_reason"`
+	}{req.BrandID, req.OutRequestNo, req.DeactivateReason})
+}
+
 // EncodeUpdate encodes a partner-mode body, as the client does.
 func (s *stubAPI) EncodeUpdate(req *wechatpay.UpdateProductCouponRequest, displayInfo json.RawMessage) ([]byte, error) {
 	if err := req.Validate(); err != nil {
@@ -159,6 +172,9 @@ func (s *stubAPI) EncodeUpdate(req *wechatpay.UpdateProductCouponRequest, displa
 }
 
 func (s *stubAPI) DeactivateProductCoupon(ctx context.Context, req *wechatpay.DeactivateProductCouponRequest) (*wechatpay.ProductCoupon, error) {
+	s.mu.Lock()
+	s.deactBodies = append(s.deactBodies, string(req.Body))
+	s.mu.Unlock()
 	return s.do(ctx, tasks.OpDeactivate, req.ProductCouponID, req.BrandID, req.OutRequestNo, func(c *wechatpay.ProductCoupon) error {
 		if c.State != wechatpay.StateEffective {
 			return apiErr(400, wechatpay.CodeInvalidRequest, "")

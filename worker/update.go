@@ -68,6 +68,34 @@ func (r *run) prepareUpdate(ctx context.Context) (done bool, err error) {
 	return false, nil
 }
 
+// prepareDeactivate fixes a deactivation's body before its first attempt
+// and stores it in the result, as every write's is (SPEC: request), so a
+// retry or a re-delivery sends the stored bytes.
+func (r *run) prepareDeactivate(ctx context.Context) (done bool, err error) {
+	body, err := r.w.store.Request(ctx, r.taskID)
+	if err != nil {
+		return true, fmt.Errorf("worker: %w", err)
+	}
+	if body == nil {
+		enc, err := r.w.api.EncodeDeactivate(r.c.deactivate)
+		if err != nil {
+			a := results.Attempt{ErrorCode: CodeInvalidPayload, ErrorMessage: clip(err.Error())}
+			return true, r.finish(ctx, tasks.StatusFailed, a, fmt.Errorf("worker: encoding the deactivation: %w: %w", err, asynq.SkipRetry))
+		}
+		err = detached(ctx, func(ctx context.Context) (err error) {
+			body, err = r.w.store.FixRequest(ctx, r.taskID, enc)
+			return err
+		})
+		if err != nil {
+			return true, fmt.Errorf("worker: %w", err)
+		}
+	}
+	req := *r.c.deactivate
+	req.Body = body
+	r.c.deactivate = &req
+	return false, nil
+}
+
 // readForUpdate GETs the coupon an update is about to change, riding out
 // 429s as execute does. done reports that the run is over (the GET failed
 // and its verdict was carried out); err is then the handler's answer.

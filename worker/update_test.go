@@ -153,3 +153,24 @@ func TestUpdateReadFailures(t *testing.T) {
 		})
 	}
 }
+
+func TestDeactivateStoresItsBody(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	task := b.enqueue(t, deactivateReq("1000000013", "deact_body01"))[0]
+	b.api.failNext(tasks.OpDeactivate, "1000000013", apiErr(500, wechatpay.CodeSystemError, ""))
+	if err := b.w.Handler().ProcessTask(t.Context(), task); err == nil {
+		t.Fatal("first run: want a retryable error")
+	}
+	if err := b.w.Handler().ProcessTask(withRetry(t.Context(), 1, 25), task); err != nil {
+		t.Fatal(err)
+	}
+	res := b.result(t, taskIDOf(tasks.OpDeactivate, "deact_body01"))
+	want, _ := b.api.EncodeDeactivate(deactivateReq("1000000013", "deact_body01"))
+	if res[results.FieldRequest] != string(want) {
+		t.Errorf("request = %q, want %q", res[results.FieldRequest], want)
+	}
+	if diff := cmp.Diff([]string{string(want), string(want)}, b.api.deactBodies); diff != "" {
+		t.Errorf("bodies sent (-want +got):\n%s", diff)
+	}
+}
