@@ -112,7 +112,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			now = s.now()
 		}
 	}
-	rec := Request{serial: r.Header.Get("Wechatpay-Serial"), Time: now, Method: r.Method, Path: r.URL.Path, Query: r.URL.RawQuery}
+	rec := Request{Time: now, Method: r.Method, Path: r.URL.Path, Query: r.URL.RawQuery, Serial: r.Header.Get("Wechatpay-Serial")}
 	defer func() { s.logRequest(rec) }()
 
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 1<<20))
@@ -329,7 +329,7 @@ func (s *Server) reply(w http.ResponseWriter, rec *Request, a *answer, mode sigM
 	// The fake's own clock, as WeChat Pay's Date is WeChat Pay's: a client
 	// measuring its skew from it sees WithClock and WithClockSkew.
 	h["Date"] = []string{s.now().UTC().Format(http.TimeFormat)}
-	s.signHeaders(h, body, mode, rec.Op == OpCertificates, rec.serial)
+	s.signHeaders(h, body, mode, rec.Op == OpCertificates, rec.Serial)
 	w.WriteHeader(a.status)
 	_, _ = w.Write(body)
 	rec.Status, rec.Code, rec.RequestID = a.status, a.code, rid

@@ -52,9 +52,8 @@ type Request struct {
 	RequestID    string
 	Fault        string // one of the Fault* names, "" for none
 	Query        string // the raw query
-	Body         []byte // a write's body as received
-
-	serial string // the request's Wechatpay-Serial, which the answer is signed by in BothKeyModes
+	Body         []byte // a write's body as received (once the signature checked out)
+	Serial       string // the request's Wechatpay-Serial; in BothKeyModes the answer is signed by the key it names
 }
 
 // Effect is one change the fake applied.
