@@ -164,6 +164,14 @@ func TestDisplayInfoApplied(t *testing.T) {
 		{"other combo", &wechatpay.DisplayInfo{Name: sent.Name, OriginalPrice: 10000}, false},
 		{"none", nil, false},
 	}
+	// A zero price sent is compared too.
+	zero := &wechatpay.DisplayInfo{Name: sent.Name, OriginalPriceZero: true}
+	if displayInfoApplied(zero, &wechatpay.DisplayInfo{Name: sent.Name, OriginalPrice: 10000}) {
+		t.Error("original_price 0 sent, 10000 found: reported applied")
+	}
+	if !displayInfoApplied(zero, &wechatpay.DisplayInfo{Name: sent.Name, OriginalPriceZero: true}) {
+		t.Error("original_price 0 sent and found: reported not applied")
+	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
