@@ -30,7 +30,7 @@ func TestServerModes(t *testing.T) {
 				brand := s.BrandID()
 				ids := s.SeedCoupons(brand, 2)
 				ctx := t.Context()
-				for i := 0; i < 4; i++ { // several answers: both signers in BothKeyModes
+				for i := 0; i < 4; i++ { // several answers (certificate rotation signs in turn)
 					if _, err := c.GetProductCoupon(ctx, &wechatpay.GetProductCouponRequest{ProductCouponID: ids[0], BrandID: brand}); err != nil {
 						t.Fatalf("get: %v", err)
 					}
