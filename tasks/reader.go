@@ -34,6 +34,8 @@ type Result struct {
 	RequestID       string          `json:"request_id,omitempty"`
 	Coupon          json.RawMessage `json:"coupon,omitempty"` // the ProductCoupon JSON, on success
 	CouponState     string          `json:"coupon_state,omitempty"`
+	Request         json.RawMessage `json:"request,omitempty"`   // a write's body, fixed before its first attempt
+	Unchanged       bool            `json:"unchanged,omitempty"` // an update not sent: the coupon already matched
 	EnqueuedAt      time.Time       `json:"enqueued_at,omitzero"`
 	UpdatedAt       time.Time       `json:"updated_at,omitzero"`
 	FinishedAt      time.Time       `json:"finished_at,omitzero"`
@@ -66,6 +68,10 @@ func parseResult(m map[string]string) (*Result, error) {
 	if c := m[results.FieldCoupon]; c != "" {
 		r.Coupon = json.RawMessage(c)
 	}
+	if q := m[results.FieldRequest]; q != "" {
+		r.Request = json.RawMessage(q)
+	}
+	r.Unchanged = m[results.FieldUnchanged] == "1"
 	var errs []error
 	errs = append(errs, atoi(m, results.FieldAttempts, &r.Attempts), atoi(m, results.FieldHTTPStatus, &r.HTTPStatus),
 		parseTime(m, results.FieldEnqueuedAt, &r.EnqueuedAt), parseTime(m, results.FieldUpdatedAt, &r.UpdatedAt),

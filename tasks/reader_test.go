@@ -35,6 +35,17 @@ func TestReaderResult(t *testing.T) {
 	if err := b.store.Retrying(ctx, id.TaskID, results.Attempt{Calls: 1, HTTPStatus: 500, ErrorCode: "SYSTEM_ERROR", ErrorMessage: "busy", RequestID: "r1"}); err != nil {
 		t.Fatal(err)
 	}
+	// The first body fixed is the one kept: a later run reads it back.
+	body := `{"brand_id":"120344","out_request_no":"abcdefg","deactivate_reason":"x"}`
+	if got, err := b.store.FixRequest(ctx, id.TaskID, []byte(body)); err != nil || string(got) != body {
+		t.Fatalf("FixRequest = %s, %v", got, err)
+	}
+	if got, err := b.store.FixRequest(ctx, id.TaskID, []byte(`{"other":1}`)); err != nil || string(got) != body {
+		t.Fatalf("second FixRequest = %s, %v; want the first body", got, err)
+	}
+	if err := b.store.MarkUnchanged(ctx, id.TaskID); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := b.store.Finish(ctx, id.TaskID, StatusSucceeded, results.Attempt{Calls: 1, HTTPStatus: 200, RequestID: "r2", Coupon: []byte(coupon), CouponState: "DEACTIVATED"}); err != nil {
 		t.Fatal(err)
 	}
@@ -46,6 +57,7 @@ func TestReaderResult(t *testing.T) {
 	want := &Result{
 		TaskID: id.TaskID, Op: OpDeactivate, BrandID: "120344", ProductCouponID: "1000000013", OutRequestNo: "abcdefg", Batch: "r",
 		Status: StatusSucceeded, Attempts: 2, HTTPStatus: 200, RequestID: "r2", Coupon: json.RawMessage(coupon), CouponState: "DEACTIVATED",
+		Request: json.RawMessage(body), Unchanged: true,
 		EnqueuedAt: testNow, UpdatedAt: testNow, FinishedAt: testNow, PayloadSHA256: PayloadSHA256(payload), Payload: payload,
 	}
 	if diff := cmp.Diff(want, got); diff != "" {

@@ -30,6 +30,17 @@
 // Brand mode requires the public key (WithPublicKey): NewClient refuses it
 // with platform certificates alone, whose serial brand calls cannot carry.
 //
+// # Updates
+//
+// WeChat Pay documents name, image_url and background_url as required in
+// display_info and does not say whether PATCH merges or replaces it, so send
+// the whole display_info. MergeDisplayInfo builds it from the coupon (as
+// GetProductCoupon answered it, unknown fields kept) and the fields a change
+// names, and reports whether anything would change; EncodeUpdate turns it
+// into the exact body, which a caller keeps and sends on every retry through
+// UpdateProductCouponRequest.Body. A price of 0 is sent only when given
+// (DisplayInfo.OriginalPriceZero, ComboChoice.PriceZero; decoding sets them).
+//
 // # Signing and verification
 //
 // Every attempt is signed with a fresh timestamp and a 32-character nonce

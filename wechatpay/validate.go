@@ -154,7 +154,7 @@ func (v *validator) money(field string, n int64) {
 // validate checks the display info against the documented limits.
 func (d *DisplayInfo) validate(v *validator, field string) {
 	if d.Name == "" && d.ImageURL == "" && d.BackgroundURL == "" && len(d.DetailImageURLList) == 0 &&
-		d.OriginalPrice == 0 && len(d.ComboPackageList) == 0 {
+		d.OriginalPrice == 0 && !d.OriginalPriceZero && len(d.ComboPackageList) == 0 {
 		v.add(field, "must change at least one field")
 		return
 	}
@@ -191,8 +191,9 @@ func (d *DisplayInfo) validate(v *validator, field string) {
 		case n > MaxComboChoices:
 			v.add(pf+".choice_list", "must have at most %d items, got %d", MaxComboChoices, n)
 		}
-		if p.PickCount < 1 || (len(p.ChoiceList) > 0 && p.PickCount > int64(len(p.ChoiceList))) {
-			v.add(pf+".pick_count", "must be between 1 and the number of choices (%d), got %d", len(p.ChoiceList), p.PickCount)
+		// Only required: no document bounds pick_count by the number of choices.
+		if p.PickCount < 1 {
+			v.add(pf+".pick_count", "must be at least 1, got %d", p.PickCount)
 		}
 		for j := range p.ChoiceList {
 			c := &p.ChoiceList[j]

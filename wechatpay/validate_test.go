@@ -118,7 +118,11 @@ func TestValidateUpdate(t *testing.T) {
 			r.DisplayInfo.ComboPackageList[0].ChoiceList = choices(100)
 		}, []string{combo0 + ".choice_list"}},
 		{"pick_count 0", func(r *wechatpay.UpdateProductCouponRequest) { r.DisplayInfo.ComboPackageList[0].PickCount = 0 }, []string{combo0 + ".pick_count"}},
-		{"pick_count above choices", func(r *wechatpay.UpdateProductCouponRequest) { r.DisplayInfo.ComboPackageList[0].PickCount = 2 }, []string{combo0 + ".pick_count"}},
+		// Undocumented, so not a rule: pick 3 of one choice (the seed's own sample).
+		{"pick_count above choices", func(r *wechatpay.UpdateProductCouponRequest) { r.DisplayInfo.ComboPackageList[0].PickCount = 3 }, nil},
+		{"only a zero original_price", func(r *wechatpay.UpdateProductCouponRequest) {
+			r.DisplayInfo = &wechatpay.DisplayInfo{OriginalPriceZero: true}
+		}, nil},
 		{"choice name missing", func(r *wechatpay.UpdateProductCouponRequest) {
 			r.DisplayInfo.ComboPackageList[0].ChoiceList[0].Name = ""
 		}, []string{choice0 + ".name"}},

@@ -6,8 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"reflect"
-	"slices"
 	"time"
 
 	"github.com/hibiken/asynq"
@@ -27,10 +25,11 @@ type run struct {
 	c          *change
 	taskID     string
 	log        *slog.Logger
-	retried    int // asynq retries so far
-	calls      int // API calls made in this run
-	recorded   int // of which already added to the result's attempts
-	priorCalls int // API calls recorded by earlier runs, as Store.Begin read them
+	retried    int      // asynq retries so far
+	calls      int      // API calls made in this run
+	recorded   int      // of which already added to the result's attempts
+	priorCalls int      // API calls recorded by earlier runs, as Store.Begin read them
+	lastOp     tasks.Op // the endpoint of the last call, which a 429 slows down
 }
 
 // process is the asynq handler of all three task types.
@@ -84,6 +83,16 @@ func (w *Worker) process(ctx context.Context, t *asynq.Task) error {
 const maxStays = 3
 
 func (r *run) execute(ctx context.Context) error {
+	switch r.c.op {
+	case tasks.OpUpdate:
+		if done, err := r.prepareUpdate(ctx); done {
+			return err
+		}
+	case tasks.OpDeactivate:
+		if done, err := r.prepareDeactivate(ctx); done {
+			return err
+		}
+	}
 	for stays := 0; ; stays++ {
 		if err := r.wait(ctx, r.c.op); err != nil {
 			return err
@@ -115,7 +124,7 @@ func (r *run) stay(ctx context.Context, v verdict) bool {
 	if v.action != comeBack || v.reason != reasonRateLimited || v.after > r.w.cfg.LimiterMaxWait || ctx.Err() != nil {
 		return false
 	}
-	if berr := detached(ctx, func(ctx context.Context) error { return r.w.limiter.Backoff(ctx, string(r.c.op), v.after) }); berr != nil {
+	if berr := detached(ctx, func(ctx context.Context) error { return r.w.limiter.Backoff(ctx, string(r.lastOp), v.after) }); berr != nil {
 		r.log.Warn("rate limiter backoff failed", "err", berr)
 	}
 	a := v.attempt
@@ -152,7 +161,7 @@ func (r *run) act(ctx context.Context, v verdict, err error) error {
 	case comeBack:
 		if v.reason == reasonRateLimited {
 			// WeChat Pay refused the call: slow every worker down a little.
-			berr := detached(ctx, func(ctx context.Context) error { return r.w.limiter.Backoff(ctx, string(r.c.op), v.after) })
+			berr := detached(ctx, func(ctx context.Context) error { return r.w.limiter.Backoff(ctx, string(r.lastOp), v.after) })
 			if berr != nil {
 				r.log.Warn("rate limiter backoff failed", "err", berr)
 			}
@@ -194,6 +203,7 @@ func (r *run) wait(ctx context.Context, op tasks.Op) error {
 // call makes one API call for op and reports it.
 func (r *run) call(ctx context.Context, op tasks.Op) (*wechatpay.ProductCoupon, error) {
 	start := time.Now()
+	r.lastOp = op
 	var (
 		coupon *wechatpay.ProductCoupon
 		err    error
@@ -330,21 +340,13 @@ func (r *run) reconcile(ctx context.Context, orig verdict, origErr error) error 
 }
 
 // displayInfoApplied reports whether got shows every field of sent that
-// was sent (zero values are omitted from the request).
+// was sent (a field the line did not name is not compared).
 func displayInfoApplied(sent, got *wechatpay.DisplayInfo) bool {
 	if sent == nil {
 		return true
 	}
-	if got == nil {
-		return false
-	}
-	str := func(s, g string) bool { return s == "" || s == g }
-	return str(sent.Name, got.Name) &&
-		str(sent.ImageURL, got.ImageURL) &&
-		str(sent.BackgroundURL, got.BackgroundURL) &&
-		(len(sent.DetailImageURLList) == 0 || slices.Equal(sent.DetailImageURLList, got.DetailImageURLList)) &&
-		(sent.OriginalPrice == 0 || sent.OriginalPrice == got.OriginalPrice) &&
-		(len(sent.ComboPackageList) == 0 || reflect.DeepEqual(sent.ComboPackageList, got.ComboPackageList))
+	_, changed, err := wechatpay.MergeDisplayInfo(&wechatpay.ProductCoupon{DisplayInfo: got}, sent)
+	return err == nil && !changed
 }
 
 // detached runs f with a context that outlives a cancelled handler context

@@ -221,7 +221,7 @@ func demoSummary(ctx context.Context, e *env, rdb redis.UniversalClient, fake *w
 		if n > 1 {
 			twice++
 		}
-		if res.Status == tasks.StatusSucceeded {
+		if res.Status == tasks.StatusSucceeded && !res.Unchanged { // an unchanged update is not sent
 			writes++
 			if n != 1 {
 				missing++
@@ -242,7 +242,7 @@ func demoSummary(ctx context.Context, e *env, rdb redis.UniversalClient, fake *w
 	for _, k := range sortedKeys(byCode) {
 		fmt.Fprintf(tw, "  failed %s\t%d\n", k, byCode[k])
 	}
-	fmt.Fprintf(tw, "API calls\t%d (%d retries and reconciliations)\n", attempts, attempts-len(ids))
+	fmt.Fprintf(tw, "API calls\t%d (%d beyond one a task: each update reads its coupon first; retries; reconciliations)\n", attempts, attempts-len(ids))
 	for _, k := range sortedKeys(faults) {
 		fmt.Fprintf(tw, "  injected %s\t%d\n", k, faults[k])
 	}

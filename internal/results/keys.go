@@ -135,3 +135,13 @@ const (
 // TimeFormat is the format of every timestamp in results: RFC 3339, UTC,
 // milliseconds.
 const TimeFormat = "2006-01-02T15:04:05.000Z07:00"
+
+// Fields of a result hash that an update writes.
+const (
+	// FieldRequest is, for a write, the exact JSON body sent, fixed before
+	// the first attempt: every retry and re-delivery sends these bytes.
+	FieldRequest = "request"
+	// FieldUnchanged is "1" when an update was not sent because the coupon
+	// already matched it.
+	FieldUnchanged = "unchanged"
+)

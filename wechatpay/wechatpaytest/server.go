@@ -194,6 +194,7 @@ type Server struct {
 
 	certMu    sync.RWMutex
 	certs     []*platformCert // oldest first
+	retired   []string        // serials of certificates no longer served
 	rotations int
 
 	sigCache sigCache
@@ -436,6 +437,9 @@ func (s *Server) RetireOldCertificates() {
 	s.certMu.Lock()
 	defer s.certMu.Unlock()
 	if len(s.certs) > 1 {
+		for _, c := range s.certs[:len(s.certs)-1] {
+			s.retired = append(s.retired, c.serial)
+		}
 		s.certs = s.certs[len(s.certs)-1:]
 	}
 }

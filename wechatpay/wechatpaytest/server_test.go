@@ -11,7 +11,7 @@ import (
 
 func update(brand, id, key, name string) *wechatpay.UpdateProductCouponRequest {
 	return &wechatpay.UpdateProductCouponRequest{ProductCouponID: id, BrandID: brand, OutRequestNo: key,
-		DisplayInfo: &wechatpay.DisplayInfo{Name: name}}
+		DisplayInfo: &wechatpay.DisplayInfo{Name: name, ImageURL: "https://img.example/i.png", BackgroundURL: "https://img.example/b.png"}}
 }
 
 func deactivate(brand, id, key string) *wechatpay.DeactivateProductCouponRequest {
@@ -33,7 +33,7 @@ func TestServerModes(t *testing.T) {
 				brand := s.BrandID()
 				ids := s.SeedCoupons(brand, 2)
 				ctx := t.Context()
-				for i := 0; i < 4; i++ { // several answers: both signers in BothKeyModes
+				for i := 0; i < 4; i++ { // several answers (certificate rotation signs in turn)
 					if _, err := c.GetProductCoupon(ctx, &wechatpay.GetProductCouponRequest{ProductCouponID: ids[0], BrandID: brand}); err != nil {
 						t.Fatalf("get: %v", err)
 					}
