@@ -28,6 +28,7 @@ type Result struct {
 	Batch           string          `json:"batch,omitempty"`
 	Status          Status          `json:"status"`
 	Attempts        int             `json:"attempts"`
+	Runs            int             `json:"runs"` // 1, plus one per Retry
 	HTTPStatus      int             `json:"http_status,omitempty"`
 	ErrorCode       string          `json:"error_code,omitempty"`
 	ErrorMessage    string          `json:"error_message,omitempty"`
@@ -61,7 +62,9 @@ func parseResult(m map[string]string) (*Result, error) {
 		r.Coupon = json.RawMessage(c)
 	}
 	var errs []error
+	r.Runs = 1
 	errs = append(errs, atoi(m, results.FieldAttempts, &r.Attempts), atoi(m, results.FieldHTTPStatus, &r.HTTPStatus),
+		atoi(m, results.FieldRuns, &r.Runs),
 		parseTime(m, results.FieldEnqueuedAt, &r.EnqueuedAt), parseTime(m, results.FieldUpdatedAt, &r.UpdatedAt),
 		parseTime(m, results.FieldFinishedAt, &r.FinishedAt))
 	if err := errors.Join(errs...); err != nil {
@@ -103,10 +106,14 @@ type BatchStatus struct {
 	Duplicates int       `json:"duplicates"`
 	Succeeded  int       `json:"succeeded"`
 	Failed     int       `json:"failed"`
-	Pending    int       `json:"pending"` // total − succeeded − failed
+	Canceled   int       `json:"canceled"`
+	Pending    int       `json:"pending"` // total − succeeded − failed − canceled
 	Sealed     bool      `json:"sealed"`  // its producer finished enqueuing
 	CreatedAt  time.Time `json:"created_at,omitzero"`
 	FinishedAt time.Time `json:"finished_at,omitzero"`
+	// CanceledAt is when Producer.Cancel canceled the batch (zero: not
+	// canceled, or retried since).
+	CanceledAt time.Time `json:"canceled_at,omitzero"`
 }
 
 // Done reports whether the batch finished: sealed, and every task it
@@ -147,12 +154,14 @@ func (r *Reader) Batch(ctx context.Context, batchID string) (*BatchStatus, error
 	errs := []error{
 		atoi(m, results.BatchFieldTotal, &b.Total), atoi(m, results.BatchFieldDuplicates, &b.Duplicates),
 		atoi(m, results.BatchFieldSucceeded, &b.Succeeded), atoi(m, results.BatchFieldFailed, &b.Failed),
+		atoi(m, results.BatchFieldCanceled, &b.Canceled),
 		parseTime(m, results.BatchFieldCreatedAt, &b.CreatedAt), parseTime(m, results.BatchFieldFinishedAt, &b.FinishedAt),
+		parseTime(m, results.BatchFieldCanceledAt, &b.CanceledAt),
 	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, fmt.Errorf("couponq: batch %s: %w", batchID, err)
 	}
-	b.Pending = b.Total - b.Succeeded - b.Failed
+	b.Pending = b.Total - b.Succeeded - b.Failed - b.Canceled
 	return b, nil
 }
 
