@@ -27,10 +27,10 @@ type run struct {
 	c          *change
 	taskID     string
 	log        *slog.Logger
-	retried    int // asynq retries so far
-	calls      int // API calls made in this run
-	recorded   int // of which already added to the result's attempts
-	priorCalls int // API calls recorded by earlier runs, as Store.Begin read them
+	retried    int    // asynq retries so far
+	calls      int    // API calls made in this run
+	recorded   int    // of which already added to the result's attempts
+	priorCalls int    // API calls recorded by earlier runs, as Store.Begin read them
 	batch      string // the task's batch, as admit read it ("" = none)
 }
 
