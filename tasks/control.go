@@ -208,13 +208,19 @@ func (p *Producer) retryHeads(ctx context.Context, heads []taskHead, code string
 	if err := registerOrder(ctx, p.batchStore, entries, true, p.settleTimeout); err != nil {
 		return err
 	}
+	// The archived (or leftover) asynq task goes first, so that the
+	// workers' archive sweep never finds it beside a queued result: a fresh
+	// one, enqueued below, starts the retry with the whole retry budget. An
+	// active one (a worker is refusing it as canceled this instant) stays;
+	// ensure and the adopter see to it.
+	for _, h := range heads {
+		if h.queue != "" {
+			_ = p.enq.inspector.DeleteTask(h.queue, h.id)
+		}
+	}
 	outs, err := p.batchStore.Requeue(ctx, ids, code, func(id string) Status { return from[id] })
 	if err != nil {
 		return err
-	}
-	queueOf := map[string]string{}
-	for _, h := range heads {
-		queueOf[h.id] = h.queue
 	}
 	var requeued []string
 	for _, o := range outs {
@@ -227,13 +233,6 @@ func (p *Producer) retryHeads(ctx context.Context, heads []taskHead, code string
 			rep.Failed++
 		case StatusCanceled:
 			rep.Canceled++
-		}
-		// The archived (or leftover) asynq task goes: a fresh one starts
-		// the retry with the whole retry budget. An active one (a worker
-		// is refusing it as canceled this instant) stays; ensure and the
-		// adopter see to it.
-		if q := queueOf[o.TaskID]; q != "" {
-			_ = p.enq.inspector.DeleteTask(q, o.TaskID)
 		}
 	}
 	rep.Retried = append(rep.Retried, requeued...)
