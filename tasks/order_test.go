@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/hibiken/asynq"
@@ -278,3 +279,29 @@ func TestRetryCancelBadInput(t *testing.T) {
 }
 
 func second[T any](_ T, err error) error { return err }
+
+// Wake moves a task waiting in asynq's scheduled or retry set to pending;
+// a task not there (another queue, already pending, unknown) is left alone.
+func TestWakerRunsWaitingTasks(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	client := asynq.NewClientFromRedisClient(b.rdb)
+	for _, id := range []string{"w:scheduled", "w:pending"} {
+		opts := []asynq.Option{asynq.TaskID(id), asynq.Queue(DefaultQueue)}
+		if id == "w:scheduled" {
+			opts = append(opts, asynq.ProcessIn(time.Hour))
+		}
+		if _, err := client.Enqueue(asynq.NewTask(TypeGet, []byte("{}")), opts...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	w := NewWaker(b.rdb)
+	if active := w.Wake([]string{"other", DefaultQueue}, []string{"w:scheduled", "w:pending", "w:unknown"}); len(active) != 0 {
+		t.Errorf("active: %v", active)
+	}
+	for _, id := range []string{"w:scheduled", "w:pending"} {
+		if info, err := b.inspector.GetTaskInfo(DefaultQueue, id); err != nil || info.State != asynq.TaskStatePending {
+			t.Errorf("%s: %+v, %v; want pending", id, info, err)
+		}
+	}
+}

@@ -161,3 +161,25 @@ func TestCanceledBatch(t *testing.T) {
 		t.Errorf("canceled terminal observations = %d", got)
 	}
 }
+
+// A task re-delivered after it finished (its worker crashed between the
+// finish and the release) is released without a call.
+func TestRedeliveryReleasesTheOrder(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ts := b.enqueue(t, updateReq(orderCoupon, "ord001"), deactivateReq(orderCoupon, "ord002"))
+	w1, w2 := orderEntryOf(tasks.OpUpdate, "ord001"), orderEntryOf(tasks.OpDeactivate, "ord002")
+	b.register(t, w1, w2)
+	if _, err := b.store.Finish(t.Context(), w1.TaskID, tasks.StatusSucceeded, results.Attempt{Calls: 1, HTTPStatus: 200}); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.w.Handler().ProcessTask(t.Context(), ts[0]); err != nil {
+		t.Fatal(err)
+	}
+	if n := b.api.totalCalls(); n != 0 {
+		t.Errorf("%d calls for a finished task", n)
+	}
+	if c, err := b.store.CheckOrder(t.Context(), w2); err != nil || !c.Go {
+		t.Errorf("w2 after w1's re-delivery: %+v, %v; want go", c, err)
+	}
+}
