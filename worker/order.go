@@ -54,7 +54,8 @@ func (r *run) ordered() bool {
 // later. done means the handler returns err now; otherwise the task
 // starts. r.batch is set.
 func (r *run) admit(ctx context.Context, t *asynq.Task, decodable bool) (done bool, err error) {
-	st, canceled, err := r.startState(ctx, t.Headers()[tasks.HeaderBatch])
+	ordered := decodable && r.ordered()
+	st, canceled, turn, err := r.startState(ctx, t.Headers()[tasks.HeaderBatch], ordered)
 	if err != nil {
 		return true, fmt.Errorf("worker: %w", err)
 	}
@@ -64,34 +65,40 @@ func (r *run) admit(ctx context.Context, t *asynq.Task, decodable bool) (done bo
 	if canceled {
 		return true, r.cancel(ctx, "its batch is canceled: not started")
 	}
-	if !decodable || !r.ordered() {
+	if !ordered {
 		return false, nil
 	}
-	return r.awaitTurn(ctx)
+	return r.awaitTurn(ctx, turn)
 }
 
-// startState reads the task's status and batch, and whether that batch is
-// canceled, in one round trip (two when the task carries no batch header).
-func (r *run) startState(ctx context.Context, headerBatch string) (results.Status, bool, error) {
+// startState reads the task's status and batch, whether that batch is
+// canceled and (when ordered) its first order check, in one round trip
+// (two when the task carries no batch header).
+func (r *run) startState(ctx context.Context, headerBatch string, ordered bool) (results.Status, bool, func() (results.OrderCheck, error), error) {
 	var res *redis.SliceCmd
 	var canc *redis.BoolCmd
-	if _, err := r.w.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+	var turn func() (results.OrderCheck, error)
+	_, err := r.w.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		res = p.HMGet(ctx, results.ResultKey(r.taskID), results.FieldStatus, results.FieldBatch)
 		if headerBatch != "" {
 			canc = p.HExists(ctx, results.BatchKey(headerBatch), results.BatchFieldCanceledAt)
 		}
+		if ordered {
+			turn = r.w.store.CheckOrderIn(ctx, p, r.orderEntry())
+		}
 		return nil
-	}); err != nil {
-		return "", false, fmt.Errorf("couponq: read the start state of %s: %w", r.taskID, err)
+	})
+	if err != nil && (res.Err() != nil || (canc != nil && canc.Err() != nil)) {
+		return "", false, nil, fmt.Errorf("couponq: read the start state of %s: %w", r.taskID, err)
 	}
 	v := res.Val()
 	st, _ := v[0].(string)
 	r.batch, _ = v[1].(string)
 	if canc != nil {
-		return results.Status(st), canc.Val(), nil
+		return results.Status(st), canc.Val(), turn, nil
 	}
 	canceled, err := r.w.store.BatchCanceled(ctx, r.batch)
-	return results.Status(st), canceled, err
+	return results.Status(st), canceled, turn, err
 }
 
 // awaitTurn holds the task back while a write enqueued before it to its
@@ -101,11 +108,13 @@ func (r *run) startState(ctx context.Context, headerBatch string) (results.Statu
 // change whose accept never came, leaves behind). A write found without a
 // place (its producer died before registering it, or it was enqueued by
 // other means) takes the last one.
-func (r *run) awaitTurn(ctx context.Context) (done bool, err error) {
+func (r *run) awaitTurn(ctx context.Context, first func() (results.OrderCheck, error)) (done bool, err error) {
 	store, e := r.w.store, r.orderEntry()
+	check := first
 	pred := ""
 	for range orderHops {
-		chk, err := store.CheckOrder(ctx, e)
+		chk, err := check()
+		check = func() (results.OrderCheck, error) { return store.CheckOrder(ctx, e) }
 		if err != nil {
 			return true, fmt.Errorf("worker: %w", err)
 		}

@@ -149,7 +149,25 @@ type OrderCheck struct {
 
 // CheckOrder reports whether the change e may start now.
 func (s *Store) CheckOrder(ctx context.Context, e OrderEntry) (OrderCheck, error) {
-	res, err := checkOrderScript.Run(ctx, s.rdb, e.keys(), e.kind(), e.TaskID).StringSlice()
+	return parseOrderCheck(e, checkOrderScript.Run(ctx, s.rdb, e.keys(), e.kind(), e.TaskID))
+}
+
+// CheckOrderIn queues CheckOrder's script on pipe (it only reads), so a
+// caller can send it with other reads in one round trip. The returned
+// func reads its answer after the pipeline ran; when Redis did not know
+// the script yet, it asks again with CheckOrder.
+func (s *Store) CheckOrderIn(ctx context.Context, pipe redis.Pipeliner, e OrderEntry) func() (OrderCheck, error) {
+	cmd := checkOrderScript.EvalSha(ctx, pipe, e.keys(), e.kind(), e.TaskID)
+	return func() (OrderCheck, error) {
+		if redis.HasErrorPrefix(cmd.Err(), "NOSCRIPT") {
+			return s.CheckOrder(ctx, e)
+		}
+		return parseOrderCheck(e, cmd)
+	}
+}
+
+func parseOrderCheck(e OrderEntry, cmd *redis.Cmd) (OrderCheck, error) {
+	res, err := cmd.StringSlice()
 	if err != nil {
 		return OrderCheck{}, fmt.Errorf("couponq: check the order of %s: %w", e.TaskID, err)
 	}
