@@ -189,12 +189,10 @@ func (p *Producer) retryHeads(ctx context.Context, heads []taskHead, code string
 	}
 	byQueue := map[string][]string{}
 	entries := make([]results.OrderEntry, len(heads))
-	from := make(map[string]Status, len(heads))
 	ids := make([]string, len(heads))
 	for i, h := range heads {
 		byQueue[h.queue] = append(byQueue[h.queue], h.id)
 		entries[i] = h.orderEntry()
-		from[h.id] = h.status
 		ids[i] = h.id
 	}
 	for q, qids := range byQueue {
@@ -218,7 +216,7 @@ func (p *Producer) retryHeads(ctx context.Context, heads []taskHead, code string
 			_ = p.enq.inspector.DeleteTask(h.queue, h.id)
 		}
 	}
-	outs, err := p.batchStore.Requeue(ctx, ids, code, func(id string) Status { return from[id] })
+	outs, err := p.batchStore.Requeue(ctx, ids, code)
 	if err != nil {
 		return err
 	}

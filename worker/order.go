@@ -3,6 +3,7 @@ package worker
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"maps"
 	"slices"
 	"time"
@@ -163,7 +164,7 @@ func (r *run) released(ctx context.Context) {
 
 // release removes terminal changes from their coupons' order and wakes,
 // on a goroutine of its own, the changes that may start now.
-func (w *Worker) release(ctx context.Context, entries []results.OrderEntry, log interface{ Warn(string, ...any) }) {
+func (w *Worker) release(ctx context.Context, entries []results.OrderEntry, log *slog.Logger) {
 	var wake []string
 	err := detached(ctx, func(ctx context.Context) (err error) {
 		wake, err = w.store.ReleaseOrder(ctx, entries)

@@ -3,6 +3,7 @@ package results
 import (
 	"context"
 	"fmt"
+	"strings"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -14,8 +15,9 @@ import (
 // requeueScript starts another run of a failed or canceled task: status
 // queued again, runs incremented, its batch's counter of the old status
 // decremented and the batch unfinished (and no longer canceled). Returns
-// "queued" when it did, else the status it left alone ("" for no result)
-// or "other_code" when ARGV[4] names another error_code.
+// "queued:" and the old status when it did, else the status it left alone
+// ("" for no result), or "other_code:" and the status when ARGV[4] names
+// another error_code.
 //
 // KEYS[1] -> couponq:result:<task_id>
 // ARGV[1] -> now, ARGV[2] -> TTL in milliseconds
@@ -27,7 +29,7 @@ import (
 var requeueScript = redis.NewScript(`
 local st = redis.call('HGET', KEYS[1], 'status')
 if st ~= 'failed' and st ~= 'canceled' then return st or '' end
-if ARGV[4] ~= '' and redis.call('HGET', KEYS[1], 'error_code') ~= ARGV[4] then return 'other_code' end
+if ARGV[4] ~= '' and redis.call('HGET', KEYS[1], 'error_code') ~= ARGV[4] then return 'other_code:' .. st end
 local runs = tonumber(redis.call('HGET', KEYS[1], 'runs') or '1') + 1
 redis.call('HSET', KEYS[1], 'status', 'queued', 'runs', runs, 'updated_at', ARGV[1])
 redis.call('HDEL', KEYS[1], 'finished_at')
@@ -41,7 +43,7 @@ if batch and batch ~= '' then
     redis.call('PEXPIRE', bk, ARGV[2])
   end
 end
-return 'queued'
+return 'queued:' .. st
 `)
 
 // RequeueOutcome is what Requeue did with one task.
@@ -61,8 +63,7 @@ type RequeueOutcome struct {
 // whose error_code is code ("" = any): queued again with its runs
 // incremented, and its batch's counters moved with it, in one script per
 // task (pipelined). It does not enqueue the asynq task: the caller does.
-// fromOf gives each task's status as the caller read it, for the outcome.
-func (s *Store) Requeue(ctx context.Context, taskIDs []string, code string, fromOf func(string) Status) ([]RequeueOutcome, error) {
+func (s *Store) Requeue(ctx context.Context, taskIDs []string, code string) ([]RequeueOutcome, error) {
 	calls := make([]scriptCall, len(taskIDs))
 	for i, id := range taskIDs {
 		calls[i] = scriptCall{keys: []string{ResultKey(id)}, args: []any{s.stamp(), s.ttlMillis(), batchKeyPrefix, code}}
@@ -74,14 +75,9 @@ func (s *Store) Requeue(ctx context.Context, taskIDs []string, code string, from
 	out := make([]RequeueOutcome, len(taskIDs))
 	for i, c := range cmds {
 		r, _ := c.Text()
-		o := RequeueOutcome{TaskID: taskIDs[i]}
-		switch r {
-		case "queued":
-			o.Requeued, o.From = true, fromOf(taskIDs[i])
-		case "other_code":
-			o.OtherCode, o.From = true, fromOf(taskIDs[i])
-		default:
-			o.From = Status(r)
+		o := RequeueOutcome{TaskID: taskIDs[i], From: Status(r)}
+		if what, from, ok := strings.Cut(r, ":"); ok {
+			o.Requeued, o.OtherCode, o.From = what == "queued", what == "other_code", Status(from)
 		}
 		out[i] = o
 	}
