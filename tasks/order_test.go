@@ -305,3 +305,27 @@ func TestWakerRunsWaitingTasks(t *testing.T) {
 		}
 	}
 }
+
+// A later batch's write to a coupon is placed after an earlier batch's,
+// and a canceled write no longer holds it back.
+func TestOrderAcrossBatchesAndCancel(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := t.Context()
+	first, second := deactivateChange("acr001"), deactivateChange("acr002")
+	for i, c := range []Change{first, second} {
+		if rep, err := b.p.EnqueueBatch(ctx, Changes([]Change{c}), BatchOptions{ID: fmt.Sprint("acr", i)}); err != nil || rep.Err() != nil {
+			t.Fatal(err, rep.Err())
+		}
+	}
+	e := results.OrderEntry{TaskID: second.TaskID(), Op: string(OpDeactivate), BrandID: second.BrandID, ProductCouponID: second.ProductCouponID}
+	if c := mustCheck(t, b.store, e); c.Pred != first.TaskID() {
+		t.Fatalf("the second batch's write: %+v, want waiting for %s", c, first.TaskID())
+	}
+	if rep, err := b.p.Cancel(ctx, "acr0"); err != nil || len(rep.Canceled) != 1 {
+		t.Fatalf("cancel: %+v, %v", rep, err)
+	}
+	if c := mustCheck(t, b.store, e); !c.Go {
+		t.Errorf("after the earlier write was canceled: %+v, want go", c)
+	}
+}
