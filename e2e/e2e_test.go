@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"strconv"
 	"sync"
 	"syscall"
 	"testing"
@@ -48,8 +49,17 @@ func childWorker() int {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
 	}
+	// E2E_CONCURRENCY and E2E_RATE (calls/s per endpoint, shared by the
+	// workers of one identity) default to 4 and unlimited.
+	concurrency, rate := 4, 0
+	if n, err := strconv.Atoi(os.Getenv("E2E_CONCURRENCY")); err == nil {
+		concurrency = n
+	}
+	if n, err := strconv.Atoi(os.Getenv("E2E_RATE")); err == nil {
+		rate = n
+	}
 	w, err := worker.New(worker.Config{
-		Redis: asynq.RedisClientOpt{Addr: os.Getenv("E2E_REDIS_ADDR")}, Concurrency: 4, MaxRetry: 15,
+		Redis: asynq.RedisClientOpt{Addr: os.Getenv("E2E_REDIS_ADDR")}, Concurrency: concurrency, Rate: rate, MaxRetry: 15,
 		RetryBase: 50 * time.Millisecond, RetryCap: time.Second, Identity: api.Identity(), ProbeInterval: 100 * time.Millisecond,
 		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
 	}, api)

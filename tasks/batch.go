@@ -325,6 +325,10 @@ func (b *batchRun) collect(feed <-chan inputItem, groups chan<- []job) error {
 			for _, j := range group {
 				b.settle(j.index, nil, err)
 			}
+		} else if err := b.registerOrder(group); err != nil {
+			for _, j := range group {
+				b.settle(j.index, &EnqueueResult{TaskID: j.pr.id.TaskID, Change: j.pr.c}, &unconfirmedError{err: err})
+			}
 		} else {
 			groups <- group
 		}
@@ -363,6 +367,18 @@ func (b *batchRun) collect(feed <-chan inputItem, groups chan<- []job) error {
 			flush()
 		}
 	}
+}
+
+// registerOrder gives a group's changes their places in their coupons'
+// order before they are accepted. collect calls it for each group in
+// input order, so the places follow the input whichever group is accepted
+// first.
+func (b *batchRun) registerOrder(group []job) error {
+	entries := make([]results.OrderEntry, len(group))
+	for i, j := range group {
+		entries[i] = j.pr.orderEntry()
+	}
+	return registerOrder(context.WithoutCancel(b.ctx), b.p.batchStore, entries, false, b.p.settleTimeout)
 }
 
 // acceptGroup registers a group's changes as unconfirmed and records their

@@ -22,6 +22,24 @@
 // result hash keeps the payload's SHA-256, so detection holds after asynq
 // dropped a completed task.
 //
+// # Per-coupon order
+//
+// Writes to one coupon take effect in the order they were enqueued, within
+// a batch and across batches: the producer gives each change its place in
+// its coupon's order before accepting it (in input order), and workers
+// start a write only once the writes placed before it are terminal, a get
+// once the writes before it are. Waker lets a finished change wake the
+// next one at once.
+//
+// # Steering a batch
+//
+// Producer.Retry runs a batch's failed and canceled tasks (or one task)
+// again with the same task ID, out_request_no and payload: each goes back
+// to queued, its runs counted, the batch's counters moving with it.
+// Producer.Cancel cancels a batch: tasks not started never start and end
+// canceled; tasks in a call finish. Bad input is ErrNotFound,
+// ErrNothingToRetry, ErrNotRetryable or ErrBatchFinished.
+//
 // # Polling
 //
 // Reader.Result reads one task's result, Reader.Batch a batch's counters,

@@ -19,12 +19,8 @@ import (
 // results one pipelined read holds.
 const scanPage = 1000
 
-// statusCanceled is the status of a task canceled before it started
-// (couponq cancel), terminal.
-const statusCanceled Status = "canceled"
-
 // Statuses lists every task status, in the order a task may pass them.
-var Statuses = []Status{StatusQueued, StatusRunning, StatusRetrying, StatusSucceeded, StatusFailed, statusCanceled}
+var Statuses = []Status{StatusQueued, StatusRunning, StatusRetrying, StatusSucceeded, StatusFailed, StatusCanceled}
 
 // Batches returns up to limit batches (all when limit ≤ 0), newest first,
 // from the index every producer adds its batches to (results.BatchesKey,

@@ -303,9 +303,13 @@ func (p *Producer) enqueue(ctx context.Context, c Change, batch string) (*Enqueu
 	ctx = context.WithoutCancel(ctx)
 	h := p.handoff(newRunID(), 0)
 	item := []results.AcceptItem{{Identity: pr.id, PayloadSHA256: pr.sha, Payload: pr.payload}}
-	// Registered first: killed after the accept, the change is adopted.
+	// Registered first: killed after the accept, the change is adopted;
+	// and its place in its coupon's order is taken before it can run.
 	if err := p.store.Register(ctx, p.queue, []string{pr.id.TaskID}); err != nil {
 		return nil, err
+	}
+	if err := registerOrder(ctx, p.store, []results.OrderEntry{pr.orderEntry()}, false, 2*time.Second); err != nil {
+		return nil, &unconfirmedError{err: err}
 	}
 	var res *EnqueueResult
 	for attempt := 0; ; attempt++ {

@@ -28,6 +28,7 @@ type Result struct {
 	Batch           string          `json:"batch,omitempty"`
 	Status          Status          `json:"status"`
 	Attempts        int             `json:"attempts"`
+	Runs            int             `json:"runs"` // 1, plus one per Retry
 	HTTPStatus      int             `json:"http_status,omitempty"`
 	ErrorCode       string          `json:"error_code,omitempty"`
 	ErrorMessage    string          `json:"error_message,omitempty"`
@@ -73,7 +74,9 @@ func parseResult(m map[string]string) (*Result, error) {
 	}
 	r.Unchanged = m[results.FieldUnchanged] == "1"
 	var errs []error
+	r.Runs = 1
 	errs = append(errs, atoi(m, results.FieldAttempts, &r.Attempts), atoi(m, results.FieldHTTPStatus, &r.HTTPStatus),
+		atoi(m, results.FieldRuns, &r.Runs),
 		parseTime(m, results.FieldEnqueuedAt, &r.EnqueuedAt), parseTime(m, results.FieldUpdatedAt, &r.UpdatedAt),
 		parseTime(m, results.FieldFinishedAt, &r.FinishedAt))
 	if err := errors.Join(errs...); err != nil {
@@ -125,6 +128,9 @@ type BatchStatus struct {
 	Sealed        bool      `json:"sealed"`  // its producer finished enqueuing
 	CreatedAt     time.Time `json:"created_at,omitzero"`
 	FinishedAt    time.Time `json:"finished_at,omitzero"`
+	// CanceledAt is when Producer.Cancel canceled the batch (zero: not
+	// canceled, or retried since).
+	CanceledAt time.Time `json:"canceled_at,omitzero"`
 }
 
 // OK reports whether nothing of the batch went wrong so far: no task
@@ -193,6 +199,7 @@ func parseBatch(batchID string, m map[string]string) (*BatchStatus, error) {
 		atoi(m, results.BatchFieldSucceeded, &b.Succeeded), atoi(m, results.BatchFieldFailed, &b.Failed),
 		atoi(m, results.BatchFieldCanceled, &b.Canceled),
 		parseTime(m, results.BatchFieldCreatedAt, &b.CreatedAt), parseTime(m, results.BatchFieldFinishedAt, &b.FinishedAt),
+		parseTime(m, results.BatchFieldCanceledAt, &b.CanceledAt),
 	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, fmt.Errorf("couponq: batch %s: %w", batchID, err)

@@ -56,7 +56,7 @@ func TestReaderResult(t *testing.T) {
 	payload, _ := c.Payload()
 	want := &Result{
 		TaskID: id.TaskID, Op: OpDeactivate, BrandID: "120344", ProductCouponID: "1000000013", OutRequestNo: "abcdefg", Batch: "r",
-		Status: StatusSucceeded, Attempts: 2, HTTPStatus: 200, RequestID: "r2", Coupon: json.RawMessage(coupon), CouponState: "DEACTIVATED",
+		Status: StatusSucceeded, Attempts: 2, Runs: 1, HTTPStatus: 200, RequestID: "r2", Coupon: json.RawMessage(coupon), CouponState: "DEACTIVATED",
 		Request: json.RawMessage(body), Unchanged: true,
 		EnqueuedAt: testNow, UpdatedAt: testNow, FinishedAt: testNow, PayloadSHA256: PayloadSHA256(payload), Payload: payload,
 	}

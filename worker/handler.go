@@ -30,6 +30,7 @@ type run struct {
 	recorded   int      // of which already added to the result's attempts
 	priorCalls int      // API calls recorded by earlier runs, as Store.Begin read them
 	lastOp     tasks.Op // the endpoint of the last call, which a 429 slows down
+	batch      string   // the task's batch, as admit read it ("" = none)
 }
 
 // process is the asynq handler of all three task types.
@@ -61,6 +62,11 @@ func (w *Worker) process(ctx context.Context, t *asynq.Task) error {
 	r.retried, _ = w.retryCount(ctx)
 	r.log = w.log.With("task_id", taskID, "op", string(c.op), "out_request_no", c.outRequestNo, "attempt", r.retried+1)
 
+	// A canceled batch, or an earlier write to the coupon, keeps it from
+	// starting (order.go).
+	if done, err := r.admit(ctx, t, decErr == nil); done {
+		return err
+	}
 	st, priorCalls, err := w.store.Begin(ctx, results.Identity{TaskID: taskID, Op: string(c.op), BrandID: c.brandID,
 		ProductCouponID: c.productCouponID, OutRequestNo: c.outRequestNo})
 	if err != nil {
@@ -69,6 +75,7 @@ func (w *Worker) process(ctx context.Context, t *asynq.Task) error {
 	r.priorCalls = priorCalls
 	if st.Terminal() {
 		r.log.Info("task already finished; re-delivery skipped", "status", string(st))
+		r.released(ctx)
 		return nil
 	}
 	if decErr != nil {
@@ -157,6 +164,9 @@ func (r *run) judge(ctx context.Context, err error) verdict {
 // act carries out a verdict other than reconcile and returns the handler's
 // error for asynq.
 func (r *run) act(ctx context.Context, v verdict, err error) error {
+	if (v.action == comeBack || v.action == retryLater) && r.canceledMeanwhile(ctx) {
+		return r.cancelInsteadOfRetry(ctx, v)
+	}
 	switch v.action {
 	case comeBack:
 		if v.reason == reasonRateLimited {
@@ -282,6 +292,7 @@ func (r *run) finish(ctx context.Context, st tasks.Status, a results.Attempt, re
 	if done {
 		r.w.metrics.ObserveTerminal(string(r.c.op), st)
 	}
+	r.released(ctx)
 	attrs := []any{"status", string(st), "calls", r.calls}
 	if a.ErrorCode != "" {
 		attrs = append(attrs, "error_code", a.ErrorCode, "http_status", a.HTTPStatus, "request_id", a.RequestID)

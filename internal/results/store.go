@@ -72,11 +72,12 @@ type Identity struct {
 }
 
 // Lua helpers shared by the scripts below. A batch is done when it is sealed
-// (its producer finished enqueuing) and succeeded+failed reaches total.
+// (its producer finished enqueuing) and succeeded+failed+canceled reaches
+// total.
 const luaFinishBatchIfDone = `
 local function finish_batch_if_done(bk, now)
-  local b = redis.call('HMGET', bk, 'total', 'succeeded', 'failed', 'finished_at', 'sealed')
-  if b[5] == '1' and not b[4] and tonumber(b[2] or '0') + tonumber(b[3] or '0') >= tonumber(b[1] or '0') then
+  local b = redis.call('HMGET', bk, 'total', 'succeeded', 'failed', 'finished_at', 'sealed', 'canceled')
+  if b[5] == '1' and not b[4] and tonumber(b[2] or '0') + tonumber(b[3] or '0') + tonumber(b[6] or '0') >= tonumber(b[1] or '0') then
     redis.call('HSET', bk, 'finished_at', now)
   end
 end
@@ -94,6 +95,7 @@ redis.call('HSETNX', KEYS[1], 'total', '0')
 redis.call('HSETNX', KEYS[1], 'duplicates', '0')
 redis.call('HSETNX', KEYS[1], 'succeeded', '0')
 redis.call('HSETNX', KEYS[1], 'failed', '0')
+redis.call('HSETNX', KEYS[1], 'canceled', '0')
 redis.call('HSET', KEYS[1], 'sealed', '0')
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1
@@ -548,7 +550,7 @@ func (s *Store) Handoffs(ctx context.Context, taskIDs []string) ([]Handed, error
 // ARGV[3..7] -> task_id, op, brand_id, product_coupon_id, out_request_no
 var beginScript = redis.NewScript(`
 local st = redis.call('HGET', KEYS[1], 'status')
-if st == 'succeeded' or st == 'failed' then
+if st == 'succeeded' or st == 'failed' or st == 'canceled' then
   return {st, redis.call('HGET', KEYS[1], 'attempts') or '0'}
 end
 if not st then
@@ -629,7 +631,7 @@ func (a *Attempt) args() []any {
 // ARGV[4..7] -> http_status, error_code, error_message, request_id
 var retryingScript = redis.NewScript(`
 local st = redis.call('HGET', KEYS[1], 'status')
-if st == 'succeeded' or st == 'failed' then return 0 end
+if st == 'succeeded' or st == 'failed' or st == 'canceled' then return 0 end
 redis.call('HINCRBY', KEYS[1], 'attempts', ARGV[3])
 redis.call('HSET', KEYS[1], 'status', 'retrying', 'updated_at', ARGV[1], 'http_status', ARGV[4],
   'error_code', ARGV[5], 'error_message', ARGV[6], 'request_id', ARGV[7])
@@ -648,7 +650,10 @@ func (s *Store) Retrying(ctx context.Context, taskID string, a Attempt) error {
 }
 
 // finishScript moves a task to its terminal status once and counts it in
-// its batch. Returns 1 when it did, 0 when the task was already terminal.
+// its batch. Returns 1 when it did, 0 when the task was already terminal,
+// -1 when ARGV[12] asked for a task not started and a worker runs it.
+// A cancel records only its code and message: the other fields keep the
+// task's last attempt.
 //
 // KEYS[1] -> couponq:result:<task_id>
 // ARGV[1] -> now
@@ -658,15 +663,22 @@ func (s *Store) Retrying(ctx context.Context, taskID string, a Attempt) error {
 // ARGV[8] -> terminal status
 // ARGV[9] -> coupon JSON, ARGV[10] -> coupon_state
 // ARGV[11] -> the batch key prefix "couponq:batch:"
+// ARGV[12] -> "unstarted": only a task queued or retrying (not in a call)
 //
 // The batch key is ARGV[11] followed by the result's batch field.
 var finishScript = redis.NewScript(luaFinishBatchIfDone + `
 local st = redis.call('HGET', KEYS[1], 'status')
-if st == 'succeeded' or st == 'failed' then return 0 end
+if st == 'succeeded' or st == 'failed' or st == 'canceled' then return 0 end
+if ARGV[12] == 'unstarted' and st ~= 'queued' and st ~= 'retrying' then return -1 end
 redis.call('HINCRBY', KEYS[1], 'attempts', ARGV[3])
-redis.call('HSET', KEYS[1], 'status', ARGV[8], 'updated_at', ARGV[1], 'finished_at', ARGV[1],
-  'http_status', ARGV[4], 'error_code', ARGV[5], 'error_message', ARGV[6], 'request_id', ARGV[7],
-  'coupon', ARGV[9], 'coupon_state', ARGV[10])
+if ARGV[8] == 'canceled' then
+  redis.call('HSET', KEYS[1], 'status', ARGV[8], 'updated_at', ARGV[1], 'finished_at', ARGV[1],
+    'error_code', ARGV[5], 'error_message', ARGV[6])
+else
+  redis.call('HSET', KEYS[1], 'status', ARGV[8], 'updated_at', ARGV[1], 'finished_at', ARGV[1],
+    'http_status', ARGV[4], 'error_code', ARGV[5], 'error_message', ARGV[6], 'request_id', ARGV[7],
+    'coupon', ARGV[9], 'coupon_state', ARGV[10])
+end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 local batch = redis.call('HGET', KEYS[1], 'batch')
 if batch and batch ~= '' then
@@ -680,19 +692,25 @@ end
 return 1
 `)
 
-// Finish moves a task to its terminal status (succeeded or failed) with the
-// last attempt's details, and counts it in its batch, finishing the batch
-// when it was the last. It is atomic and happens at most once per task:
-// a second call returns false and changes nothing.
+// Finish moves a task to its terminal status (succeeded, failed or
+// canceled) with the last attempt's details, and counts it in its batch,
+// finishing the batch when it was the last. It is atomic and happens at
+// most once per run of a task: a second call returns false and changes
+// nothing.
 func (s *Store) Finish(ctx context.Context, taskID string, status Status, a Attempt) (bool, error) {
+	n, err := s.finish(ctx, taskID, status, a, "")
+	return n == 1, err
+}
+
+func (s *Store) finish(ctx context.Context, taskID string, status Status, a Attempt, only string) (int, error) {
 	if !status.Terminal() {
-		return false, fmt.Errorf("couponq: finish %s: status %q is not terminal", taskID, status)
+		return 0, fmt.Errorf("couponq: finish %s: status %q is not terminal", taskID, status)
 	}
 	args := append([]any{s.stamp(), s.ttlMillis()}, a.args()...)
-	args = append(args, string(status), string(a.Coupon), a.CouponState, batchKeyPrefix)
+	args = append(args, string(status), string(a.Coupon), a.CouponState, batchKeyPrefix, only)
 	n, err := finishScript.Run(ctx, s.rdb, []string{ResultKey(taskID)}, args...).Int()
 	if err != nil {
-		return false, fmt.Errorf("couponq: finish %s: %w", taskID, err)
+		return 0, fmt.Errorf("couponq: finish %s: %w", taskID, err)
 	}
-	return n == 1, nil
+	return n, nil
 }
