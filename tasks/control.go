@@ -280,7 +280,7 @@ func (p *Producer) Cancel(ctx context.Context, batchID string) (*CancelReport, e
 	case results.BatchMissing:
 		return nil, fmt.Errorf("couponq: batch %s: %w (never enqueued, or expired)", batchID, ErrNotFound)
 	case results.BatchFinished:
-		return nil, fmt.Errorf("couponq: batch %s: %w: nothing to cancel", batchID, ErrBatchFinished)
+		return nil, fmt.Errorf("couponq: cancel %s: %w: nothing to cancel", batchID, ErrBatchFinished)
 	}
 	rep := &CancelReport{Batch: batchID}
 	waker := &Waker{insp: p.enq.inspector}
