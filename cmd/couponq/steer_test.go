@@ -34,7 +34,7 @@ func TestRetryCancelCommands(t *testing.T) {
 		{"retry a queued task", []string{"retry", "--task", queued}, "task " + queued + " is queued: only a failed or canceled task can be retried"},
 		{"cancel without --batch", []string{"cancel"}, "--batch is required"},
 		{"cancel unknown batch", []string{"cancel", "--batch", "nope"}, "batch nope: not found"},
-		{"cancel finished batch", []string{"cancel", "--batch", "dups"}, "batch dups: batch already finished: nothing to cancel"},
+		{"cancel finished batch", []string{"cancel", "--batch", "dups"}, "cancel dups: batch already finished: nothing to cancel"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			r := b.run(t, "", tt.args...)
