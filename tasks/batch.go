@@ -20,10 +20,21 @@ type BatchOptions struct {
 	// OnProgress, when set, is called after each change is settled and once
 	// at the end; never concurrently.
 	OnProgress func(BatchProgress)
+	// OnOpen, when set, is called with the batch ID as soon as the batch
+	// exists in Redis, before any change is enqueued (couponq enqueue names
+	// the batch then, so an interrupted run can be completed).
+	OnOpen func(batchID string)
 	// MaxFailures stops the batch after this many changes failed to
 	// enqueue (invalid, or refused by Redis); 0 means 100,
 	// a negative value never stops. Conflicts do not count.
 	MaxFailures int
+	// AllOrNothing validates every change before enqueuing any, as couponq
+	// enqueue does with a file: if any change is invalid (or two give one
+	// task ID different payloads), nothing is enqueued, no batch is
+	// created, and the error is an *InvalidBatchError listing each
+	// (errors.Is ErrInvalidBatch). The input is read whole first and held
+	// in memory until enqueued.
+	AllOrNothing bool
 }
 
 // BatchProgress is a batch's progress so far, as its BatchReport says it.
@@ -34,8 +45,10 @@ type BatchProgress struct {
 	Enqueued   int
 	Resumed    int
 	Duplicates int
-	Conflicts  int
-	Failed     int // failures, and changes dropped because the batch stopped
+	// EarlierFailed is of Duplicates: see BatchReport.EarlierFailed.
+	EarlierFailed int
+	Conflicts     int
+	Failed        int // failures, and changes dropped because the batch stopped
 }
 
 // BatchReport is what EnqueueBatch did.
@@ -48,7 +61,13 @@ type BatchReport struct {
 	// task is enqueued now if that run never did (it was interrupted).
 	Resumed    int
 	Duplicates int // changes skipped as already enqueued elsewhere
-	Conflicts  []error
+	// EarlierFailed counts the duplicates whose earlier task is failed or
+	// canceled (of Duplicates): they did not run and will not unless
+	// retried; EarlierFailedBatches counts them by the batch of that task
+	// ("" for a task of no batch), for couponq retry --batch.
+	EarlierFailed        int
+	EarlierFailedBatches map[string]int
+	Conflicts            []error
 	// Failed lists the changes not enqueued: invalid, or not confirmed in
 	// asynq (errors.Is ErrNotEnqueued; a rerun of the batch, or the
 	// workers after their grace period, enqueue those Redis did accept).
@@ -66,7 +85,7 @@ func (r *BatchReport) Err() error {
 func (r *BatchReport) progress(dropped int) BatchProgress {
 	failed := len(r.Failed) + dropped
 	return BatchProgress{BatchID: r.BatchID, Read: r.Read, Enqueued: r.Total, Resumed: r.Resumed, Duplicates: r.Duplicates,
-		Conflicts: len(r.Conflicts), Failed: failed, Settled: r.Total + r.Resumed + r.Duplicates + len(r.Conflicts) + failed}
+		EarlierFailed: r.EarlierFailed, Conflicts: len(r.Conflicts), Failed: failed, Settled: r.Total + r.Resumed + r.Duplicates + len(r.Conflicts) + failed}
 }
 
 // EnqueueBatch enqueues changes as batch opts.ID, reading the input as it
@@ -105,10 +124,20 @@ func (p *Producer) EnqueueBatch(ctx context.Context, changes iter.Seq2[Change, e
 	if err := ValidateBatchID(id); err != nil {
 		return nil, err
 	}
+	if opts.AllOrNothing {
+		all, err := validateAll(changes)
+		if err != nil {
+			return nil, err
+		}
+		changes = Changes(all)
+	}
 	if err := p.store.OpenBatch(ctx, id); err != nil {
 		return nil, err
 	}
 	p.log.Debug("couponq: batch opened", "batch", id)
+	if opts.OnOpen != nil {
+		opts.OnOpen(id)
+	}
 
 	b := p.newBatchRun(ctx, id, opts)
 	defer b.cancel(nil)
@@ -296,6 +325,10 @@ func (b *batchRun) collect(feed <-chan inputItem, groups chan<- []job) error {
 			for _, j := range group {
 				b.settle(j.index, nil, err)
 			}
+		} else if err := b.registerOrder(group); err != nil {
+			for _, j := range group {
+				b.settle(j.index, &EnqueueResult{TaskID: j.pr.id.TaskID, Change: j.pr.c}, &unconfirmedError{err: err})
+			}
 		} else {
 			groups <- group
 		}
@@ -334,6 +367,18 @@ func (b *batchRun) collect(feed <-chan inputItem, groups chan<- []job) error {
 			flush()
 		}
 	}
+}
+
+// registerOrder gives a group's changes their places in their coupons'
+// order before they are accepted. collect calls it for each group in
+// input order, so the places follow the input whichever group is accepted
+// first.
+func (b *batchRun) registerOrder(group []job) error {
+	entries := make([]results.OrderEntry, len(group))
+	for i, j := range group {
+		entries[i] = j.pr.orderEntry()
+	}
+	return registerOrder(context.WithoutCancel(b.ctx), b.p.batchStore, entries, false, b.p.settleTimeout)
 }
 
 // acceptGroup registers a group's changes as unconfirmed and records their
@@ -563,6 +608,13 @@ func (b *batchRun) settle(index int, res *EnqueueResult, err error) {
 	switch {
 	case err == nil && res.Duplicate:
 		rep.Duplicates++
+		if res.EarlierFailed {
+			rep.EarlierFailed++
+			if rep.EarlierFailedBatches == nil {
+				rep.EarlierFailedBatches = map[string]int{}
+			}
+			rep.EarlierFailedBatches[res.EarlierBatch]++
+		}
 		b.settled = append(b.settled, res.TaskID)
 	case err == nil && res.Resumed:
 		rep.Resumed++

@@ -10,6 +10,7 @@ import (
 	"iter"
 	"path/filepath"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/couponq/couponq/wechatpay"
 )
@@ -55,7 +56,7 @@ func (e *LineError) Unwrap() error { return e.Err }
 
 // csvColumns are the columns a CSV change file may have, in the order of
 // Change's fields. The first three are required.
-var csvColumns = []string{"op", "product_coupon_id", "brand_id", "out_request_no", "display_info", "deactivate_reason"}
+var csvColumns = []string{"op", "product_coupon_id", "brand_id", "out_request_no", "display_info", "deactivate_reason", "not_before"}
 
 const csvRequired = 3
 
@@ -158,6 +159,11 @@ func (r *ChangeReader) nextJSONL() (Change, error) {
 		if len(line) == 0 {
 			continue
 		}
+		// Before decoding: encoding/json would put U+FFFD in place of invalid
+		// bytes, and the change would carry text other than the file's.
+		if i := invalidUTF8At(line); i >= 0 {
+			return Change{}, &LineError{Line: r.line, Err: fmt.Errorf("invalid UTF-8 at byte %d", i+1)}
+		}
 		var c Change
 		if err := decodeStrict(line, &c); err != nil {
 			return Change{}, &LineError{Line: r.line, Err: err}
@@ -217,6 +223,12 @@ func (r *ChangeReader) nextCSV() (Change, error) {
 			return Change{}, &LineError{Line: line, Err: fmt.Errorf("has %d fields, the header has %d", len(rec), len(r.cols))}
 		}
 		c, err := r.changeOf(rec)
+		for i, f := range rec {
+			if at := invalidUTF8At([]byte(f)); at >= 0 {
+				c, err = Change{}, fmt.Errorf("column %s: invalid UTF-8 at byte %d", csvColumns[r.cols[i]], at+1)
+				break
+			}
+		}
 		if err == nil {
 			err = c.Validate()
 		}
@@ -335,6 +347,8 @@ func (r *ChangeReader) changeOf(rec []string) (Change, error) {
 			c.DisplayInfo = d
 		case "deactivate_reason":
 			c.DeactivateReason = v
+		case "not_before":
+			c.NotBefore = v
 		}
 	}
 	return c, nil
@@ -367,4 +381,17 @@ func (l *limitedLines) Read(p []byte) (int, error) {
 		}
 	}
 	return n, err
+}
+
+// invalidUTF8At returns the offset of the first byte of b that is not
+// valid UTF-8, or -1.
+func invalidUTF8At(b []byte) int {
+	for i := 0; i < len(b); {
+		r, n := utf8.DecodeRune(b[i:])
+		if r == utf8.RuneError && n == 1 {
+			return i
+		}
+		i += n
+	}
+	return -1
 }

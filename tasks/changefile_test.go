@@ -2,6 +2,7 @@ package tasks
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"strings"
 	"testing"
@@ -260,4 +261,70 @@ func FuzzCSV(f *testing.F) {
 	f.Add("op,product_coupon_id,brand_id,colour\n")
 	f.Add("\"op\nx\",a\r\n\"")
 	f.Fuzz(func(t *testing.T, input string) { fuzzReader(t, input, FormatCSV) })
+}
+
+// TestChangeReaderRefusesBadText: text that is not the file's own (invalid
+// UTF-8, which decoding would replace with U+FFFD, or a lone surrogate
+// escape), control characters and out-of-range money are refused with their
+// line number, in JSONL and in CSV.
+func TestChangeReaderRefusesBadText(t *testing.T) {
+	t.Parallel()
+	upd := func(display string) string {
+		return `{"op":"update","product_coupon_id":"1","brand_id":"b","out_request_no":"abcdef","display_info":` + display + `}`
+	}
+	dea := func(reason string) string {
+		return `{"op":"deactivate","product_coupon_id":"1","brand_id":"b","out_request_no":"abcdef","deactivate_reason":"` + reason + `"}`
+	}
+	tests := []struct {
+		name   string
+		format Format
+		input  string
+		bad    map[int]string
+	}{
+		{"jsonl", FormatJSONL, strings.Join([]string{
+			upd("{\"name\":\"满减\xff券\"}"),                              // 1: raw invalid byte
+			upd(`{"name":"满减\ud800券"}`),                                // 2: lone surrogate escape
+			upd(`{"name":"满减\u0000券"}`),                                // 3: NUL
+			upd(`{"name":"\u001b[31m满减券"}`),                            // 4: ESC
+			dea(`批次信息有误\u0000`),                                        // 5
+			dea(`\u001b]0;x\u0007批次`),                                  // 6
+			dea("批次\xc3信息"),                                            // 7
+			upd(`{"name":"满减券","original_price":9223372036854775807}`), // 8
+			upd(`{"name":"满减券","combo_package_list":[{"name":"主食","pick_count":1,"choice_list":[{"name":"汉堡","price":9223372036854775807,"count":1}]}]}`), // 9
+			upd(`{"name":"满减券","original_price":9007199254740991}`), // 10: fine
+		}, "\n"), map[int]string{
+			1: "line 1: invalid UTF-8 at byte", 2: "invalid display_info.name: holds U+FFFD", 3: "invalid display_info.name: must not hold control characters, got U+0000",
+			4: "U+001B", 5: "invalid deactivate_reason: must not hold control characters, got U+0000", 6: "invalid deactivate_reason", 7: "invalid UTF-8 at byte",
+			8: "invalid display_info.original_price: must be at most 9007199254740991", 9: "choice_list[0].price: must be at most",
+		}},
+		{"csv", FormatCSV, strings.Join([]string{
+			"op,product_coupon_id,brand_id,out_request_no,display_info,deactivate_reason",
+			"deactivate,1,b,abcdef,,批次\xff信息",                                                // 2
+			"update,1,b,abcdef,\"{\"\"name\"\":\"\"满减\xff券\"\"}\",",                          // 3: inside the JSON column
+			"deactivate,1,b,abcdef,,批次\x00信息",                                                // 4
+			"deactivate,1,b,abcdef,,\x1b[2J批次信息",                                             // 5
+			`update,1,b,abcdef,"{""name"":""满减\u0000券""}",`,                                  // 6
+			`update,1,b,abcdef,"{""name"":""满减券"",""original_price"":9223372036854775807}",`, // 7
+			"deactivate,1,b,abcdef,,批次信息",                                                    // 8: fine
+		}, "\n") + "\n", map[int]string{
+			2: "column deactivate_reason: invalid UTF-8 at byte 7", 3: "column display_info: invalid UTF-8", 4: "U+0000", 5: "U+001B", 6: "U+0000", 7: "original_price: must be at most",
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			got, bad := readAll(t, tt.input, tt.format)
+			if len(got) != 1 {
+				t.Errorf("%d changes accepted, want the one good line: %+v", len(got), got)
+			}
+			if len(bad) != len(tt.bad) {
+				t.Errorf("bad lines = %v, want lines %v", bad, tt.bad)
+			}
+			for line, want := range tt.bad {
+				if !strings.Contains(fmt.Sprintf("line %d: %s", line, bad[line]), want) {
+					t.Errorf("line %d: reason %q, want it to contain %q", line, bad[line], want)
+				}
+			}
+		})
+	}
 }

@@ -22,11 +22,41 @@
 // result hash keeps the payload's SHA-256, so detection holds after asynq
 // dropped a completed task.
 //
+// # Per-coupon order
+//
+// Writes to one coupon take effect in the order they were enqueued, within
+// a batch and across batches: the producer gives each change its place in
+// its coupon's order before accepting it (in input order), and workers
+// start a write only once the writes placed before it are terminal, a get
+// once the writes before it are. Waker lets a finished change wake the
+// next one at once.
+//
+// # Steering a batch
+//
+// Producer.Retry runs a batch's failed and canceled tasks (or one task)
+// again with the same task ID, out_request_no and payload: each goes back
+// to queued, its runs counted, the batch's counters moving with it.
+// Producer.Cancel cancels a batch: tasks not started never start and end
+// canceled; tasks in a call finish. Bad input is ErrNotFound,
+// ErrNothingToRetry, ErrNotRetryable or ErrBatchFinished.
+//
 // # Polling
 //
 // Reader.Result reads one task's result, Reader.Batch a batch's counters,
 // Reader.FailedTasks the failed tasks of a batch, and Reader.Wait polls a
-// batch until it is done.
+// batch until it is done. Reader.Batches lists the recent batches, newest
+// first; Reader.ScanTasks streams every task of a batch (of one status, if
+// asked) and Reader.ExportChanges writes their change lines, to fix and
+// enqueue again. BatchStatus.OK says whether anything went wrong: a failed
+// or canceled task, a conflict, or a duplicate of a failed or canceled
+// task (earlier_failed).
+//
+// # All or nothing
+//
+// BatchOptions.AllOrNothing validates every change before enqueuing any,
+// as couponq enqueue does: one invalid change and nothing is enqueued
+// (ErrInvalidBatch). Without it, valid changes are enqueued and the
+// invalid ones are listed in BatchReport.Failed.
 //
 // # Errors and retries
 //

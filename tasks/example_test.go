@@ -2,6 +2,7 @@ package tasks_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log"
 	"strings"
@@ -39,10 +40,20 @@ func Example_enqueueAndWait() {
 		log.Fatal(err)
 	}
 	defer p.Close()
+	// All or nothing, as couponq enqueue: a file with a bad line enqueues
+	// nothing, and the error names every bad line.
+	bad := file + `{"op":"deactivate","product_coupon_id":"1000000015","brand_id":"120344","out_request_no":"34657_20250101_123458"}` + "\n"
+	_, err = p.EnqueueBatch(ctx, tasks.NewChangeReader(strings.NewReader(bad), tasks.FormatJSONL).All(),
+		tasks.BatchOptions{ID: "nightly-0101", AllOrNothing: true})
+	fmt.Println(errors.Is(err, tasks.ErrInvalidBatch), err)
+
 	changes := tasks.NewChangeReader(strings.NewReader(file), tasks.FormatJSONL)
-	rep, err := p.EnqueueBatch(ctx, changes.All(), tasks.BatchOptions{ID: "nightly-0101"})
+	rep, err := p.EnqueueBatch(ctx, changes.All(), tasks.BatchOptions{ID: "nightly-0101", AllOrNothing: true})
 	if err != nil {
 		log.Fatal(err)
+	}
+	if err := rep.Err(); err != nil || rep.EarlierFailed > 0 {
+		log.Fatalf("conflicts or failures: %v; %d duplicates of failed tasks", err, rep.EarlierFailed)
 	}
 	fmt.Printf("batch %s: %d enqueued, %d duplicates\n", rep.BatchID, rep.Total, rep.Duplicates)
 
@@ -51,7 +62,7 @@ func Example_enqueueAndWait() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	fmt.Printf("done: %d succeeded, %d failed\n", st.Succeeded, st.Failed)
+	fmt.Printf("done: %d succeeded, %d failed, ok %v\n", st.Succeeded, st.Failed, st.OK())
 
 	res, err := r.Result(ctx, "deactivate:120344:34657_20250101_123457")
 	if err != nil {
@@ -61,14 +72,15 @@ func Example_enqueueAndWait() {
 
 	// The same file again is all duplicates (the get names itself anew).
 	changes = tasks.NewChangeReader(strings.NewReader(file), tasks.FormatJSONL)
-	rep, err = p.EnqueueBatch(ctx, changes.All(), tasks.BatchOptions{ID: "nightly-0101-again"})
+	rep, err = p.EnqueueBatch(ctx, changes.All(), tasks.BatchOptions{ID: "nightly-0101-again", AllOrNothing: true})
 	if err != nil {
 		log.Fatal(err)
 	}
 	fmt.Printf("again: %d enqueued, %d duplicates\n", rep.Total, rep.Duplicates)
 	// Output:
+	// true couponq: nothing was enqueued: 1 invalid change(s): line 4: wechatpay: invalid deactivate_reason: required
 	// batch nightly-0101: 3 enqueued, 0 duplicates
-	// done: 3 succeeded, 0 failed
+	// done: 3 succeeded, 0 failed, ok true
 	// succeeded DEACTIVATED {"product_coupon_id":"1000000014","state":"DEACTIVATED"}
 	// again: 1 enqueued, 2 duplicates
 }

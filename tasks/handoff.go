@@ -44,13 +44,19 @@ func asynqTaskKey(queue, taskID string) string { return "asynq:{" + queue + "}:t
 // newRunID names one producer run.
 func newRunID() string { return newULID() }
 
-// handedTask is the asynq task of an accepted change.
+// handedTask is the asynq task of an accepted change, scheduled for its
+// not_before if it has one.
 func handedTask(taskType string, payload []byte, taskID, batch, run string) *asynq.Task {
 	h := map[string]string{HeaderRun: run}
 	if batch != "" {
 		h[HeaderBatch] = batch
 	}
-	return asynq.NewTaskWithHeaders(taskType, payload, h, asynq.TaskID(taskID))
+	opts := []asynq.Option{asynq.TaskID(taskID)}
+	if nb := payloadNotBefore(payload); !nb.IsZero() {
+		// Scheduled: asynq holds it until then (the worker checks again).
+		opts = append(opts, asynq.ProcessAt(nb))
+	}
+	return asynq.NewTaskWithHeaders(taskType, payload, h, opts...)
 }
 
 // enqueueOutcome is what enqueueOwn found.

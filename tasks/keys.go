@@ -53,14 +53,15 @@ func TaskID(op Op, brandID, outRequestNo string) string {
 // Status is a task's state in its result hash.
 type Status = results.Status
 
-// Task statuses. Succeeded and failed are terminal: a task reaches one of
-// them exactly once.
+// Task statuses. Succeeded, failed and canceled are terminal: a task
+// reaches one of them exactly once per run (Producer.Retry starts another).
 const (
 	StatusQueued    = results.StatusQueued
 	StatusRunning   = results.StatusRunning
 	StatusRetrying  = results.StatusRetrying
 	StatusSucceeded = results.StatusSucceeded
 	StatusFailed    = results.StatusFailed
+	StatusCanceled  = results.StatusCanceled
 )
 
 // DefaultResultTTL is how long result and batch keys live after their last

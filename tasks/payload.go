@@ -23,6 +23,9 @@ type Change struct {
 	OutRequestNo     string                 `json:"out_request_no,omitempty"`
 	DisplayInfo      *wechatpay.DisplayInfo `json:"display_info,omitempty"`
 	DeactivateReason string                 `json:"deactivate_reason,omitempty"`
+	// NotBefore (RFC 3339), optional on any op: the change is not applied
+	// before that time. It is part of the payload.
+	NotBefore string `json:"not_before,omitempty"`
 }
 
 // Task payloads. Each is the JSON of its change line without op, so
@@ -47,6 +50,7 @@ type UpdatePayload struct {
 	BrandID         string                 `json:"brand_id"`
 	OutRequestNo    string                 `json:"out_request_no"`
 	DisplayInfo     *wechatpay.DisplayInfo `json:"display_info"`
+	NotBefore       string                 `json:"not_before,omitempty"` // see Change.NotBefore
 }
 
 // Request returns the wechatpay request this payload makes.
@@ -56,11 +60,13 @@ func (p *UpdatePayload) Request() *wechatpay.UpdateProductCouponRequest {
 }
 
 // Validate checks the payload against the limits of its request.
-func (p *UpdatePayload) Validate() error { return p.Request().Validate() }
+func (p *UpdatePayload) Validate() error {
+	return errors.Join(p.Request().Validate(), validateNotBefore(p.NotBefore))
+}
 
 // Change returns the update line of the payload.
 func (p *UpdatePayload) Change() Change {
-	return Change{Op: OpUpdate, ProductCouponID: p.ProductCouponID, BrandID: p.BrandID, OutRequestNo: p.OutRequestNo, DisplayInfo: p.DisplayInfo}
+	return Change{Op: OpUpdate, ProductCouponID: p.ProductCouponID, BrandID: p.BrandID, OutRequestNo: p.OutRequestNo, DisplayInfo: p.DisplayInfo, NotBefore: p.NotBefore}
 }
 
 // DeactivatePayload is the payload of a coupon:deactivate task.
@@ -69,6 +75,7 @@ type DeactivatePayload struct {
 	BrandID          string `json:"brand_id"`
 	OutRequestNo     string `json:"out_request_no"`
 	DeactivateReason string `json:"deactivate_reason"`
+	NotBefore        string `json:"not_before,omitempty"` // see Change.NotBefore
 }
 
 // Request returns the wechatpay request this payload makes.
@@ -78,11 +85,13 @@ func (p *DeactivatePayload) Request() *wechatpay.DeactivateProductCouponRequest 
 }
 
 // Validate checks the payload against the limits of its request.
-func (p *DeactivatePayload) Validate() error { return p.Request().Validate() }
+func (p *DeactivatePayload) Validate() error {
+	return errors.Join(p.Request().Validate(), validateNotBefore(p.NotBefore))
+}
 
 // Change returns the deactivate line of the payload.
 func (p *DeactivatePayload) Change() Change {
-	return Change{Op: OpDeactivate, ProductCouponID: p.ProductCouponID, BrandID: p.BrandID, OutRequestNo: p.OutRequestNo, DeactivateReason: p.DeactivateReason}
+	return Change{Op: OpDeactivate, ProductCouponID: p.ProductCouponID, BrandID: p.BrandID, OutRequestNo: p.OutRequestNo, DeactivateReason: p.DeactivateReason, NotBefore: p.NotBefore}
 }
 
 // GetPayload is the payload of a coupon:get task. OutRequestNo is not sent
@@ -92,11 +101,12 @@ type GetPayload struct {
 	ProductCouponID string `json:"product_coupon_id"`
 	BrandID         string `json:"brand_id"`
 	OutRequestNo    string `json:"out_request_no"`
+	NotBefore       string `json:"not_before,omitempty"` // see Change.NotBefore
 }
 
 // Validate checks the payload: the identifiers, and the task key.
 func (p *GetPayload) Validate() error {
-	return errors.Join(p.Request().Validate(), wechatpay.ValidateOutRequestNo(p.OutRequestNo))
+	return errors.Join(p.Request().Validate(), wechatpay.ValidateOutRequestNo(p.OutRequestNo), validateNotBefore(p.NotBefore))
 }
 
 // Request returns the wechatpay request this payload makes.
@@ -106,7 +116,7 @@ func (p *GetPayload) Request() *wechatpay.GetProductCouponRequest {
 
 // Change returns the get line of the payload.
 func (p *GetPayload) Change() Change {
-	return Change{Op: OpGet, ProductCouponID: p.ProductCouponID, BrandID: p.BrandID, OutRequestNo: p.OutRequestNo}
+	return Change{Op: OpGet, ProductCouponID: p.ProductCouponID, BrandID: p.BrandID, OutRequestNo: p.OutRequestNo, NotBefore: p.NotBefore}
 }
 
 func notAllowed(field string, op Op) error {
@@ -131,7 +141,7 @@ func (c *Change) Validate() error {
 			errs = append(errs, notAllowed("display_info", c.Op))
 		}
 	case OpGet:
-		errs = append(errs, (&GetPayload{ProductCouponID: c.ProductCouponID, BrandID: c.BrandID}).Request().Validate())
+		errs = append(errs, (&GetPayload{ProductCouponID: c.ProductCouponID, BrandID: c.BrandID}).Request().Validate(), validateNotBefore(c.NotBefore))
 		if c.OutRequestNo != "" {
 			errs = append(errs, wechatpay.ValidateOutRequestNo(c.OutRequestNo))
 		}
@@ -162,11 +172,11 @@ func (c *Change) TaskID() string {
 func (c *Change) payload() Payload {
 	switch c.Op {
 	case OpUpdate:
-		return &UpdatePayload{ProductCouponID: c.ProductCouponID, BrandID: c.BrandID, OutRequestNo: c.OutRequestNo, DisplayInfo: c.DisplayInfo}
+		return &UpdatePayload{ProductCouponID: c.ProductCouponID, BrandID: c.BrandID, OutRequestNo: c.OutRequestNo, DisplayInfo: c.DisplayInfo, NotBefore: c.NotBefore}
 	case OpDeactivate:
-		return &DeactivatePayload{ProductCouponID: c.ProductCouponID, BrandID: c.BrandID, OutRequestNo: c.OutRequestNo, DeactivateReason: c.DeactivateReason}
+		return &DeactivatePayload{ProductCouponID: c.ProductCouponID, BrandID: c.BrandID, OutRequestNo: c.OutRequestNo, DeactivateReason: c.DeactivateReason, NotBefore: c.NotBefore}
 	case OpGet:
-		return &GetPayload{ProductCouponID: c.ProductCouponID, BrandID: c.BrandID, OutRequestNo: c.OutRequestNo}
+		return &GetPayload{ProductCouponID: c.ProductCouponID, BrandID: c.BrandID, OutRequestNo: c.OutRequestNo, NotBefore: c.NotBefore}
 	}
 	return nil
 }

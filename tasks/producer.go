@@ -247,7 +247,13 @@ type EnqueueResult struct {
 	// change: it stays part of the batch, counted once, and its task
 	// exists (enqueued now if that run never did).
 	Resumed bool
-	Change  Change // as enqueued (a get has its out_request_no now)
+	// EarlierFailed reports a Duplicate whose earlier task is failed or
+	// canceled: the change did not run and will not unless that task is
+	// retried (couponq retry). EarlierBatch names that task's batch ("" for
+	// none).
+	EarlierFailed bool
+	EarlierBatch  string
+	Change        Change // as enqueued (a get has its out_request_no now)
 }
 
 // Enqueue validates c, records its result hash (status queued) and
@@ -297,9 +303,13 @@ func (p *Producer) enqueue(ctx context.Context, c Change, batch string) (*Enqueu
 	ctx = context.WithoutCancel(ctx)
 	h := p.handoff(newRunID(), 0)
 	item := []results.AcceptItem{{Identity: pr.id, PayloadSHA256: pr.sha, Payload: pr.payload}}
-	// Registered first: killed after the accept, the change is adopted.
+	// Registered first: killed after the accept, the change is adopted;
+	// and its place in its coupon's order is taken before it can run.
 	if err := p.store.Register(ctx, p.queue, []string{pr.id.TaskID}); err != nil {
 		return nil, err
+	}
+	if err := registerOrder(ctx, p.store, []results.OrderEntry{pr.orderEntry()}, false, 2*time.Second); err != nil {
+		return nil, &unconfirmedError{err: err}
 	}
 	var res *EnqueueResult
 	for attempt := 0; ; attempt++ {
@@ -349,9 +359,12 @@ func (e *unconfirmedError) Unwrap() []error { return []error{ErrNotEnqueued, e.e
 func (p *Producer) afterAccept(ctx context.Context, pr *prepared, out results.AcceptOutcome, run string) (*EnqueueResult, error) {
 	c, id, taskID := pr.c, pr.id, pr.id.TaskID
 	res := &EnqueueResult{TaskID: taskID, Change: c}
-	switch out {
+	switch out.Kind() {
 	case results.Duplicate:
 		res.Duplicate = true
+		return res, nil
+	case results.EarlierFailed:
+		res.Duplicate, res.EarlierFailed, res.EarlierBatch = true, true, out.EarlierBatch()
 		return res, nil
 	case results.Conflict:
 		return nil, &ConflictError{TaskID: taskID, Where: "result"}

@@ -166,6 +166,7 @@ func TestEnqueueConflict(t *testing.T) {
 	// Nothing written: only the new batch's own keys and the accept
 	// call's record of its outcome differ.
 	b.mr.Del(results.BatchKey("c"))
+	b.mr.Del(results.BatchesKey)
 	dropCalls()
 	if after := b.mr.Dump(); after != before {
 		t.Errorf("conflict wrote to Redis:\nbefore:\n%s\nafter:\n%s", before, after)
@@ -238,6 +239,7 @@ func TestDuplicateFromAsynqOnly(t *testing.T) {
 					t.Errorf("report = %+v", rep)
 				}
 			} else {
+				want.Conflicts = 1
 				var ce *ConflictError
 				if len(rep.Conflicts) != 1 || !errors.As(rep.Conflicts[0], &ce) || ce.Where != "queue" || ce.TaskID != c.TaskID() {
 					t.Errorf("report = %+v", rep)

@@ -28,16 +28,22 @@ type Result struct {
 	Batch           string          `json:"batch,omitempty"`
 	Status          Status          `json:"status"`
 	Attempts        int             `json:"attempts"`
+	Runs            int             `json:"runs"` // 1, plus one per Retry
 	HTTPStatus      int             `json:"http_status,omitempty"`
 	ErrorCode       string          `json:"error_code,omitempty"`
 	ErrorMessage    string          `json:"error_message,omitempty"`
 	RequestID       string          `json:"request_id,omitempty"`
 	Coupon          json.RawMessage `json:"coupon,omitempty"` // the ProductCoupon JSON, on success
 	CouponState     string          `json:"coupon_state,omitempty"`
+	Request         json.RawMessage `json:"request,omitempty"`   // a write's body, fixed before its first attempt
+	Unchanged       bool            `json:"unchanged,omitempty"` // an update not sent: the coupon already matched
 	EnqueuedAt      time.Time       `json:"enqueued_at,omitzero"`
 	UpdatedAt       time.Time       `json:"updated_at,omitzero"`
 	FinishedAt      time.Time       `json:"finished_at,omitzero"`
 	PayloadSHA256   string          `json:"payload_sha256,omitempty"`
+	// Payload is the task payload the result keeps (see Change); not part
+	// of the JSON form.
+	Payload []byte `json:"-"`
 }
 
 // parseResult types a result hash; malformed numbers and times are an error
@@ -57,11 +63,20 @@ func parseResult(m map[string]string) (*Result, error) {
 		CouponState:     m[results.FieldCouponState],
 		PayloadSHA256:   m[results.FieldPayloadSHA256],
 	}
+	if p := m[results.FieldPayload]; p != "" {
+		r.Payload = []byte(p)
+	}
 	if c := m[results.FieldCoupon]; c != "" {
 		r.Coupon = json.RawMessage(c)
 	}
+	if q := m[results.FieldRequest]; q != "" {
+		r.Request = json.RawMessage(q)
+	}
+	r.Unchanged = m[results.FieldUnchanged] == "1"
 	var errs []error
+	r.Runs = 1
 	errs = append(errs, atoi(m, results.FieldAttempts, &r.Attempts), atoi(m, results.FieldHTTPStatus, &r.HTTPStatus),
+		atoi(m, results.FieldRuns, &r.Runs),
 		parseTime(m, results.FieldEnqueuedAt, &r.EnqueuedAt), parseTime(m, results.FieldUpdatedAt, &r.UpdatedAt),
 		parseTime(m, results.FieldFinishedAt, &r.FinishedAt))
 	if err := errors.Join(errs...); err != nil {
@@ -98,15 +113,44 @@ func parseTime(m map[string]string, field string, dst *time.Time) error {
 
 // BatchStatus is one batch's counters and state.
 type BatchStatus struct {
-	ID         string    `json:"batch_id"`
-	Total      int       `json:"total"`
-	Duplicates int       `json:"duplicates"`
-	Succeeded  int       `json:"succeeded"`
-	Failed     int       `json:"failed"`
-	Pending    int       `json:"pending"` // total − succeeded − failed
-	Sealed     bool      `json:"sealed"`  // its producer finished enqueuing
-	CreatedAt  time.Time `json:"created_at,omitzero"`
-	FinishedAt time.Time `json:"finished_at,omitzero"`
+	ID         string `json:"batch_id"`
+	Total      int    `json:"total"`
+	Duplicates int    `json:"duplicates"`
+	// EarlierFailed counts the duplicates whose earlier task is failed or
+	// canceled: changes of this batch that did not run and will not unless
+	// retried.
+	EarlierFailed int       `json:"earlier_failed"`
+	Conflicts     int       `json:"conflicts"`
+	Succeeded     int       `json:"succeeded"`
+	Failed        int       `json:"failed"`
+	Canceled      int       `json:"canceled"`
+	Pending       int       `json:"pending"` // total − succeeded − failed − canceled
+	Sealed        bool      `json:"sealed"`  // its producer finished enqueuing
+	CreatedAt     time.Time `json:"created_at,omitzero"`
+	FinishedAt    time.Time `json:"finished_at,omitzero"`
+	// CanceledAt is when Producer.Cancel canceled the batch (zero: not
+	// canceled, or retried since).
+	CanceledAt time.Time `json:"canceled_at,omitzero"`
+}
+
+// OK reports whether nothing of the batch went wrong so far: no task
+// failed or was canceled, and no change was a conflict or a duplicate of
+// a failed or canceled task. A done batch that is not OK is what
+// couponq status --wait exits 1 for.
+func (b *BatchStatus) OK() bool {
+	return b.Failed == 0 && b.Canceled == 0 && b.Conflicts == 0 && b.EarlierFailed == 0
+}
+
+// State is "enqueuing" (its producer is still at work), "running" or
+// "done".
+func (b *BatchStatus) State() string {
+	switch {
+	case b.Done():
+		return "done"
+	case !b.Sealed:
+		return "enqueuing"
+	}
+	return "running"
 }
 
 // Done reports whether the batch finished: sealed, and every task it
@@ -143,27 +187,40 @@ func (r *Reader) Batch(ctx context.Context, batchID string) (*BatchStatus, error
 	if len(m) == 0 {
 		return nil, fmt.Errorf("couponq: batch %s: %w", batchID, ErrNotFound)
 	}
+	return parseBatch(batchID, m)
+}
+
+// parseBatch types a batch hash.
+func parseBatch(batchID string, m map[string]string) (*BatchStatus, error) {
 	b := &BatchStatus{ID: batchID, Sealed: m[results.BatchFieldSealed] == "1"}
 	errs := []error{
 		atoi(m, results.BatchFieldTotal, &b.Total), atoi(m, results.BatchFieldDuplicates, &b.Duplicates),
+		atoi(m, results.BatchFieldEarlierFailed, &b.EarlierFailed), atoi(m, results.BatchFieldConflicts, &b.Conflicts),
 		atoi(m, results.BatchFieldSucceeded, &b.Succeeded), atoi(m, results.BatchFieldFailed, &b.Failed),
+		atoi(m, results.BatchFieldCanceled, &b.Canceled),
 		parseTime(m, results.BatchFieldCreatedAt, &b.CreatedAt), parseTime(m, results.BatchFieldFinishedAt, &b.FinishedAt),
+		parseTime(m, results.BatchFieldCanceledAt, &b.CanceledAt),
 	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, fmt.Errorf("couponq: batch %s: %w", batchID, err)
 	}
-	b.Pending = b.Total - b.Succeeded - b.Failed
+	b.Pending = b.Total - b.Succeeded - b.Failed - b.Canceled
 	return b, nil
 }
 
-// FailedTasks returns up to limit failed tasks of a batch (all of them when
-// limit ≤ 0), sorted by task ID. It scans the batch's task set, reading the
-// results a page at a time in one pipeline each.
+// FailedTasks returns up to limit failed tasks of a batch, sorted by task
+// ID: none when limit is 0, all of them when limit is negative (as
+// couponq status --failed N counts). It scans the batch's task set, reading
+// the results a page at a time in one pipeline each; to stream every task
+// of a big batch, use ScanTasks.
 func (r *Reader) FailedTasks(ctx context.Context, batchID string, limit int) ([]*Result, error) {
 	var (
 		out    []*Result
 		cursor uint64
 	)
+	if limit == 0 {
+		return nil, nil
+	}
 	for {
 		ids, next, err := r.rdb.SScan(ctx, results.BatchTasksKey(batchID), cursor, "", 500).Result()
 		if err != nil {
@@ -247,8 +304,13 @@ func (r *Reader) Wait(ctx context.Context, batchID string, every time.Duration, 
 		}
 		select {
 		case <-ctx.Done():
-			return b, fmt.Errorf("couponq: waiting for batch %s: %w", batchID, context.Cause(ctx))
 		case <-t.C:
+		}
+		// Checked after the select too: when the tick and the cancel are
+		// both ready, select may pick the tick, and the next read would
+		// fail on the canceled context and lose the last status.
+		if ctx.Err() != nil {
+			return b, fmt.Errorf("couponq: waiting for batch %s: %w", batchID, context.Cause(ctx))
 		}
 	}
 }

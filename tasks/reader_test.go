@@ -35,6 +35,17 @@ func TestReaderResult(t *testing.T) {
 	if err := b.store.Retrying(ctx, id.TaskID, results.Attempt{Calls: 1, HTTPStatus: 500, ErrorCode: "SYSTEM_ERROR", ErrorMessage: "busy", RequestID: "r1"}); err != nil {
 		t.Fatal(err)
 	}
+	// The first body fixed is the one kept: a later run reads it back.
+	body := `{"brand_id":"120344","out_request_no":"abcdefg","deactivate_reason":"x"}`
+	if got, err := b.store.FixRequest(ctx, id.TaskID, []byte(body)); err != nil || string(got) != body {
+		t.Fatalf("FixRequest = %s, %v", got, err)
+	}
+	if got, err := b.store.FixRequest(ctx, id.TaskID, []byte(`{"other":1}`)); err != nil || string(got) != body {
+		t.Fatalf("second FixRequest = %s, %v; want the first body", got, err)
+	}
+	if err := b.store.MarkUnchanged(ctx, id.TaskID); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := b.store.Finish(ctx, id.TaskID, StatusSucceeded, results.Attempt{Calls: 1, HTTPStatus: 200, RequestID: "r2", Coupon: []byte(coupon), CouponState: "DEACTIVATED"}); err != nil {
 		t.Fatal(err)
 	}
@@ -45,8 +56,9 @@ func TestReaderResult(t *testing.T) {
 	payload, _ := c.Payload()
 	want := &Result{
 		TaskID: id.TaskID, Op: OpDeactivate, BrandID: "120344", ProductCouponID: "1000000013", OutRequestNo: "abcdefg", Batch: "r",
-		Status: StatusSucceeded, Attempts: 2, HTTPStatus: 200, RequestID: "r2", Coupon: json.RawMessage(coupon), CouponState: "DEACTIVATED",
-		EnqueuedAt: testNow, UpdatedAt: testNow, FinishedAt: testNow, PayloadSHA256: PayloadSHA256(payload),
+		Status: StatusSucceeded, Attempts: 2, Runs: 1, HTTPStatus: 200, RequestID: "r2", Coupon: json.RawMessage(coupon), CouponState: "DEACTIVATED",
+		Request: json.RawMessage(body), Unchanged: true,
+		EnqueuedAt: testNow, UpdatedAt: testNow, FinishedAt: testNow, PayloadSHA256: PayloadSHA256(payload), Payload: payload,
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("result (-want +got):\n%s", diff)
@@ -78,7 +90,7 @@ func TestReaderFailedTasks(t *testing.T) {
 		finish(t, b.store, c, st)
 	}
 	sort.Strings(wantIDs)
-	got, err := b.reader.FailedTasks(ctx, "f", 0)
+	got, err := b.reader.FailedTasks(ctx, "f", -1)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -95,7 +107,10 @@ func TestReaderFailedTasks(t *testing.T) {
 	if got, _ := b.reader.FailedTasks(ctx, "f", 5); len(got) != 5 {
 		t.Errorf("limit 5 gave %d", len(got))
 	}
-	if got, err := b.reader.FailedTasks(ctx, "none", 0); err != nil || len(got) != 0 {
+	if got, err := b.reader.FailedTasks(ctx, "f", 0); err != nil || len(got) != 0 {
+		t.Errorf("limit 0 gave %d, %v; want none (as status --failed 0)", len(got), err)
+	}
+	if got, err := b.reader.FailedTasks(ctx, "none", -1); err != nil || len(got) != 0 {
 		t.Errorf("unknown batch: %v, %v", got, err)
 	}
 	s := b.batch(t, "f")

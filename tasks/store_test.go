@@ -78,7 +78,7 @@ func TestStoreLua(t *testing.T) {
 				}
 				mustSeal(t, s)
 			},
-			want: BatchStatus{Duplicates: 1, Sealed: true, FinishedAt: testNow},
+			want: BatchStatus{Duplicates: 1, Conflicts: 1, Sealed: true, FinishedAt: testNow},
 		},
 		{
 			name: "unaccept leaves a task a worker began",
@@ -100,7 +100,7 @@ func TestStoreLua(t *testing.T) {
 					t.Fatal(err)
 				}
 			},
-			want: BatchStatus{Sealed: true, FinishedAt: testNow},
+			want: BatchStatus{Conflicts: 1, Sealed: true, FinishedAt: testNow},
 		},
 		{
 			name: "accept: resumed, duplicate and conflict",
@@ -116,7 +116,7 @@ func TestStoreLua(t *testing.T) {
 				mustBegin(t, s, id("t1"), StatusRunning)
 				mustAccept(t, s, id("t1"), results.Underway)
 			},
-			want: BatchStatus{Total: 1},
+			want: BatchStatus{Total: 1, Conflicts: 1},
 		},
 		{
 			name: "a result made by Begin alone (no payload hash) is a conflict",
@@ -124,6 +124,7 @@ func TestStoreLua(t *testing.T) {
 				mustBegin(t, s, id("t1"), StatusRunning)
 				mustAccept(t, s, id("t1"), results.Conflict)
 			},
+			want: BatchStatus{Conflicts: 1},
 		},
 		{
 			name: "reopening a finished batch: a new task unfinishes it, sealing again finishes it",

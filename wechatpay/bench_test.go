@@ -25,7 +25,7 @@ func BenchmarkUpdateProductCoupon(b *testing.B) {
 	for b.Loop() {
 		i++
 		req := &wechatpay.UpdateProductCouponRequest{ProductCouponID: id, BrandID: brand,
-			OutRequestNo: fmt.Sprintf("bench_%010d", i), DisplayInfo: &wechatpay.DisplayInfo{Name: fmt.Sprintf("券%08d", i)}}
+			OutRequestNo: fmt.Sprintf("bench_%010d", i), DisplayInfo: &wechatpay.DisplayInfo{Name: fmt.Sprintf("券%08d", i), ImageURL: "https://img.example/i.png", BackgroundURL: "https://img.example/b.png"}}
 		if _, err := c.UpdateProductCoupon(ctx, req); err != nil {
 			b.Fatal(err)
 		}
@@ -48,7 +48,7 @@ func BenchmarkUpdateProductCouponParallel(b *testing.B) {
 		for pb.Next() {
 			i := n.Add(1)
 			req := &wechatpay.UpdateProductCouponRequest{ProductCouponID: ids[i%int64(len(ids))], BrandID: brand,
-				OutRequestNo: fmt.Sprintf("bench_%010d", i), DisplayInfo: &wechatpay.DisplayInfo{Name: fmt.Sprintf("券%08d", i)}}
+				OutRequestNo: fmt.Sprintf("bench_%010d", i), DisplayInfo: &wechatpay.DisplayInfo{Name: fmt.Sprintf("券%08d", i), ImageURL: "https://img.example/i.png", BackgroundURL: "https://img.example/b.png"}}
 			if _, err := c.UpdateProductCoupon(ctx, req); err != nil {
 				b.Error(err)
 				return

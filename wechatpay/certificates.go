@@ -11,6 +11,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"math/big"
 	"net/http"
 	"strings"
 	"sync"
@@ -161,7 +162,7 @@ func (m *certManager) download(ctx context.Context, send sendFunc) error {
 			if k := m.c.keys.lookup(serial, now); k != nil {
 				return k
 			}
-			if c, ok := fresh[strings.ToUpper(serial)]; ok {
+			if c, ok := fresh[serialKey(serial)]; ok {
 				return c.key
 			}
 			return nil
@@ -175,6 +176,11 @@ func (m *certManager) download(ctx context.Context, send sendFunc) error {
 }
 
 // decode decrypts every certificate of the answer and keeps those valid now.
+// An entry that cannot be used (another algorithm, no decryption, not a
+// certificate, a serial_no that is not the certificate's) is skipped with a
+// warning: the others still verify, as in the official SDK. Only a list with
+// no usable certificate is an error, carrying the first entry's reason (and
+// no warnings).
 func (m *certManager) decode(body []byte) (map[string]platformCert, error) {
 	var ans certificatesAnswer
 	if err := json.Unmarshal(body, &ans); err != nil {
@@ -182,47 +188,98 @@ func (m *certManager) decode(body []byte) (map[string]platformCert, error) {
 	}
 	now := m.c.now()
 	out := make(map[string]platformCert, len(ans.Data))
+	type skipped struct {
+		serial string
+		err    error
+	}
+	var skips []skipped
 	for _, d := range ans.Data {
-		ec := d.EncryptCertificate
-		if ec.Algorithm != "AEAD_AES_256_GCM" {
-			return nil, fmt.Errorf("%w: certificate %.64s: algorithm %.32q", ErrNoCertificates, d.SerialNo, ec.Algorithm)
-		}
-		pemBytes, err := DecryptAES256GCM(m.apiV3Key, ec.Nonce, ec.AssociatedData, ec.Ciphertext)
+		pc, err := m.decodeOne(d.SerialNo, d.EncryptCertificate.Algorithm, d.EncryptCertificate.Nonce, d.EncryptCertificate.AssociatedData, d.EncryptCertificate.Ciphertext)
 		if err != nil {
-			return nil, fmt.Errorf("%w: certificate %.64s: %w", ErrNoCertificates, d.SerialNo, err)
-		}
-		pc, err := parsePlatformCert(pemBytes)
-		if err != nil {
-			return nil, fmt.Errorf("%w: certificate %.64s: %v", ErrNoCertificates, d.SerialNo, err)
-		}
-		if !strings.EqualFold(pc.serial, d.SerialNo) {
-			return nil, fmt.Errorf("%w: serial_no %.64s does not match the certificate's %s", ErrNoCertificates, d.SerialNo, pc.serial)
+			skips = append(skips, skipped{fmt.Sprintf("%.64s", d.SerialNo), err})
+			continue
 		}
 		if now.After(pc.notAfter) {
 			continue
 		}
-		out[pc.serial] = pc
+		out[serialKey(pc.serial)] = pc
 	}
 	if len(out) == 0 {
+		// The error says it once; a warning per entry would repeat it at
+		// every probe of a worker whose APIv3 key is wrong.
+		if len(skips) > 0 {
+			return nil, fmt.Errorf("%w: %d of %d unusable, the first: %w", ErrNoCertificates, len(skips), len(ans.Data), skips[0].err)
+		}
 		return nil, fmt.Errorf("%w: the answer holds no certificate valid now", ErrNoCertificates)
+	}
+	for _, s := range skips {
+		m.c.log.Warn("wechatpay: skipping a platform certificate", "serial_no", s.serial, "error", s.err)
 	}
 	return out, nil
 }
 
-func parsePlatformCert(pemBytes []byte) (platformCert, error) {
+// decodeOne decrypts and checks one entry of the list. The certificate keeps
+// serialNo as received, so the Wechatpay-Serial sent names it in WeChat Pay's
+// own spelling (a leading zero that %X would drop included).
+func (m *certManager) decodeOne(serialNo, algorithm, nonce, associatedData, ciphertext string) (platformCert, error) {
+	if algorithm != "AEAD_AES_256_GCM" {
+		return platformCert{}, fmt.Errorf("certificate %.64s: algorithm %.32q", serialNo, algorithm)
+	}
+	want, ok := parseSerial(serialNo)
+	if !ok {
+		return platformCert{}, fmt.Errorf("serial_no %.64q is not hexadecimal", serialNo)
+	}
+	pemBytes, err := DecryptAES256GCM(m.apiV3Key, nonce, associatedData, ciphertext)
+	if err != nil {
+		return platformCert{}, fmt.Errorf("certificate %.64s: %w", serialNo, err)
+	}
+	pc, number, err := parsePlatformCert(pemBytes)
+	if err != nil {
+		return platformCert{}, fmt.Errorf("certificate %.64s: %v", serialNo, err)
+	}
+	// Serials are numbers: "0A1B" and "A1B" name the same certificate.
+	if number.Cmp(want) != 0 {
+		return platformCert{}, fmt.Errorf("serial_no %.64s does not match the certificate's %X", serialNo, number)
+	}
+	pc.serial = serialNo
+	return pc, nil
+}
+
+// parseSerial reads a hexadecimal certificate serial as a number.
+func parseSerial(s string) (*big.Int, bool) {
+	if s == "" || !isHex(s) {
+		return nil, false
+	}
+	return new(big.Int).SetString(s, 16)
+}
+
+// serialKey is the key of a certificate serial in the key ring: its number
+// in upper-case hex without leading zeros, so any spelling of one serial
+// finds the certificate. What is not hexadecimal (a public-key id) is only
+// upper-cased.
+func serialKey(s string) string {
+	if n, ok := parseSerial(s); ok {
+		return fmt.Sprintf("%X", n)
+	}
+	return strings.ToUpper(s)
+}
+
+// parsePlatformCert parses a PEM certificate; it returns its serial number
+// beside it, the certificate's serial field left for the caller.
+func parsePlatformCert(pemBytes []byte) (platformCert, *big.Int, error) {
 	b, _ := pem.Decode(pemBytes)
 	if b == nil || b.Type != "CERTIFICATE" {
-		return platformCert{}, errors.New("not a PEM certificate")
+		return platformCert{}, nil, errors.New("not a PEM certificate")
 	}
 	cert, err := x509.ParseCertificate(b.Bytes)
 	if err != nil {
-		return platformCert{}, err
+		return platformCert{}, nil, err
 	}
 	k, ok := cert.PublicKey.(*rsa.PublicKey)
 	if !ok {
-		return platformCert{}, fmt.Errorf("a %T key, want RSA", cert.PublicKey)
+		return platformCert{}, nil, fmt.Errorf("a %T key, want RSA", cert.PublicKey)
 	}
-	return platformCert{serial: fmt.Sprintf("%X", cert.SerialNumber), key: k, notBefore: cert.NotBefore, notAfter: cert.NotAfter}, nil
+	return platformCert{key: k, notBefore: cert.NotBefore, notAfter: cert.NotAfter}, cert.SerialNumber, nil
 }
 
 // DecryptAES256GCM decrypts a resource WeChat Pay encrypted with the APIv3

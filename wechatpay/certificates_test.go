@@ -30,7 +30,11 @@ func TestCertificateRotation(t *testing.T) {
 	if n := countOp(s, wechatpaytest.OpCertificates); n != 1 {
 		t.Fatalf("%d certificate downloads before the first call, want 1", n)
 	}
-	// In brand and partner mode alike the request names the certificate.
+	// The fake lists serials with a leading zero; the request names the
+	// certificate as listed.
+	if !strings.HasPrefix(s.CertificateSerials()[0], "0") {
+		t.Fatalf("the fake's serial %q has no leading zero", s.CertificateSerials()[0])
+	}
 	if ex := cp.exchanges(); ex[len(ex)-1].reqHeader.Get("Wechatpay-Serial") != s.CertificateSerials()[0] {
 		t.Errorf("Wechatpay-Serial %q", ex[len(ex)-1].reqHeader.Get("Wechatpay-Serial"))
 	}
@@ -83,7 +87,7 @@ func TestCertificateModes(t *testing.T) {
 		wantErr string
 	}{
 		{"migration: both kinds sign", wechatpaytest.BothKeyModes, func(*wechatpaytest.Server) []wechatpay.Option { return nil }, ""},
-		{"brand mode with certificates", wechatpaytest.CertificateMode, func(*wechatpaytest.Server) []wechatpay.Option { return nil }, ""},
+		{"brand mode migrating: both kinds sign", wechatpaytest.BothKeyModes, func(*wechatpaytest.Server) []wechatpay.Option { return nil }, ""},
 		{"certificates asked of a public-key merchant", wechatpaytest.PublicKeyMode, func(s *wechatpaytest.Server) []wechatpay.Option {
 			return []wechatpay.Option{wechatpay.WithPlatformCertificates(s.APIv3Key())}
 		}, "404"},

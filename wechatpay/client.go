@@ -76,9 +76,18 @@ func WithBaseURL(u string) Option {
 	return func(c *clientConfig) error {
 		p, err := url.Parse(strings.TrimSuffix(u, "/"))
 		if err != nil {
-			return fmt.Errorf("wechatpay: WithBaseURL: %w", err)
+			// url.Error repeats the whole URL, user info and all: keep its reason only.
+			var ue *url.Error
+			if errors.As(err, &ue) {
+				err = ue.Err
+			}
+			return fmt.Errorf("wechatpay: WithBaseURL: not a URL: %v", err)
 		}
-		if p.Host == "" || p.RawQuery != "" || p.Fragment != "" || p.User != nil {
+		if p.User != nil {
+			// Never echo it: the user info is a secret WeChat Pay does not use.
+			return errors.New("wechatpay: WithBaseURL: the URL must not carry user info (user:password@)")
+		}
+		if p.Host == "" || p.RawQuery != "" || p.Fragment != "" {
 			return fmt.Errorf("wechatpay: WithBaseURL: want scheme://host[:port][/prefix], got %q", u)
 		}
 		switch p.Scheme {
@@ -331,6 +340,11 @@ func NewClient(opts ...Option) (*Client, error) {
 	}
 	if cfg.pubKey == nil && cfg.apiV3Key == nil {
 		return nil, errors.New("wechatpay: NewClient: no way to verify responses: use WithPublicKey and/or WithPlatformCertificates")
+	}
+	if cfg.mode == ModeBrand && cfg.pubKey == nil {
+		// Brand-direct calls must name the WeChat Pay public-key id in
+		// Wechatpay-Serial; a certificate serial there is refused.
+		return nil, errors.New("wechatpay: NewClient: brand mode requires the WeChat Pay public key (WithPublicKey); platform certificates alone are not enough")
 	}
 	c := &Client{
 		base:      cfg.baseURL.String(),

@@ -30,6 +30,9 @@ func TestNewClientOptions(t *testing.T) {
 		{"http remote", []wechatpay.Option{wechatpay.WithBaseURL("http://api.mch.weixin.qq.com"), partner, pk}, "https required"},
 		{"ftp", []wechatpay.Option{wechatpay.WithBaseURL("ftp://127.0.0.1"), partner, pk}, "scheme must be https"},
 		{"no host", []wechatpay.Option{wechatpay.WithBaseURL("https://"), partner, pk}, "want scheme://host"},
+		{"user info in base", []wechatpay.Option{wechatpay.WithBaseURL("https://u:p@x.example"), partner, pk}, "must not carry user info"},
+		{"brand with certificates only", []wechatpay.Option{wechatpay.WithBrand("120344", "ABC", key), wechatpay.WithPlatformCertificates(strings.Repeat("k", 32))}, "brand mode requires the WeChat Pay public key"},
+		{"brand migrating to the public key", []wechatpay.Option{wechatpay.WithBrand("120344", "ABC", key), pk, wechatpay.WithPlatformCertificates(strings.Repeat("k", 32))}, ""},
 		{"query in base", []wechatpay.Option{wechatpay.WithBaseURL("https://x.example?a=1"), partner, pk}, "want scheme://host"},
 		{"no identity", []wechatpay.Option{pk}, "no identity"},
 		{"two identities", []wechatpay.Option{partner, wechatpay.WithBrand("1", "AB", key), pk}, "already set"},
@@ -101,5 +104,28 @@ func TestDefaultHTTPClient(t *testing.T) {
 	tr, ok := hc.Transport.(*http.Transport)
 	if !ok || hc.Timeout == 0 || tr.MaxIdleConnsPerHost < 64 || tr.ResponseHeaderTimeout == 0 || tr.TLSHandshakeTimeout == 0 {
 		t.Errorf("default client %+v", hc)
+	}
+}
+
+// TestBaseURLSecretNotEchoed: a base URL carrying a password is refused
+// without repeating it, whether or not it parses.
+func TestBaseURLSecretNotEchoed(t *testing.T) {
+	t.Parallel()
+	key := otherKey(t)
+	for _, u := range []string{
+		"https://couponq:s3cr3t-pw@api.mch.weixin.qq.com",
+		"https://s3cr3t-pw@api.mch.weixin.qq.com",
+		"http://couponq:s3cr3t-pw@127.0.0.1:8080",
+		"https://couponq:s3cr3t-pw@[::1",      // does not parse
+		"https://couponq:s3cr3t-pw@host:port", // nor this
+	} {
+		_, err := wechatpay.NewClient(wechatpay.WithBaseURL(u), wechatpay.WithPartner("1900000109", "AB", key), wechatpay.WithPublicKey("PUB_KEY_ID_1", &key.PublicKey))
+		if err == nil {
+			t.Errorf("%s: accepted", u)
+			continue
+		}
+		if strings.Contains(err.Error(), "s3cr3t-pw") {
+			t.Errorf("the error echoes the password: %v", err)
+		}
 	}
 }

@@ -27,6 +27,19 @@
 // brand_id otherwise; a request naming another brand than the client's is
 // refused before any I/O. Wechatpay-Serial carries the WeChat Pay public-key
 // id (or the newest platform certificate's serial) whenever one is known.
+// Brand mode requires the public key (WithPublicKey): NewClient refuses it
+// with platform certificates alone, whose serial brand calls cannot carry.
+//
+// # Updates
+//
+// WeChat Pay documents name, image_url and background_url as required in
+// display_info and does not say whether PATCH merges or replaces it, so send
+// the whole display_info. MergeDisplayInfo builds it from the coupon (as
+// GetProductCoupon answered it, unknown fields kept) and the fields a change
+// names, and reports whether anything would change; EncodeUpdate turns it
+// into the exact body, which a caller keeps and sends on every retry through
+// UpdateProductCouponRequest.Body. A price of 0 is sent only when given
+// (DisplayInfo.OriginalPriceZero, ComboChoice.PriceZero; decoding sets them).
 //
 // # Signing and verification
 //
@@ -45,7 +58,11 @@
 // the set every hour in the background (until Close) and downloads it again
 // at once, at most once a minute, when an answer names an unknown serial.
 // With both WithPublicKey and WithPlatformCertificates, answers signed by
-// either are accepted, chosen by Wechatpay-Serial.
+// either are accepted, chosen by Wechatpay-Serial. Serials are numbers:
+// serial_no is matched to the certificate's serial numerically (a leading
+// zero counts for nothing), the certificate is named as listed, and an
+// entry that cannot be used is skipped with a warning rather than failing
+// the set.
 //
 // # Errors and retries
 //

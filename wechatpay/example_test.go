@@ -21,11 +21,13 @@ func Example() {
 	defer client.Close()
 	ctx := context.Background()
 
+	// The whole display_info: name and both images are required, and
+	// PATCH may replace it (MergeDisplayInfo builds it from the coupon).
 	pc, err := client.UpdateProductCoupon(ctx, &wechatpay.UpdateProductCouponRequest{
 		ProductCouponID: id,
 		BrandID:         brand,
 		OutRequestNo:    "34657_20250101_123456",
-		DisplayInfo:     &wechatpay.DisplayInfo{Name: "全场满100立打8折", OriginalPrice: 10000},
+		DisplayInfo:     &wechatpay.DisplayInfo{Name: "全场满100立打8折", OriginalPrice: 10000, ImageURL: "https://img.example/i.png", BackgroundURL: "https://img.example/b.png"},
 	})
 	if err != nil {
 		fmt.Println(err)

@@ -41,9 +41,9 @@ func (c *Client) brandField(brandID string) string {
 }
 
 type updateBody struct {
-	BrandID      string       `json:"brand_id,omitempty"`
-	OutRequestNo string       `json:"out_request_no"`
-	DisplayInfo  *DisplayInfo `json:"display_info"`
+	BrandID      string          `json:"brand_id,omitempty"`
+	OutRequestNo string          `json:"out_request_no"`
+	DisplayInfo  json.RawMessage `json:"display_info"`
 }
 
 type deactivateBody struct {
@@ -64,17 +64,47 @@ func (c *Client) UpdateProductCoupon(ctx context.Context, req *UpdateProductCoup
 	if req == nil {
 		return nil, &ValidationError{Field: "request", Reason: "required"}
 	}
+	body := []byte(req.Body)
+	if body == nil {
+		var err error
+		if body, err = c.EncodeUpdate(req, nil); err != nil {
+			return nil, err
+		}
+	} else if err := c.checkBody(req.ProductCouponID, req.BrandID, req.OutRequestNo, body); err != nil {
+		return nil, err
+	}
+	return c.coupon(ctx, http.MethodPatch, c.couponPath(req.ProductCouponID, ""), "", body)
+}
+
+// EncodeUpdate validates req and returns the JSON body UpdateProductCoupon
+// sends for it: brand_id (partner mode only), out_request_no and
+// display_info — displayInfo when given (a JSON object, such as
+// MergeDisplayInfo returns), else req.DisplayInfo. A caller that retries
+// keeps the bytes and sends them again through req.Body.
+func (c *Client) EncodeUpdate(req *UpdateProductCouponRequest, displayInfo json.RawMessage) ([]byte, error) {
+	if req == nil {
+		return nil, &ValidationError{Field: "request", Reason: "required"}
+	}
 	if err := req.Validate(); err != nil {
 		return nil, err
 	}
 	if err := c.checkBrand(req.BrandID); err != nil {
 		return nil, err
 	}
-	body, err := json.Marshal(updateBody{BrandID: c.brandField(req.BrandID), OutRequestNo: req.OutRequestNo, DisplayInfo: req.DisplayInfo})
+	di := displayInfo
+	if di == nil {
+		var err error
+		if di, err = marshalNoEscape(req.DisplayInfo); err != nil {
+			return nil, fmt.Errorf("wechatpay: encoding update: %w", err)
+		}
+	} else if !isJSONObject(di) {
+		return nil, &ValidationError{Field: "display_info", Reason: "must be a JSON object"}
+	}
+	body, err := marshalNoEscape(updateBody{BrandID: c.brandField(req.BrandID), OutRequestNo: req.OutRequestNo, DisplayInfo: di})
 	if err != nil {
 		return nil, fmt.Errorf("wechatpay: encoding update: %w", err)
 	}
-	return c.coupon(ctx, http.MethodPatch, c.couponPath(req.ProductCouponID, ""), "", body)
+	return body, nil
 }
 
 // DeactivateProductCoupon ends every batch and channel of a coupon; coupons
@@ -89,17 +119,50 @@ func (c *Client) DeactivateProductCoupon(ctx context.Context, req *DeactivatePro
 	if req == nil {
 		return nil, &ValidationError{Field: "request", Reason: "required"}
 	}
+	body := []byte(req.Body)
+	if body == nil {
+		var err error
+		if body, err = c.EncodeDeactivate(req); err != nil {
+			return nil, err
+		}
+	} else if err := c.checkBody(req.ProductCouponID, req.BrandID, req.OutRequestNo, body); err != nil {
+		return nil, err
+	}
+	return c.coupon(ctx, http.MethodPost, c.couponPath(req.ProductCouponID, "/deactivate"), "", body)
+}
+
+// EncodeDeactivate validates req and returns the JSON body
+// DeactivateProductCoupon sends for it; a caller that retries may keep the
+// bytes and send them again through req.Body.
+func (c *Client) EncodeDeactivate(req *DeactivateProductCouponRequest) ([]byte, error) {
+	if req == nil {
+		return nil, &ValidationError{Field: "request", Reason: "required"}
+	}
 	if err := req.Validate(); err != nil {
 		return nil, err
 	}
 	if err := c.checkBrand(req.BrandID); err != nil {
 		return nil, err
 	}
-	body, err := json.Marshal(deactivateBody{BrandID: c.brandField(req.BrandID), OutRequestNo: req.OutRequestNo, DeactivateReason: req.DeactivateReason})
+	body, err := marshalNoEscape(deactivateBody{BrandID: c.brandField(req.BrandID), OutRequestNo: req.OutRequestNo, DeactivateReason: req.DeactivateReason})
 	if err != nil {
 		return nil, fmt.Errorf("wechatpay: encoding deactivate: %w", err)
 	}
-	return c.coupon(ctx, http.MethodPost, c.couponPath(req.ProductCouponID, "/deactivate"), "", body)
+	return body, nil
+}
+
+// checkBody validates what routes a request sent with a body given as is.
+func (c *Client) checkBody(couponID, brandID, outRequestNo string, body []byte) error {
+	var v validator
+	v.ids(couponID, brandID)
+	v.key("out_request_no", outRequestNo, MinOutRequestNoLen, MaxOutRequestNoLen)
+	if !isJSONObject(body) {
+		v.add("body", "must be a JSON object")
+	}
+	if err := v.err(); err != nil {
+		return err
+	}
+	return c.checkBrand(brandID)
 }
 
 // GetProductCoupon reads a coupon.

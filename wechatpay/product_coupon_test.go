@@ -88,7 +88,7 @@ func (c *clock) Add(d time.Duration) {
 
 func newUpdate(brand, id, key, name string) *wechatpay.UpdateProductCouponRequest {
 	return &wechatpay.UpdateProductCouponRequest{ProductCouponID: id, BrandID: brand, OutRequestNo: key,
-		DisplayInfo: &wechatpay.DisplayInfo{Name: name, OriginalPrice: 9900}}
+		DisplayInfo: &wechatpay.DisplayInfo{Name: name, OriginalPrice: 9900, ImageURL: "https://img.example/i.png", BackgroundURL: "https://img.example/b.png"}}
 }
 
 func newDeactivate(brand, id, key string) *wechatpay.DeactivateProductCouponRequest {

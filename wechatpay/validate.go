@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"unicode"
 	"unicode/utf8"
 )
 
@@ -84,9 +85,31 @@ func (v *validator) ids(couponID, brandID string) {
 	v.key("brand_id", brandID, 1, MaxBrandIDLen)
 }
 
-func (v *validator) textLen(field, s string, minLen, maxLen int) {
+// text checks what WeChat Pay shows or stores as text: valid UTF-8, no
+// U+FFFD (what a decoder puts in place of invalid bytes or a lone surrogate
+// escape: the input's own text is lost) and no control character (C0, DEL,
+// C1: NUL, ESC, newline, …), which WeChat Pay does not document and no
+// coupon name or reason needs. It reports whether s passed.
+func (v *validator) text(field, s string) bool {
 	if !utf8.ValidString(s) {
 		v.add(field, "must be valid UTF-8")
+		return false
+	}
+	for i, r := range s {
+		switch {
+		case r == utf8.RuneError:
+			v.add(field, "holds U+FFFD at byte %d: the text was not valid UTF-8 (or held a lone surrogate escape)", i+1)
+			return false
+		case unicode.IsControl(r):
+			v.add(field, "must not hold control characters, got %U at byte %d", r, i+1)
+			return false
+		}
+	}
+	return true
+}
+
+func (v *validator) textLen(field, s string, minLen, maxLen int) {
+	if !v.text(field, s) {
 		return
 	}
 	n := utf8.RuneCountInString(s)
@@ -113,16 +136,25 @@ func (v *validator) url(field, s string) {
 	}
 }
 
+// MaxMoney is the largest amount (fen) couponq accepts: 2^53−1, the largest
+// integer JSON carries exactly between implementations (RFC 8259 §6).
+// WeChat Pay documents money as integer fen without a ceiling; a larger
+// number would reach it, or a JavaScript reader such as asynqmon, altered.
+const MaxMoney = 1<<53 - 1
+
 func (v *validator) money(field string, n int64) {
-	if n < 0 {
+	switch {
+	case n < 0:
 		v.add(field, "must not be negative (fen), got %d", n)
+	case n > MaxMoney:
+		v.add(field, "must be at most %d (fen), got %d", int64(MaxMoney), n)
 	}
 }
 
 // validate checks the display info against the documented limits.
 func (d *DisplayInfo) validate(v *validator, field string) {
 	if d.Name == "" && d.ImageURL == "" && d.BackgroundURL == "" && len(d.DetailImageURLList) == 0 &&
-		d.OriginalPrice == 0 && len(d.ComboPackageList) == 0 {
+		d.OriginalPrice == 0 && !d.OriginalPriceZero && len(d.ComboPackageList) == 0 {
 		v.add(field, "must change at least one field")
 		return
 	}
@@ -159,8 +191,9 @@ func (d *DisplayInfo) validate(v *validator, field string) {
 		case n > MaxComboChoices:
 			v.add(pf+".choice_list", "must have at most %d items, got %d", MaxComboChoices, n)
 		}
-		if p.PickCount < 1 || (len(p.ChoiceList) > 0 && p.PickCount > int64(len(p.ChoiceList))) {
-			v.add(pf+".pick_count", "must be between 1 and the number of choices (%d), got %d", len(p.ChoiceList), p.PickCount)
+		// Only required: no document bounds pick_count by the number of choices.
+		if p.PickCount < 1 {
+			v.add(pf+".pick_count", "must be at least 1, got %d", p.PickCount)
 		}
 		for j := range p.ChoiceList {
 			c := &p.ChoiceList[j]
@@ -175,6 +208,8 @@ func (d *DisplayInfo) validate(v *validator, field string) {
 				v.add(cf+".count", "must be 1–%d, got %d", MaxChoiceCount, c.Count)
 			}
 			v.url(cf+".image_url", c.ImageURL)
+			v.text(cf+".mini_program_appid", c.MiniProgramAppID)
+			v.text(cf+".mini_program_path", c.MiniProgramPath)
 			if c.MiniProgramPath != "" && c.MiniProgramAppID == "" {
 				v.add(cf+".mini_program_path", "needs mini_program_appid")
 			}

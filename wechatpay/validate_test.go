@@ -118,7 +118,11 @@ func TestValidateUpdate(t *testing.T) {
 			r.DisplayInfo.ComboPackageList[0].ChoiceList = choices(100)
 		}, []string{combo0 + ".choice_list"}},
 		{"pick_count 0", func(r *wechatpay.UpdateProductCouponRequest) { r.DisplayInfo.ComboPackageList[0].PickCount = 0 }, []string{combo0 + ".pick_count"}},
-		{"pick_count above choices", func(r *wechatpay.UpdateProductCouponRequest) { r.DisplayInfo.ComboPackageList[0].PickCount = 2 }, []string{combo0 + ".pick_count"}},
+		// Undocumented, so not a rule: pick 3 of one choice (the seed's own sample).
+		{"pick_count above choices", func(r *wechatpay.UpdateProductCouponRequest) { r.DisplayInfo.ComboPackageList[0].PickCount = 3 }, nil},
+		{"only a zero original_price", func(r *wechatpay.UpdateProductCouponRequest) {
+			r.DisplayInfo = &wechatpay.DisplayInfo{OriginalPriceZero: true}
+		}, nil},
 		{"choice name missing", func(r *wechatpay.UpdateProductCouponRequest) {
 			r.DisplayInfo.ComboPackageList[0].ChoiceList[0].Name = ""
 		}, []string{choice0 + ".name"}},
@@ -188,6 +192,61 @@ func TestValidateDeactivateAndGet(t *testing.T) {
 			t.Parallel()
 			if got := fields(tt.err); !slices.Equal(got, tt.want) {
 				t.Fatalf("fields %v, want %v (%v)", got, tt.want, tt.err)
+			}
+		})
+	}
+}
+
+// TestValidateTextAndMoney: text WeChat Pay shows or stores is refused with
+// invalid UTF-8, a replacement character or a control character, and money
+// beyond what JSON carries exactly is refused.
+func TestValidateTextAndMoney(t *testing.T) {
+	t.Parallel()
+	const choice0 = "display_info.combo_package_list[0].choice_list[0]"
+	update := func(mutate func(d *wechatpay.DisplayInfo)) error {
+		r := validUpdate()
+		mutate(r.DisplayInfo)
+		return r.Validate()
+	}
+	deactivate := func(reason string) error {
+		return (&wechatpay.DeactivateProductCouponRequest{ProductCouponID: "1", BrandID: "2", OutRequestNo: "abcdef", DeactivateReason: reason}).Validate()
+	}
+	tests := []struct {
+		name   string
+		err    error
+		want   []string
+		reason string
+	}{
+		{"name with NUL", update(func(d *wechatpay.DisplayInfo) { d.Name = "满减\x00券" }), []string{"display_info.name"}, "U+0000"},
+		{"name with ESC", update(func(d *wechatpay.DisplayInfo) { d.Name = "\x1b[31m满减券" }), []string{"display_info.name"}, "U+001B"},
+		{"name with newline", update(func(d *wechatpay.DisplayInfo) { d.Name = "满减\n券" }), []string{"display_info.name"}, "control"},
+		{"name with DEL", update(func(d *wechatpay.DisplayInfo) { d.Name = "满减\x7f券" }), []string{"display_info.name"}, "U+007F"},
+		{"name with C1 control", update(func(d *wechatpay.DisplayInfo) { d.Name = "满减\u0085券" }), []string{"display_info.name"}, "U+0085"},
+		{"name with U+FFFD", update(func(d *wechatpay.DisplayInfo) { d.Name = "满减\ufffd券" }), []string{"display_info.name"}, "U+FFFD"},
+		{"name with emoji", update(func(d *wechatpay.DisplayInfo) { d.Name = "满减券🎉" }), nil, ""},
+		{"package name with ESC", update(func(d *wechatpay.DisplayInfo) { d.ComboPackageList[0].Name = "主\x1b食" }), []string{"display_info.combo_package_list[0].name"}, "control"},
+		{"choice name with NUL", update(func(d *wechatpay.DisplayInfo) { d.ComboPackageList[0].ChoiceList[0].Name = "汉\x00堡" }), []string{choice0 + ".name"}, "control"},
+		{"choice name invalid UTF-8", update(func(d *wechatpay.DisplayInfo) { d.ComboPackageList[0].ChoiceList[0].Name = "汉\xc3堡" }), []string{choice0 + ".name"}, "UTF-8"},
+		{"mini program path with NUL", update(func(d *wechatpay.DisplayInfo) { d.ComboPackageList[0].ChoiceList[0].MiniProgramPath = "/pages/a\x00" }), []string{choice0 + ".mini_program_path"}, "control"},
+		{"mini program appid with ESC", update(func(d *wechatpay.DisplayInfo) { d.ComboPackageList[0].ChoiceList[0].MiniProgramAppID = "wx\x1b1" }), []string{choice0 + ".mini_program_appid"}, "control"},
+		{"image url with NUL", update(func(d *wechatpay.DisplayInfo) { d.ImageURL = "https://wxpaylogo.qpic.cn/a\x00.png" }), []string{"display_info.image_url"}, ""},
+		{"reason with NUL", deactivate("批次信息有误\x00"), []string{"deactivate_reason"}, "U+0000"},
+		{"reason with ESC", deactivate("\x1b]0;pwned\x07批次信息有误"), []string{"deactivate_reason"}, "U+001B"},
+		{"reason with tab", deactivate("批次\t信息有误"), []string{"deactivate_reason"}, "control"},
+		{"reason invalid UTF-8", deactivate("批次\xff信息有误"), []string{"deactivate_reason"}, "UTF-8"},
+		{"original_price at the ceiling", update(func(d *wechatpay.DisplayInfo) { d.OriginalPrice = wechatpay.MaxMoney }), nil, ""},
+		{"original_price over the ceiling", update(func(d *wechatpay.DisplayInfo) { d.OriginalPrice = wechatpay.MaxMoney + 1 }), []string{"display_info.original_price"}, "at most"},
+		{"original_price max int64", update(func(d *wechatpay.DisplayInfo) { d.OriginalPrice = 9223372036854775807 }), []string{"display_info.original_price"}, "at most"},
+		{"choice price max int64", update(func(d *wechatpay.DisplayInfo) { d.ComboPackageList[0].ChoiceList[0].Price = 9223372036854775807 }), []string{choice0 + ".price"}, "at most"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			if got := fields(tt.err); !slices.Equal(got, tt.want) {
+				t.Fatalf("fields %v, want %v (%v)", got, tt.want, tt.err)
+			}
+			if tt.reason != "" && !strings.Contains(tt.err.Error(), tt.reason) {
+				t.Errorf("error %q does not say %q", tt.err, tt.reason)
 			}
 		})
 	}

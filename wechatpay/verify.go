@@ -25,7 +25,7 @@ const signTestPrefix = "WECHATPAY/SIGNTEST/"
 
 // platformCert is one decrypted WeChat Pay platform certificate.
 type platformCert struct {
-	serial    string // upper-case hex
+	serial    string // as the certificate list spells it (keyed by serialKey)
 	key       *rsa.PublicKey
 	notBefore time.Time
 	notAfter  time.Time
@@ -37,8 +37,8 @@ type keyRing struct {
 	mu       sync.RWMutex
 	pubID    string
 	pub      *rsa.PublicKey
-	certs    map[string]platformCert
-	newest   string // serial of the certificate that expires last
+	certs    map[string]platformCert // by serialKey
+	newest   string                  // serial of the certificate that expires last, as listed
 	loadedAt time.Time
 }
 
@@ -53,9 +53,10 @@ func (r *keyRing) setPublicKey(id string, k *rsa.PublicKey) {
 // setCerts replaces the certificate set.
 func (r *keyRing) setCerts(certs map[string]platformCert, at time.Time) {
 	newest, last := "", time.Time{}
-	for s, c := range certs {
-		if c.notAfter.After(last) || (c.notAfter.Equal(last) && s > newest) {
-			newest, last = s, c.notAfter
+	newestKey := ""
+	for k, c := range certs {
+		if c.notAfter.After(last) || (c.notAfter.Equal(last) && k > newestKey) {
+			newest, newestKey, last = c.serial, k, c.notAfter
 		}
 	}
 	r.mu.Lock()
@@ -71,7 +72,7 @@ func (r *keyRing) lookup(serial string, now time.Time) *rsa.PublicKey {
 	if r.pub != nil && serial == r.pubID {
 		return r.pub
 	}
-	c, ok := r.certs[strings.ToUpper(serial)]
+	c, ok := r.certs[serialKey(serial)]
 	if !ok || now.Before(c.notBefore) || now.After(c.notAfter) {
 		return nil
 	}

@@ -2,6 +2,7 @@ package worker
 
 import (
 	"context"
+	"encoding/json"
 
 	"github.com/couponq/couponq/wechatpay"
 )
@@ -15,4 +16,10 @@ type API interface {
 	DeactivateProductCoupon(ctx context.Context, req *wechatpay.DeactivateProductCouponRequest) (*wechatpay.ProductCoupon, error)
 	// GetProductCoupon is GET …/product-coupons/{product_coupon_id}?brand_id=….
 	GetProductCoupon(ctx context.Context, req *wechatpay.GetProductCouponRequest) (*wechatpay.ProductCoupon, error)
+	// EncodeUpdate returns the body of an update with displayInfo merged
+	// from the coupon; the worker stores it and sends it on every attempt.
+	EncodeUpdate(req *wechatpay.UpdateProductCouponRequest, displayInfo json.RawMessage) ([]byte, error)
+	// EncodeDeactivate returns the body of a deactivation, stored and sent
+	// on every attempt like an update's.
+	EncodeDeactivate(req *wechatpay.DeactivateProductCouponRequest) ([]byte, error)
 }

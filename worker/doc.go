@@ -5,7 +5,15 @@
 //
 // # Errors and retries
 //
-// Every handler run first marks the task running; a task whose result is
+// Before a task starts, its batch and its coupon's order are checked
+// (order.go): a task of a canceled batch ends canceled without a call, and
+// a task an earlier write to its coupon has not finished for comes back
+// later without counting a retry (its result stays queued); the worker
+// takes other work meanwhile, and the earlier write wakes it when it is
+// terminal. A call that fails after its batch was canceled ends the task
+// canceled instead of retrying it.
+//
+// Every handler run then marks the task running; a task whose result is
 // already terminal (asynq re-delivered it after a crash) returns at once
 // without calling the API. Then one function, judge, decides what a failed
 // attempt means:

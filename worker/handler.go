@@ -6,8 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"reflect"
-	"slices"
 	"time"
 
 	"github.com/hibiken/asynq"
@@ -27,10 +25,12 @@ type run struct {
 	c          *change
 	taskID     string
 	log        *slog.Logger
-	retried    int // asynq retries so far
-	calls      int // API calls made in this run
-	recorded   int // of which already added to the result's attempts
-	priorCalls int // API calls recorded by earlier runs, as Store.Begin read them
+	retried    int      // asynq retries so far
+	calls      int      // API calls made in this run
+	recorded   int      // of which already added to the result's attempts
+	priorCalls int      // API calls recorded by earlier runs, as Store.Begin read them
+	lastOp     tasks.Op // the endpoint of the last call, which a 429 slows down
+	batch      string   // the task's batch, as admit read it ("" = none)
 }
 
 // process is the asynq handler of all three task types.
@@ -52,10 +52,21 @@ func (w *Worker) process(ctx context.Context, t *asynq.Task) error {
 		w.metrics.ObserveRetry(string(c.op), reasonGated)
 		return &comeBackError{reason: reasonGated, after: w.cfg.ProbeInterval, err: fmt.Errorf("worker: not taking tasks: %w", err)}
 	}
+	if err := notYet(c, time.Now()); err != nil {
+		// Scheduled for later: back to the queue until then, its result
+		// untouched (still queued) and no retry counted.
+		w.metrics.ObserveRetry(string(c.op), reasonNotBefore)
+		return err
+	}
 	r := &run{w: w, c: c, taskID: taskID}
 	r.retried, _ = w.retryCount(ctx)
 	r.log = w.log.With("task_id", taskID, "op", string(c.op), "out_request_no", c.outRequestNo, "attempt", r.retried+1)
 
+	// A canceled batch, or an earlier write to the coupon, keeps it from
+	// starting (order.go).
+	if done, err := r.admit(ctx, t, decErr == nil); done {
+		return err
+	}
 	st, priorCalls, err := w.store.Begin(ctx, results.Identity{TaskID: taskID, Op: string(c.op), BrandID: c.brandID,
 		ProductCouponID: c.productCouponID, OutRequestNo: c.outRequestNo})
 	if err != nil {
@@ -64,6 +75,7 @@ func (w *Worker) process(ctx context.Context, t *asynq.Task) error {
 	r.priorCalls = priorCalls
 	if st.Terminal() {
 		r.log.Info("task already finished; re-delivery skipped", "status", string(st))
+		r.released(ctx)
 		return nil
 	}
 	if decErr != nil {
@@ -78,6 +90,16 @@ func (w *Worker) process(ctx context.Context, t *asynq.Task) error {
 const maxStays = 3
 
 func (r *run) execute(ctx context.Context) error {
+	switch r.c.op {
+	case tasks.OpUpdate:
+		if done, err := r.prepareUpdate(ctx); done {
+			return err
+		}
+	case tasks.OpDeactivate:
+		if done, err := r.prepareDeactivate(ctx); done {
+			return err
+		}
+	}
 	for stays := 0; ; stays++ {
 		if err := r.wait(ctx, r.c.op); err != nil {
 			return err
@@ -109,7 +131,7 @@ func (r *run) stay(ctx context.Context, v verdict) bool {
 	if v.action != comeBack || v.reason != reasonRateLimited || v.after > r.w.cfg.LimiterMaxWait || ctx.Err() != nil {
 		return false
 	}
-	if berr := detached(ctx, func(ctx context.Context) error { return r.w.limiter.Backoff(ctx, string(r.c.op), v.after) }); berr != nil {
+	if berr := detached(ctx, func(ctx context.Context) error { return r.w.limiter.Backoff(ctx, string(r.lastOp), v.after) }); berr != nil {
 		r.log.Warn("rate limiter backoff failed", "err", berr)
 	}
 	a := v.attempt
@@ -142,11 +164,14 @@ func (r *run) judge(ctx context.Context, err error) verdict {
 // act carries out a verdict other than reconcile and returns the handler's
 // error for asynq.
 func (r *run) act(ctx context.Context, v verdict, err error) error {
+	if (v.action == comeBack || v.action == retryLater) && r.canceledMeanwhile(ctx) {
+		return r.cancelInsteadOfRetry(ctx, v)
+	}
 	switch v.action {
 	case comeBack:
 		if v.reason == reasonRateLimited {
 			// WeChat Pay refused the call: slow every worker down a little.
-			berr := detached(ctx, func(ctx context.Context) error { return r.w.limiter.Backoff(ctx, string(r.c.op), v.after) })
+			berr := detached(ctx, func(ctx context.Context) error { return r.w.limiter.Backoff(ctx, string(r.lastOp), v.after) })
 			if berr != nil {
 				r.log.Warn("rate limiter backoff failed", "err", berr)
 			}
@@ -188,6 +213,7 @@ func (r *run) wait(ctx context.Context, op tasks.Op) error {
 // call makes one API call for op and reports it.
 func (r *run) call(ctx context.Context, op tasks.Op) (*wechatpay.ProductCoupon, error) {
 	start := time.Now()
+	r.lastOp = op
 	var (
 		coupon *wechatpay.ProductCoupon
 		err    error
@@ -266,6 +292,7 @@ func (r *run) finish(ctx context.Context, st tasks.Status, a results.Attempt, re
 	if done {
 		r.w.metrics.ObserveTerminal(string(r.c.op), st)
 	}
+	r.released(ctx)
 	attrs := []any{"status", string(st), "calls", r.calls}
 	if a.ErrorCode != "" {
 		attrs = append(attrs, "error_code", a.ErrorCode, "http_status", a.HTTPStatus, "request_id", a.RequestID)
@@ -324,21 +351,13 @@ func (r *run) reconcile(ctx context.Context, orig verdict, origErr error) error 
 }
 
 // displayInfoApplied reports whether got shows every field of sent that
-// was sent (zero values are omitted from the request).
+// was sent (a field the line did not name is not compared).
 func displayInfoApplied(sent, got *wechatpay.DisplayInfo) bool {
 	if sent == nil {
 		return true
 	}
-	if got == nil {
-		return false
-	}
-	str := func(s, g string) bool { return s == "" || s == g }
-	return str(sent.Name, got.Name) &&
-		str(sent.ImageURL, got.ImageURL) &&
-		str(sent.BackgroundURL, got.BackgroundURL) &&
-		(len(sent.DetailImageURLList) == 0 || slices.Equal(sent.DetailImageURLList, got.DetailImageURLList)) &&
-		(sent.OriginalPrice == 0 || sent.OriginalPrice == got.OriginalPrice) &&
-		(len(sent.ComboPackageList) == 0 || reflect.DeepEqual(sent.ComboPackageList, got.ComboPackageList))
+	_, changed, err := wechatpay.MergeDisplayInfo(&wechatpay.ProductCoupon{DisplayInfo: got}, sent)
+	return err == nil && !changed
 }
 
 // detached runs f with a context that outlives a cancelled handler context

@@ -172,10 +172,12 @@ func TestHandlerOutcomes(t *testing.T) {
 		retryReason string
 		retries     int // of retryReason; 0 means 1
 	}{
+		// An update first reads the coupon (one GET, counted in attempts
+		// and calls) to merge the line into its display_info.
 		{
 			name: "update succeeds", req: updateReq("1000000013", "update_000001"), maxR: 25, noErr: true,
-			result: map[string]string{"status": "succeeded", "attempts": "1", "http_status": "200", "error_code": "", "coupon_state": "EFFECTIVE"},
-			batch:  map[string]string{"succeeded": "1", "failed": "0"}, calls: 1,
+			result: map[string]string{"status": "succeeded", "attempts": "2", "http_status": "200", "error_code": "", "coupon_state": "EFFECTIVE"},
+			batch:  map[string]string{"succeeded": "1", "failed": "0"}, calls: 2,
 		},
 		{
 			name: "deactivate succeeds", req: deactivateReq("1000000013", "deact_000001"), maxR: 25, noErr: true,
@@ -190,8 +192,8 @@ func TestHandlerOutcomes(t *testing.T) {
 		{
 			name: "permanent 4xx is attempted once", req: updateReq("1000000013", "update_000002"), maxR: 25,
 			script: []error{apiErr(400, wechatpay.CodeParamError, "REQ-268000001")}, skipRetry: true,
-			result: map[string]string{"status": "failed", "attempts": "1", "http_status": "400", "error_code": "PARAM_ERROR", "coupon_state": ""},
-			batch:  map[string]string{"succeeded": "0", "failed": "1"}, calls: 1,
+			result: map[string]string{"status": "failed", "attempts": "2", "http_status": "400", "error_code": "PARAM_ERROR", "coupon_state": ""},
+			batch:  map[string]string{"succeeded": "0", "failed": "1"}, calls: 2,
 		},
 		{
 			name: "403 NO_AUTH is permanent", req: deactivateReq("1000000013", "deact_000002"), maxR: 25,
@@ -202,14 +204,14 @@ func TestHandlerOutcomes(t *testing.T) {
 		{
 			name: "500 is retried", req: updateReq("1000000013", "update_000003"), maxR: 25,
 			script: []error{apiErr(500, wechatpay.CodeSystemError, "")}, retryReason: "update api_error",
-			result: map[string]string{"status": "retrying", "attempts": "1", "http_status": "500", "error_code": "SYSTEM_ERROR", "coupon_state": ""},
-			batch:  map[string]string{"succeeded": "0", "failed": "0"}, calls: 1,
+			result: map[string]string{"status": "retrying", "attempts": "2", "http_status": "500", "error_code": "SYSTEM_ERROR", "coupon_state": ""},
+			batch:  map[string]string{"succeeded": "0", "failed": "0"}, calls: 2,
 		},
 		{
 			name: "bad signature is retried", req: updateReq("1000000013", "update_000004"), maxR: 25,
 			script: []error{verifyErr()}, retryReason: "update verify_error",
-			result: map[string]string{"status": "retrying", "attempts": "1", "http_status": "200", "error_code": "SIGNATURE_INVALID", "coupon_state": ""},
-			batch:  map[string]string{"succeeded": "0", "failed": "0"}, calls: 1,
+			result: map[string]string{"status": "retrying", "attempts": "2", "http_status": "200", "error_code": "SIGNATURE_INVALID", "coupon_state": ""},
+			batch:  map[string]string{"succeeded": "0", "failed": "0"}, calls: 2,
 		},
 		{
 			name: "network error is retried", req: deactivateReq("1000000013", "deact_000003"), maxR: 25,
@@ -220,28 +222,28 @@ func TestHandlerOutcomes(t *testing.T) {
 		{
 			name: "retries used up (Config.MaxRetry)", req: updateReq("1000000013", "update_000005"), retried: 3, maxR: 25,
 			script: []error{apiErr(503, wechatpay.CodeServiceUnavailable, "")}, skipRetry: true,
-			result: map[string]string{"status": "failed", "attempts": "1", "http_status": "503", "error_code": "SERVICE_UNAVAILABLE", "coupon_state": ""},
-			batch:  map[string]string{"succeeded": "0", "failed": "1"}, calls: 1,
+			result: map[string]string{"status": "failed", "attempts": "2", "http_status": "503", "error_code": "SERVICE_UNAVAILABLE", "coupon_state": ""},
+			batch:  map[string]string{"succeeded": "0", "failed": "1"}, calls: 2,
 		},
 		{
 			name: "429 defers without a failure", req: updateReq("1000000013", "update_000007"), retried: 2, maxR: 25,
 			script: []error{rateLimitedErr(3 * time.Second)}, notFailure: true, backoffs: 1, retryReason: "update rate_limited",
-			result: map[string]string{"status": "retrying", "attempts": "1", "http_status": "429", "error_code": "RATELIMIT_EXCEEDED", "coupon_state": ""},
-			batch:  map[string]string{"succeeded": "0", "failed": "0"}, calls: 1,
+			result: map[string]string{"status": "retrying", "attempts": "2", "http_status": "429", "error_code": "RATELIMIT_EXCEEDED", "coupon_state": ""},
+			batch:  map[string]string{"succeeded": "0", "failed": "0"}, calls: 2,
 		},
 		{
 			name: "429 never uses up retries", req: updateReq("1000000013", "update_000008"), retried: 5, maxR: 5,
 			script: []error{rateLimitedErr(5 * time.Second)}, notFailure: true, backoffs: 1, retryReason: "update rate_limited",
-			result: map[string]string{"status": "retrying", "attempts": "1", "http_status": "429", "error_code": "RATELIMIT_EXCEEDED", "coupon_state": ""},
-			batch:  map[string]string{"succeeded": "0", "failed": "0"}, calls: 1,
+			result: map[string]string{"status": "retrying", "attempts": "2", "http_status": "429", "error_code": "RATELIMIT_EXCEEDED", "coupon_state": ""},
+			batch:  map[string]string{"succeeded": "0", "failed": "0"}, calls: 2,
 		},
 		{
 			// Retry-After within LimiterMaxWait: the handler waits and calls
 			// again on a fresh slot, instead of asynq's delayed set.
 			name: "429 with a short Retry-After is called again at once", req: updateReq("1000000013", "update_000010"), retried: 5, maxR: 5,
 			script: []error{rateLimitedErr(10 * time.Millisecond)}, noErr: true, backoffs: 1, retryReason: "update rate_limited",
-			result: map[string]string{"status": "succeeded", "attempts": "2", "http_status": "200", "error_code": "", "coupon_state": "EFFECTIVE"},
-			batch:  map[string]string{"succeeded": "1", "failed": "0"}, calls: 2,
+			result: map[string]string{"status": "succeeded", "attempts": "3", "http_status": "200", "error_code": "", "coupon_state": "EFFECTIVE"},
+			batch:  map[string]string{"succeeded": "1", "failed": "0"}, calls: 3,
 		},
 		{
 			name: "a fourth 429 in a row goes back to asynq", req: deactivateReq("1000000013", "deact_000010"), maxR: 25,
@@ -354,8 +356,8 @@ func TestRedeliveryOfFinishedTaskSkipsAPI(t *testing.T) {
 		if err := b.w.Handler().ProcessTask(withRetry(t.Context(), 1, 25), task); err != nil {
 			t.Fatalf("re-delivery: %v", err)
 		}
-		if got := b.api.totalCalls(); got != 1 {
-			t.Errorf("API calls = %d after re-delivery, want 1", got)
+		if got := b.api.totalCalls(); got != 2 { // the GET and the PATCH of the first run
+			t.Errorf("API calls = %d after re-delivery, want 2", got)
 		}
 		after := b.result(t, taskIDOf(tasks.OpUpdate, "update_redeliv"))
 		if diff := cmp.Diff(before, after); diff != "" {
@@ -382,7 +384,8 @@ func TestRetryThenSuccessCountsAttempts(t *testing.T) {
 		t.Fatal(err)
 	}
 	res := b.result(t, taskIDOf(tasks.OpUpdate, "update_retry1"))
-	want := map[string]string{"status": "succeeded", "attempts": "3", "http_status": "200", "error_code": "", "coupon_state": "EFFECTIVE"}
+	// One GET before the first PATCH; the retries send the stored body.
+	want := map[string]string{"status": "succeeded", "attempts": "4", "http_status": "200", "error_code": "", "coupon_state": "EFFECTIVE"}
 	if diff := cmp.Diff(want, pick(res, resultFields...)); diff != "" {
 		t.Errorf("result (-want +got):\n%s", diff)
 	}

@@ -3,12 +3,11 @@ package worker
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"sync/atomic"
@@ -38,7 +37,9 @@ type HTTPConfig struct {
 	// nil means a fresh registry with the queue metrics only.
 	Registry *prometheus.Registry
 	// MonitoringAuth, "user:pass", puts /monitoring/ behind HTTP basic
-	// authentication; "" leaves it open.
+	// authentication, failures throttled per client address; "" leaves it
+	// open, but without task payloads and results, the Redis INFO, the
+	// server list and the scheduler entries (see ListenerWarnings).
 	MonitoringAuth string
 	// ReadWrite lets asynqmon change queues and tasks (pause, delete, run…);
 	// by default it is read-only and refuses such requests with 405.
@@ -50,6 +51,9 @@ type HTTPConfig struct {
 	// ReadyTimeout bounds the /readyz checks (default DefaultReadyTimeout):
 	// past it /readyz answers 503 whatever the checks still wait for.
 	ReadyTimeout time.Duration
+
+	// now is the clock of the login throttle (tests); nil is time.Now.
+	now func() time.Time
 }
 
 // NewHTTPHandler returns the handler of the worker's HTTP listener:
@@ -97,18 +101,26 @@ func NewHTTPHandler(cfg HTTPConfig) (http.Handler, io.Closer, error) {
 		closers = append([]func() error{func() error { reg.Unregister(queues); return nil }}, closers...)
 	}
 
+	// Without authentication anyone who reaches the listener sees the
+	// view: the change data, results and Redis details stay out of it.
+	format := formatJSON
+	if user == "" {
+		format = hiddenPayload
+	}
 	mon := asynqmon.New(asynqmon.Options{
 		RootPath:         MonitoringPath,
 		RedisConnOpt:     cfg.Redis,
 		ReadOnly:         !cfg.ReadWrite,
-		PayloadFormatter: asynqmon.PayloadFormatterFunc(formatJSON),
-		ResultFormatter:  asynqmon.ResultFormatterFunc(formatJSON),
+		PayloadFormatter: asynqmon.PayloadFormatterFunc(format),
+		ResultFormatter:  asynqmon.ResultFormatterFunc(format),
 	})
 	closers = append(closers, mon.Close)
 
 	var monitoring http.Handler = mon
 	if user != "" {
-		monitoring = basicAuth(user, pass, mon)
+		monitoring = basicAuth(user, pass, newAuthThrottle(cfg.now), mon)
+	} else {
+		monitoring = withoutRedisDetails(mon)
 	}
 
 	mux := http.NewServeMux()
@@ -184,21 +196,50 @@ func parseMonitoringAuth(s string) (user, pass string, err error) {
 	return user, pass, nil
 }
 
-// basicAuth admits requests carrying user and pass, compared in constant
-// time (over their hashes, so their lengths do not leak either).
-func basicAuth(user, pass string, next http.Handler) http.Handler {
-	wantUser, wantPass := sha256.Sum256([]byte(user)), sha256.Sum256([]byte(pass))
+// unauthenticatedHidden are the asynqmon API paths left out of the view
+// without authentication: the Redis INFO (configuration, clients, memory),
+// the servers (hosts, PIDs, the payloads in hand) and the scheduler entries
+// (payloads).
+var unauthenticatedHidden = []string{"/api/redis_info", "/api/servers", "/api/scheduler_entries"}
+
+// withoutRedisDetails refuses the unauthenticatedHidden paths with 403.
+func withoutRedisDetails(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		u, p, ok := r.BasicAuth()
-		gotUser, gotPass := sha256.Sum256([]byte(u)), sha256.Sum256([]byte(p))
-		match := subtle.ConstantTimeCompare(gotUser[:], wantUser[:]) & subtle.ConstantTimeCompare(gotPass[:], wantPass[:])
-		if !ok || match != 1 {
-			w.Header().Set("WWW-Authenticate", `Basic realm="couponq monitoring", charset="UTF-8"`)
-			writeText(w, http.StatusUnauthorized, "unauthorized")
-			return
+		p := strings.TrimPrefix(r.URL.Path, MonitoringPath)
+		for _, h := range unauthenticatedHidden {
+			if p == h || strings.HasPrefix(p, h+"/") {
+				writeText(w, http.StatusForbidden, "forbidden: the Redis INFO, servers and scheduler entries are shown with monitoring authentication only (--monitoring-auth)")
+				return
+			}
 		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+// hiddenPayload stands for a payload or result in the unauthenticated view.
+func hiddenPayload(_ string, b []byte) string {
+	if len(b) == 0 {
+		return ""
+	}
+	return fmt.Sprintf("(%d bytes, shown with monitoring authentication only)", len(b))
+}
+
+// ListenerWarnings says what the worker's HTTP listener on addr exposes
+// beyond this host, one warning a line, for the log at start: /monitoring/
+// without authentication (queues, task IDs and counts to anyone who reaches
+// it), or basic authentication over plain HTTP. None on a loopback address.
+func ListenerWarnings(addr net.Addr, monitoringAuth bool) []string {
+	tcp, ok := addr.(*net.TCPAddr)
+	if !ok || tcp.IP.IsLoopback() {
+		return nil
+	}
+	if !monitoringAuth {
+		return []string{fmt.Sprintf("the HTTP listener %s is reachable from other hosts and /monitoring/ has no authentication: "+
+			"anyone who reaches it sees the queues and task IDs (payloads, results and Redis details stay hidden); "+
+			"set --monitoring-auth (COUPONQ_MONITORING_AUTH or --monitoring-auth-file), or listen on 127.0.0.1", addr)}
+	}
+	return []string{fmt.Sprintf("the HTTP listener %s is reachable from other hosts and serves basic authentication over plain HTTP: "+
+		"put a TLS proxy in front so the password does not cross the network in clear", addr)}
 }
 
 // formatJSON shows a task payload or result in asynqmon: JSON indented, with

@@ -1,6 +1,8 @@
 package worker
 
 import (
+	"time"
+
 	"github.com/couponq/couponq/tasks"
 	"github.com/couponq/couponq/wechatpay"
 )
@@ -11,6 +13,7 @@ type change struct {
 	productCouponID string
 	brandID         string
 	outRequestNo    string
+	notBefore       time.Time // zero: not held back
 	update          *wechatpay.UpdateProductCouponRequest
 	deactivate      *wechatpay.DeactivateProductCouponRequest
 	get             *wechatpay.GetProductCouponRequest
@@ -28,6 +31,7 @@ func decodePayload(taskType string, b []byte) (*change, error) {
 	}
 	tc := p.Change()
 	c.productCouponID, c.brandID, c.outRequestNo = tc.ProductCouponID, tc.BrandID, tc.OutRequestNo
+	c.notBefore = tc.NotBeforeTime()
 	switch p := p.(type) {
 	case *tasks.UpdatePayload:
 		c.update = p.Request()

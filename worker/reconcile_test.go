@@ -68,25 +68,32 @@ func TestReconcile(t *testing.T) {
 			name: "update refused as key reuse, display_info shows ours",
 			req:  updateReq(coupon, "update_rec_01"),
 			prepare: func(b *testBundle) {
-				_, _ = b.api.UpdateProductCoupon(b.ctx, updateReq(coupon, "update_rec_01"))
+				// An earlier run fixed the body, sent it, and its answer was lost.
+				req := updateReq(coupon, "update_rec_01")
+				body, _ := b.api.EncodeUpdate(req, nil)
+				_, _ = b.store.FixRequest(b.ctx, taskIDOf(tasks.OpUpdate, "update_rec_01"), body)
+				req.Body = body
+				_, _ = b.api.UpdateProductCoupon(b.ctx, req)
 			},
 			script:  []error{apiErr(400, wechatpay.CodeInvalidRequest, reused)},
 			retried: 2, wantGets: 1,
 			want: map[string]string{"status": "succeeded", "attempts": "2", "http_status": "200", "error_code": "", "coupon_state": "EFFECTIVE"},
 		},
 		{
-			name:    "update refused as ALREADY_EXISTS, display_info differs",
-			req:     updateReq(coupon, "update_rec_02"),
-			script:  []error{apiErr(400, wechatpay.CodeAlreadyExists, "")},
-			retried: 1, wantGets: 1,
-			want: map[string]string{"status": "failed", "attempts": "2", "http_status": "400", "error_code": "ALREADY_EXISTS", "coupon_state": ""},
+			name:   "update refused as ALREADY_EXISTS, display_info differs",
+			req:    updateReq(coupon, "update_rec_02"),
+			script: []error{apiErr(400, wechatpay.CodeAlreadyExists, "")},
+			// No stored body (a task begun before bodies were stored): the
+			// coupon is read first, then once more to reconcile.
+			retried: 1, wantGets: 2,
+			want: map[string]string{"status": "failed", "attempts": "3", "http_status": "400", "error_code": "ALREADY_EXISTS", "coupon_state": ""},
 		},
 		{
 			name:    "update PARAM_ERROR on a retry is not ambiguous",
 			req:     updateReq(coupon, "update_rec_03"),
 			script:  []error{apiErr(400, wechatpay.CodeParamError, "")},
-			retried: 1, wantGets: 0,
-			want: map[string]string{"status": "failed", "attempts": "1", "http_status": "400", "error_code": "PARAM_ERROR", "coupon_state": ""},
+			retried: 1, wantGets: 1, // the read before the PATCH
+			want: map[string]string{"status": "failed", "attempts": "2", "http_status": "400", "error_code": "PARAM_ERROR", "coupon_state": ""},
 		},
 	}
 	for _, tt := range tests {
@@ -156,6 +163,14 @@ func TestDisplayInfoApplied(t *testing.T) {
 		{"other price", &wechatpay.DisplayInfo{Name: sent.Name, OriginalPrice: 9000, ComboPackageList: sent.ComboPackageList}, false},
 		{"other combo", &wechatpay.DisplayInfo{Name: sent.Name, OriginalPrice: 10000}, false},
 		{"none", nil, false},
+	}
+	// A zero price sent is compared too.
+	zero := &wechatpay.DisplayInfo{Name: sent.Name, OriginalPriceZero: true}
+	if displayInfoApplied(zero, &wechatpay.DisplayInfo{Name: sent.Name, OriginalPrice: 10000}) {
+		t.Error("original_price 0 sent, 10000 found: reported applied")
+	}
+	if !displayInfoApplied(zero, &wechatpay.DisplayInfo{Name: sent.Name, OriginalPriceZero: true}) {
+		t.Error("original_price 0 sent and found: reported not applied")
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -166,16 +166,20 @@ func TestRunEndToEnd(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		wantAttempts := "1"
+		attempts := 1
 		if i%10 == 0 {
-			wantAttempts = "2"
+			attempts++ // a scripted 500
 		}
+		if i%2 == 0 {
+			attempts++ // an update reads the coupon first
+		}
+		wantAttempts := strconv.Itoa(attempts)
 		if res["status"] != "succeeded" || res["attempts"] != wantAttempts || res["coupon"] == "" {
 			t.Errorf("%s: status %s attempts %s (want %s)", id, res["status"], res["attempts"], wantAttempts)
 		}
 	}
-	if got := api.totalCalls(); got != n+n/10 {
-		t.Errorf("API calls = %d, want %d", got, n+n/10)
+	if got, want := api.totalCalls(), n+n/10+n/2; got != want {
+		t.Errorf("API calls = %d, want %d (one a task, %d scripted 500s, %d reads before updates)", got, want, n/10, n/2)
 	}
 	if err := w.Ready(ctx); err != nil {
 		t.Errorf("Ready while running: %v", err)

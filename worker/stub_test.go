@@ -35,6 +35,9 @@ type stubAPI struct {
 	applyBeforeError map[string]bool
 	// onCall runs at the start of every call, under the lock.
 	onCall func(op tasks.Op)
+	// bodies are the Body of every update call, in order; deactBodies of
+	// every deactivate call.
+	bodies, deactBodies []string
 }
 
 func newStubAPI() *stubAPI {
@@ -121,14 +124,57 @@ func (s *stubAPI) do(ctx context.Context, op tasks.Op, id, brand, outNo string, 
 }
 
 func (s *stubAPI) UpdateProductCoupon(ctx context.Context, req *wechatpay.UpdateProductCouponRequest) (*wechatpay.ProductCoupon, error) {
+	di := *req.DisplayInfo
+	if req.Body != nil {
+		// What the worker sends: the whole display_info, which replaces the coupon's.
+		var b struct {
+			DisplayInfo wechatpay.DisplayInfo `json:"display_info"`
+		}
+		if err := json.Unmarshal(req.Body, &b); err != nil {
+			return nil, apiErr(400, wechatpay.CodeParamError, "")
+		}
+		di = b.DisplayInfo
+	}
+	s.mu.Lock()
+	s.bodies = append(s.bodies, string(req.Body))
+	s.mu.Unlock()
 	return s.do(ctx, tasks.OpUpdate, req.ProductCouponID, req.BrandID, req.OutRequestNo, func(c *wechatpay.ProductCoupon) error {
-		di := *req.DisplayInfo
 		c.DisplayInfo = &di
 		return nil
 	})
 }
 
+// EncodeDeactivate encodes a partner-mode body, as the client does.
+func (s *stubAPI) EncodeDeactivate(req *wechatpay.DeactivateProductCouponRequest) ([]byte, error) {
+	if err := req.Validate(); err != nil {
+		return nil, err
+	}
+	return json.Marshal(struct {
+		BrandID          string `json:"brand_id"`
+		OutRequestNo     string `json:"out_request_no"`
+		DeactivateReason string `json:"deactivate_reason"`
+	}{req.BrandID, req.OutRequestNo, req.DeactivateReason})
+}
+
+// EncodeUpdate encodes a partner-mode body, as the client does.
+func (s *stubAPI) EncodeUpdate(req *wechatpay.UpdateProductCouponRequest, displayInfo json.RawMessage) ([]byte, error) {
+	if err := req.Validate(); err != nil {
+		return nil, err
+	}
+	if displayInfo == nil {
+		displayInfo, _ = json.Marshal(req.DisplayInfo)
+	}
+	return json.Marshal(struct {
+		BrandID      string          `json:"brand_id"`
+		OutRequestNo string          `json:"out_request_no"`
+		DisplayInfo  json.RawMessage `json:"display_info"`
+	}{req.BrandID, req.OutRequestNo, displayInfo})
+}
+
 func (s *stubAPI) DeactivateProductCoupon(ctx context.Context, req *wechatpay.DeactivateProductCouponRequest) (*wechatpay.ProductCoupon, error) {
+	s.mu.Lock()
+	s.deactBodies = append(s.deactBodies, string(req.Body))
+	s.mu.Unlock()
 	return s.do(ctx, tasks.OpDeactivate, req.ProductCouponID, req.BrandID, req.OutRequestNo, func(c *wechatpay.ProductCoupon) error {
 		if c.State != wechatpay.StateEffective {
 			return apiErr(400, wechatpay.CodeInvalidRequest, "")
@@ -174,11 +220,16 @@ type fakeLimiter struct {
 	mu       sync.Mutex
 	waitErrs []error
 	backoffs []string
+	waits    map[string]int // Wait calls by endpoint
 }
 
 func (f *fakeLimiter) Wait(_ context.Context, endpoint string, _ time.Duration) (time.Duration, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.waits == nil {
+		f.waits = map[string]int{}
+	}
+	f.waits[endpoint]++
 	if len(f.waitErrs) > 0 {
 		err := f.waitErrs[0]
 		f.waitErrs = f.waitErrs[1:]

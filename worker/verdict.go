@@ -142,6 +142,7 @@ const (
 	reasonCredentials      = "credentials"        // 401 SIGN_ERROR or an unverifiable answer: the worker's settings
 	reasonNotSent          = "not_sent"           // the client did not send the call (clock off, no certificates)
 	reasonGated            = "gated"              // the worker had stopped taking tasks for its credentials
+	reasonNotBefore        = "not_before"         // the change is scheduled for later (not_before)
 )
 
 // comeBackError is the one "come back later" the worker hands asynq: the

@@ -28,6 +28,7 @@ type Worker struct {
 	policy  RetryPolicy
 	mux     *asynq.ServeMux
 	adopter *tasks.Adopter
+	waker   *tasks.Waker // wakes the changes a finished one lets start
 
 	// asynq's view of the task being handled; replaced in tests, where
 	// ProcessTask runs without asynq's context.
@@ -72,6 +73,7 @@ func New(cfg Config, api API) (*Worker, error) {
 		retryCount:    asynq.GetRetryCount,
 		sweepInterval: DefaultArchiveSweepInterval,
 		adopter:       tasks.NewAdopter(rdb, cfg.ResultTTL),
+		waker:         tasks.NewWaker(rdb),
 	}
 	if cfg.Limiter == nil && cfg.Rate > 0 {
 		w.limiter = NewLimiter(rdb, cfg.Identity, cfg.Rate, WithLimiterMetrics(cfg.Metrics))
@@ -315,6 +317,9 @@ func (w *Worker) sweepPage(ctx context.Context, infos []*asynq.TaskInfo) (int, e
 			n++
 			w.metrics.ObserveTerminal(string(tasks.OpOfType(ti.Type)), tasks.StatusFailed)
 			w.log.Warn("archived task recorded as failed", "task_id", ti.ID, "queue", ti.Queue, "last_err", ti.LastErr)
+		}
+		if c, _ := decodePayload(ti.Type, ti.Payload); c.brandID != "" && c.productCouponID != "" {
+			w.release(ctx, []results.OrderEntry{{TaskID: ti.ID, Op: string(c.op), BrandID: c.brandID, ProductCouponID: c.productCouponID}}, w.log)
 		}
 	}
 	return n, nil

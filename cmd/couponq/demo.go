@@ -186,7 +186,10 @@ func runDemo(ctx context.Context, e *env, c *demoConfig) error {
 	}
 	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
 	go func() { _ = srv.Serve(ln) }()
-	fmt.Fprintf(e.stderr, "\nserving http://%s/monitoring/ and http://%s/metrics — Ctrl-C to stop\n", ln.Addr(), ln.Addr())
+	if len(worker.ListenerWarnings(ln.Addr(), false)) > 0 {
+		fmt.Fprintf(e.stderr, "warning: the demo's HTTP listener %s is reachable from other hosts and has no authentication\n", ln.Addr())
+	}
+	fmt.Fprintf(e.stderr, "\nserving http://%s/monitoring/ (no auth: payloads hidden) and http://%s/metrics — Ctrl-C to stop\n", ln.Addr(), ln.Addr())
 	<-ctx.Done()
 	sctx, scancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer scancel()
@@ -218,7 +221,7 @@ func demoSummary(ctx context.Context, e *env, rdb redis.UniversalClient, fake *w
 		if n > 1 {
 			twice++
 		}
-		if res.Status == tasks.StatusSucceeded {
+		if res.Status == tasks.StatusSucceeded && !res.Unchanged { // an unchanged update is not sent
 			writes++
 			if n != 1 {
 				missing++
@@ -239,7 +242,7 @@ func demoSummary(ctx context.Context, e *env, rdb redis.UniversalClient, fake *w
 	for _, k := range sortedKeys(byCode) {
 		fmt.Fprintf(tw, "  failed %s\t%d\n", k, byCode[k])
 	}
-	fmt.Fprintf(tw, "API calls\t%d (%d retries and reconciliations)\n", attempts, attempts-len(ids))
+	fmt.Fprintf(tw, "API calls\t%d (%d beyond one a task: each update reads its coupon first; retries; reconciliations)\n", attempts, attempts-len(ids))
 	for _, k := range sortedKeys(faults) {
 		fmt.Fprintf(tw, "  injected %s\t%d\n", k, faults[k])
 	}

@@ -5,7 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"iter"
 	"os"
+	"runtime"
+	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -23,6 +27,7 @@ type enqueueConfig struct {
 	Format      string
 	Batch       string
 	Queue       string
+	NotBefore   string // not_before of the lines that have none
 	RedisURL    string
 	Concurrency int
 	ResultTTL   time.Duration
@@ -34,7 +39,7 @@ func newEnqueueCmd(e *env) *cobra.Command {
 	var c enqueueConfig
 	var ef envFlags
 	cmd := &cobra.Command{
-		Use:   "enqueue --file F [--batch ID] [--queue Q]",
+		Use:   "enqueue --file F [--batch ID] [--queue Q] [--not-before T]",
 		Short: "Validate a change file, then enqueue it as one batch",
 		Long: `Reads a change file — JSON Lines (.jsonl) or CSV (.csv, header row, display_info
 as one JSON column); --file - reads standard input — and validates the whole file
@@ -47,8 +52,16 @@ terminal, and prints the batch ID alone on standard output:
   BATCH=$(couponq enqueue --file changes.jsonl)
   couponq status --batch "$BATCH" --wait
 
-A change already enqueued with the same payload is a duplicate (counted, skipped);
-with another payload it is a conflict (reported, exit status 1).`,
+A line may hold back its change with not_before (RFC 3339, e.g.
+2025-01-01T10:00:00+08:00): it is not applied before that time. --not-before
+sets it for the lines that have none; it is part of each payload.
+
+The batch is named on standard error as soon as it exists, so an interrupted run
+can be completed with --batch. A change already enqueued with the same payload is
+a duplicate (counted, skipped); with another payload it is a conflict (reported,
+exit status 1). A duplicate of a task that failed or was canceled is not run
+again: it counts in the batch's earlier_failed, and enqueue exits 1 naming the
+couponq retry command that runs it again.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := ef.apply(cmd.Flags(), e.getenv); err != nil {
@@ -61,6 +74,7 @@ with another payload it is a conflict (reported, exit status 1).`,
 	f.StringVar(&c.File, "file", "", "change file (.jsonl or .csv), - for standard input (required)")
 	f.StringVar(&c.Format, "format", "", "jsonl or csv (default: from the file name; jsonl for standard input)")
 	f.StringVar(&c.Batch, "batch", "", "batch ID (default: a new time-sortable ULID); an existing batch gets the new tasks")
+	f.StringVar(&c.NotBefore, "not-before", "", "RFC 3339 time before which no change is applied, for lines without not_before")
 	f.StringVar(&c.Queue, "queue", tasks.DefaultQueue, "asynq queue to enqueue into")
 	ef.add(f, "queue", "COUPONQ_QUEUE")
 	addRedisFlag(cmd, &ef, &c.RedisURL)
@@ -84,6 +98,9 @@ func runEnqueue(ctx context.Context, e *env, c *enqueueConfig) error {
 			return usageErrorf("--batch: %v", err)
 		}
 	}
+	if _, err := tasks.ParseNotBefore(c.NotBefore); err != nil {
+		return usageErrorf("--not-before %q: must be an RFC 3339 time with a zone, e.g. 2025-01-01T10:00:00+08:00", c.NotBefore)
+	}
 	rc, err := parseRedis(c.RedisURL)
 	if err != nil {
 		return err
@@ -96,7 +113,7 @@ func runEnqueue(ctx context.Context, e *env, c *enqueueConfig) error {
 
 	// Pass 1: validate everything, holding only task IDs to find a file
 	// that gives one task ID two different payloads.
-	n, err := validateFile(path, format, e.stderr)
+	n, err := validateFile(path, format, c.NotBefore, e.stderr)
 	if err != nil {
 		return err
 	}
@@ -140,8 +157,12 @@ func runEnqueue(ctx context.Context, e *env, c *enqueueConfig) error {
 	r := tasks.NewChangeReader(fh, format)
 	prog := newProgress(e.stderr, "enqueue", int64(n))
 	start := time.Now()
-	rep, err := p.EnqueueBatch(ctx, r.All(), tasks.BatchOptions{
+	rep, err := p.EnqueueBatch(ctx, withNotBefore(r.All(), c.NotBefore), tasks.BatchOptions{
 		ID: c.Batch,
+		// Named at once: an interrupted run is completed with --batch.
+		OnOpen: func(id string) {
+			prog.note(fmt.Sprintf("batch %s: enqueuing %d changes", id, n))
+		},
 		OnProgress: func(bp tasks.BatchProgress) {
 			suffix := ""
 			if bp.Duplicates+bp.Conflicts+bp.Failed > 0 {
@@ -159,8 +180,12 @@ func runEnqueue(ctx context.Context, e *env, c *enqueueConfig) error {
 	if rep.Resumed > 0 {
 		resumed = fmt.Sprintf("%d already in the batch, ", rep.Resumed)
 	}
-	fmt.Fprintf(e.stderr, "batch %s: %d enqueued, %s%d duplicates, %d conflicts, %d failed in %s (%.0f changes/s)\n",
-		rep.BatchID, rep.Total, resumed, rep.Duplicates, len(rep.Conflicts), len(rep.Failed), elapsed.Round(time.Millisecond),
+	earlier := ""
+	if rep.EarlierFailed > 0 {
+		earlier = fmt.Sprintf(" (%d of failed or canceled tasks)", rep.EarlierFailed)
+	}
+	fmt.Fprintf(e.stderr, "batch %s: %d enqueued, %s%d duplicates%s, %d conflicts, %d failed in %s (%.0f changes/s)\n",
+		rep.BatchID, rep.Total, resumed, rep.Duplicates, earlier, len(rep.Conflicts), len(rep.Failed), elapsed.Round(time.Millisecond),
 		float64(rep.Read)/max(elapsed.Seconds(), 1e-9))
 	for i, ce := range append(append([]error{}, rep.Conflicts...), rep.Failed...) {
 		if i == maxReportedLines {
@@ -178,8 +203,10 @@ func runEnqueue(ctx context.Context, e *env, c *enqueueConfig) error {
 			missing, firstTasks(rep.Failed, 3), rep.BatchID))
 	}
 	if len(rep.Conflicts) > 0 {
-		sum = append(sum, fmt.Errorf("%d conflicts (%s)", len(rep.Conflicts), firstTasks(rep.Conflicts, 3)))
+		// Each is listed above: the summary does not repeat them.
+		sum = append(sum, fmt.Errorf("%d conflict(s), listed above: an out_request_no never carries two bodies", len(rep.Conflicts)))
 	}
+	sum = append(sum, earlierFailed(rep)...)
 	if err != nil {
 		return errors.Join(append(sum, err)...)
 	}
@@ -187,6 +214,26 @@ func runEnqueue(ctx context.Context, e *env, c *enqueueConfig) error {
 		return &exitError{code: exitFailure, err: errors.Join(sum...)}
 	}
 	return nil
+}
+
+// earlierFailed says, per earlier batch, how many changes were duplicates of
+// its failed or canceled tasks, and how to run those again.
+func earlierFailed(rep *tasks.BatchReport) []error {
+	batches := make([]string, 0, len(rep.EarlierFailedBatches))
+	for b := range rep.EarlierFailedBatches {
+		batches = append(batches, b)
+	}
+	slices.Sort(batches)
+	var out []error
+	for _, b := range batches {
+		n := rep.EarlierFailedBatches[b]
+		of, how := "batch "+b, "couponq retry --batch "+b
+		if b == "" {
+			of, how = "no batch", "couponq retry --task <task ID> for each"
+		}
+		out = append(out, fmt.Errorf("%d change(s) duplicate failed or canceled tasks (of %s) and were not run again (earlier_failed); to run them again: %s", n, of, how))
+	}
+	return out
 }
 
 // firstTasks names the first n changes of errs, by task ID when known.
@@ -247,22 +294,45 @@ func changeFile(name string, stdin io.Reader) (string, func(), error) {
 	if err != nil {
 		return "", nil, err
 	}
-	cleanup := func() { os.Remove(tmp.Name()) }
+	// The spool is unlinked at once, so that an enqueue killed (SIGKILL,
+	// OOM) leaves no copy of the change data behind; it is read again
+	// through /proc/self/fd, where each open starts at the beginning. Where
+	// there is no /proc it keeps its name until cleanup.
+	path, cleanup := tmp.Name(), func() { tmp.Close(); os.Remove(tmp.Name()) }
+	if runtime.GOOS == "linux" {
+		fdPath := "/proc/self/fd/" + strconv.Itoa(int(tmp.Fd()))
+		if _, err := os.Stat(fdPath); err == nil && os.Remove(tmp.Name()) == nil {
+			path, cleanup = fdPath, func() { tmp.Close() }
+		}
+	}
 	if _, err := io.Copy(tmp, stdin); err != nil {
-		tmp.Close()
 		cleanup()
 		return "", nil, fmt.Errorf("read standard input: %w", err)
 	}
-	if err := tmp.Close(); err != nil {
-		cleanup()
-		return "", nil, err
+	return path, cleanup, nil
+}
+
+// withNotBefore gives the changes without not_before nb ("" = as they are).
+func withNotBefore(changes iter.Seq2[tasks.Change, error], nb string) iter.Seq2[tasks.Change, error] {
+	if nb == "" {
+		return changes
 	}
-	return tmp.Name(), cleanup, nil
+	return func(yield func(tasks.Change, error) bool) {
+		for c, err := range changes {
+			if err == nil && c.NotBefore == "" {
+				c.NotBefore = nb
+			}
+			if !yield(c, err) {
+				return
+			}
+		}
+	}
 }
 
 // validateFile reads every line, reports every bad one to w and returns
 // the number of valid changes, or a usage error when any line is bad.
-func validateFile(path string, format tasks.Format, w io.Writer) (int, error) {
+// Lines without not_before get nb, as pass 2 gives them.
+func validateFile(path string, format tasks.Format, nb string, w io.Writer) (int, error) {
 	fh, err := os.Open(path)
 	if err != nil {
 		return 0, err
@@ -295,6 +365,9 @@ func validateFile(path string, format tasks.Format, w io.Writer) (int, error) {
 			return 0, fmt.Errorf("read %s: %w", path, err)
 		}
 		line := r.Line()
+		if ch.NotBefore == "" {
+			ch.NotBefore = nb
+		}
 		if ch.Op == tasks.OpGet && ch.OutRequestNo == "" {
 			n++
 			continue

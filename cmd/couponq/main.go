@@ -6,6 +6,8 @@
 //	couponq worker    run the asynq worker (until SIGINT/SIGTERM)
 //	couponq enqueue   validate a change file and enqueue it as a batch
 //	couponq status    show a batch's or a task's results (--wait to follow)
+//	couponq retry     run a batch's (or a task's) failed and canceled tasks again
+//	couponq cancel    cancel a batch: its tasks not started never start
 //	couponq get       query one coupon synchronously
 //	couponq mock      run the fake WeChat Pay on a loopback port
 //	couponq demo      the whole pipeline on embedded defaults

@@ -117,7 +117,8 @@ func TestHelpNamesEveryFlagAndVariable(t *testing.T) {
 	}{
 		{"worker", []string{"--redis", "COUPONQ_REDIS_URL", "--concurrency", "COUPONQ_CONCURRENCY", "--rate", "COUPONQ_RATE",
 			"--max-retry", "COUPONQ_MAX_RETRY", "--http", "COUPONQ_HTTP_ADDR", "--result-ttl", "COUPONQ_RESULT_TTL",
-			"--log-format", "COUPONQ_LOG_FORMAT", "--shutdown-timeout", "WECHATPAY_MCH_PRIVATE_KEY_FILE", "WECHATPAY_APIV3_KEY"}},
+			"--log-format", "COUPONQ_LOG_FORMAT", "--shutdown-timeout", "WECHATPAY_MCH_PRIVATE_KEY_FILE", "WECHATPAY_APIV3_KEY",
+			"--monitoring-auth-file", "COUPONQ_MONITORING_AUTH_FILE"}},
 		{"enqueue", []string{"--file", "--batch", "--queue", "--format", "exit status is 2"}},
 		{"status", []string{"--batch", "--task", "--wait", "--json", "--rate", "COUPONQ_RATE"}},
 		{"get", []string{"--brand", "--coupon", "WECHATPAY_MODE"}},
@@ -143,6 +144,8 @@ func TestBadUsageExitsTwoNamingTheSetting(t *testing.T) {
 	t.Parallel()
 	b := setup(t, 3)
 	bad := b.writeFile(t, "bad.pem", "not a key")
+	brandCerts := map[string]string{"WECHATPAY_MODE": "brand", "WECHATPAY_BRAND_ID": "120344",
+		"WECHATPAY_PUBLIC_KEY_ID": "", "WECHATPAY_PUBLIC_KEY_FILE": "", "WECHATPAY_APIV3_KEY": strings.Repeat("k", 32)}
 	for _, tc := range []struct {
 		name string
 		env  map[string]string
@@ -172,6 +175,9 @@ func TestBadUsageExitsTwoNamingTheSetting(t *testing.T) {
 		{"no wechatpay key", map[string]string{"WECHATPAY_PUBLIC_KEY_ID": "", "WECHATPAY_PUBLIC_KEY_FILE": ""}, []string{"worker"}, "WECHATPAY_APIV3_KEY"},
 		{"short apiv3 key", map[string]string{"WECHATPAY_APIV3_KEY": "short"}, []string{"worker"}, "WECHATPAY_APIV3_KEY must be 32"},
 		{"bad base url", map[string]string{"WECHATPAY_BASE_URL": "ftp://x"}, []string{"worker"}, "WECHATPAY_BASE_URL"},
+		{"base url with user info", map[string]string{"WECHATPAY_BASE_URL": "https://u:p@api.mch.weixin.qq.com"}, []string{"worker"}, "WECHATPAY_BASE_URL must not carry user info"},
+		{"brand mode with platform certificates", brandCerts, []string{"worker"}, "WECHATPAY_MODE=brand requires WECHATPAY_PUBLIC_KEY_ID and WECHATPAY_PUBLIC_KEY_FILE"},
+		{"get in brand mode with platform certificates", brandCerts, []string{"get", "--brand", "120344", "--coupon", "1"}, "WECHATPAY_MODE=brand requires"},
 		{"status needs one", nil, []string{"status"}, "--batch or --task"},
 		{"status wait task", nil, []string{"status", "--task", "x", "--wait"}, "--wait"},
 		{"get needs brand", nil, []string{"get", "--coupon", "1"}, "brand"},

@@ -45,6 +45,8 @@ type mockConfig struct {
 	Env         bool
 	Check       string
 	readyFile   string
+	// removeDir: Dir was made by this command (no --dir), so it goes at exit.
+	removeDir bool
 }
 
 func newMockCmd(e *env) *cobra.Command {
@@ -89,7 +91,7 @@ calls 429 anyway; they count toward the window. --seed drives every draw.
 	f := cmd.Flags()
 	f.StringVar(&c.Addr, "addr", "127.0.0.1:0", "listen address (port 0: a free port)")
 	f.StringVar(&c.PublicURL, "public-url", "", "base URL to print (default: http://<listen address>)")
-	f.StringVar(&c.Dir, "dir", "", "directory for the key files (default: a new temporary directory)")
+	f.StringVar(&c.Dir, "dir", "", "directory for the key files, written anew with mode 0600 (default: a new temporary directory, removed at exit)")
 	f.StringVar(&c.Mode, "mode", "partner", "access mode: partner or brand")
 	f.StringVar(&c.MchID, "mchid", "1900000001", "service provider mchid (partner mode)")
 	f.StringVar(&c.BrandID, "brand", "120344", "brand of the seeded coupons (and the identity in brand mode)")
@@ -108,6 +110,8 @@ calls 429 anyway; they count toward the window. --seed drives every draw.
 	f.StringVar(&c.Check, "check", "", "health check: GET this URL and exit 0 if it answers below 500")
 	f.StringVar(&c.readyFile, "ready-file", "", "")
 	_ = f.MarkHidden("ready-file")
+	f.BoolVar(&c.removeDir, "remove-dir", false, "")
+	_ = f.MarkHidden("remove-dir")
 	return cmd
 }
 
@@ -202,16 +206,17 @@ func startMock(c *mockConfig) (*wechatpaytest.Server, net.Listener, map[string]s
 		srv.Close()
 		return nil, nil, nil, usageErrorf("--addr %s: %v", c.Addr, err)
 	}
-	if c.Dir == "" {
-		if c.Dir, err = os.MkdirTemp("", "couponq-mock-"); err != nil {
-			return nil, nil, nil, err
-		}
-	} else if err := os.MkdirAll(c.Dir, 0o700); err != nil {
-		return nil, nil, nil, fmt.Errorf("--dir: %w", err)
+	fail := func(err error) (*wechatpaytest.Server, net.Listener, map[string]string, error) {
+		ln.Close()
+		srv.Close()
+		return nil, nil, nil, err
+	}
+	if err := c.makeDir(); err != nil {
+		return fail(err)
 	}
 	env, err := srv.WriteEnv(c.Dir)
 	if err != nil {
-		return nil, nil, nil, err
+		return fail(err)
 	}
 	url := c.PublicURL
 	if url == "" {
@@ -235,8 +240,33 @@ func exportLines(env map[string]string) string {
 	return b.String()
 }
 
+// makeDir makes the key directory: Dir, or a new temporary one that is
+// then removed at exit (removeDir).
+func (c *mockConfig) makeDir() error {
+	if c.Dir == "" {
+		d, err := os.MkdirTemp("", "couponq-mock-")
+		if err != nil {
+			return err
+		}
+		c.Dir, c.removeDir = d, true
+		return nil
+	}
+	if err := os.MkdirAll(c.Dir, 0o700); err != nil {
+		return usageErrorf("--dir: %v", err)
+	}
+	return nil
+}
+
+// cleanDir removes the directory the command made.
+func (c *mockConfig) cleanDir() {
+	if c.removeDir && c.Dir != "" {
+		_ = os.RemoveAll(c.Dir)
+	}
+}
+
 func runMock(ctx context.Context, e *env, c *mockConfig) error {
 	srv, ln, env, err := startMock(c)
+	defer c.cleanDir() // after the listener and the server below
 	if err != nil {
 		return err
 	}
@@ -244,7 +274,7 @@ func runMock(ctx context.Context, e *env, c *mockConfig) error {
 	defer ln.Close()
 	lines := exportLines(env)
 	if c.readyFile != "" {
-		if err := os.WriteFile(c.readyFile, []byte(lines), 0o600); err != nil {
+		if err := writePrivate(c.readyFile, []byte(lines)); err != nil {
 			return err
 		}
 	} else {
@@ -263,17 +293,22 @@ func mockDetach(ctx context.Context, e *env, c *mockConfig) error {
 	if err != nil {
 		return err
 	}
-	if c.Dir == "" {
-		if c.Dir, err = os.MkdirTemp("", "couponq-mock-"); err != nil {
-			return err
-		}
-	} else if err := os.MkdirAll(c.Dir, 0o700); err != nil {
-		return usageErrorf("--dir: %v", err)
+	if err := c.makeDir(); err != nil {
+		return err
 	}
+	// From here the background mock owns a directory this command made
+	// (--remove-dir) and removes it when it stops; until it starts, this
+	// process does.
+	started := false
+	defer func() {
+		if !started {
+			c.cleanDir()
+		}
+	}()
 	ready := filepath.Join(c.Dir, "env.sh")
 	_ = os.Remove(ready)
 	args := c.childArgs(ready)
-	logf, err := os.Create(filepath.Join(c.Dir, "mock.log"))
+	logf, err := createPrivate(filepath.Join(c.Dir, "mock.log"))
 	if err != nil {
 		return err
 	}
@@ -289,11 +324,13 @@ func mockDetach(ctx context.Context, e *env, c *mockConfig) error {
 		if b, err := os.ReadFile(ready); err == nil && len(b) > 0 {
 			fmt.Fprint(e.stdout, string(b))
 			fmt.Fprintf(e.stdout, "export COUPONQ_MOCK_PID=%d\n", cmd.Process.Pid)
+			started = true
 			return cmd.Process.Release()
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil {
 			_ = cmd.Process.Kill()
-			log, _ := os.ReadFile(logf.Name())
+			_ = cmd.Wait()
+			log, _ := os.ReadFile(filepath.Join(c.Dir, "mock.log"))
 			return fmt.Errorf("mock did not start: %s", strings.TrimSpace(string(log)))
 		}
 		time.Sleep(50 * time.Millisecond)
@@ -310,7 +347,56 @@ func (c *mockConfig) childArgs(ready string) []string {
 	if c.PublicURL != "" {
 		args = append(args, "--public-url", c.PublicURL)
 	}
+	if c.removeDir {
+		args = append(args, "--remove-dir")
+	}
 	return args
+}
+
+// createPrivate creates path anew with mode 0600 and returns it open for
+// writing: a temporary file made exclusively in the same directory (no
+// symlink followed), renamed over whatever path was — a file of another
+// mode is replaced, a symlink is replaced rather than written through.
+func createPrivate(path string) (*os.File, error) {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	if err != nil {
+		return nil, err
+	}
+	err = f.Chmod(0o600)
+	if err == nil {
+		err = os.Rename(f.Name(), path)
+	}
+	if err != nil {
+		f.Close()
+		os.Remove(f.Name())
+		return nil, fmt.Errorf("create %s: %w", path, err)
+	}
+	return f, nil
+}
+
+// writePrivate writes data to path, mode 0600, like createPrivate but
+// renamed into place only once written: a reader polling for path never
+// sees it partial.
+func writePrivate(path string, data []byte) error {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	if err != nil {
+		return err
+	}
+	err = f.Chmod(0o600)
+	if err == nil {
+		_, err = f.Write(data)
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(f.Name(), path)
+	}
+	if err != nil {
+		os.Remove(f.Name())
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return nil
 }
 
 // mockCheck is a health probe for images without curl.

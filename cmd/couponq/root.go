@@ -84,8 +84,9 @@ exponential backoff (couponq worker); each outcome lands in the Redis hash
 couponq:result:<task_id>, which producers poll (couponq status).
 
 Every flag also reads an environment variable, named in its help.
-Exit status: 0 success; 1 runtime failure (or status --wait on a batch with
-failures); 2 bad usage or invalid input.`,
+Exit status: 0 success; 1 runtime failure, or (enqueue, status --wait) a batch
+where something did not succeed: a task failed or canceled, a conflict, or a
+duplicate of a failed or canceled task; 2 bad usage or invalid input.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		Args:          cobra.ArbitraryArgs,
@@ -109,6 +110,9 @@ failures); 2 bad usage or invalid input.`,
 		newWorkerCmd(e),
 		newEnqueueCmd(e),
 		newStatusCmd(e),
+		newBatchesCmd(e),
+		newRetryCmd(e),
+		newCancelCmd(e),
 		newGetCmd(e),
 		newMockCmd(e),
 		newDemoCmd(e),

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -37,6 +38,10 @@ type workerFlags struct {
 	LogFormat      string
 	Queues         string
 	MonitoringAuth string
+	// MonitoringAuthFile holds "user:password", kept out of ps.
+	MonitoringAuthFile string
+	// warnings are logged once the logger exists.
+	warnings []string
 }
 
 // workerSettings names each setting's flag, variable and worker.Config
@@ -52,6 +57,7 @@ var workerSettings = []envFlag{
 	{"shutdown-timeout", "COUPONQ_SHUTDOWN_TIMEOUT", "ShutdownTimeout"},
 	{"queues", "COUPONQ_QUEUES", "Queues"},
 	{"monitoring-auth", "COUPONQ_MONITORING_AUTH", "MonitoringAuth"},
+	{"monitoring-auth-file", "COUPONQ_MONITORING_AUTH_FILE", ""},
 	{"retry-base", "COUPONQ_RETRY_BASE", "RetryBase"},
 	{"retry-cap", "COUPONQ_RETRY_CAP", "RetryCap"},
 	{"adopt-after", "COUPONQ_ADOPT_AFTER", "AdoptAfter"},
@@ -170,15 +176,27 @@ every worker through Redis. Runs until SIGINT or SIGTERM, then finishes or hands
 back in-flight tasks within --shutdown-timeout.
 
 The HTTP listener (--http) serves /metrics (Prometheus), /healthz, /readyz and
-/monitoring/ (asynqmon, read-only).
+/monitoring/ (asynqmon, read-only). Without --monitoring-auth, /monitoring/
+shows queues and task IDs but no payloads, results, Redis INFO or server list,
+and a listener reachable from other hosts logs a warning at start. Failed
+logins are slowed down per client address (429 after 5, the wait doubling).
 ` + wechatpayEnvHelp,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			// Before the environment fills it in: only a password typed on
+			// the command line shows in ps.
+			if cmd.Flags().Changed("monitoring-auth") {
+				c.warnings = append(c.warnings, "--monitoring-auth on the command line is visible to every user of this host (ps, /proc): "+
+					"use COUPONQ_MONITORING_AUTH or --monitoring-auth-file instead")
+			}
 			if err := ef.apply(cmd.Flags(), e.getenv); err != nil {
 				return err
 			}
 			cfg, err := c.config()
 			if err != nil {
+				return err
+			}
+			if err := c.readMonitoringAuthFile(); err != nil {
 				return err
 			}
 			return runWorker(cmd.Context(), e, &c, cfg)
@@ -195,7 +213,8 @@ The HTTP listener (--http) serves /metrics (Prometheus), /healthz, /readyz and
 	f.StringVar(&c.LogFormat, "log-format", "auto", "auto (colour text on a terminal, JSON otherwise), text or json")
 	f.DurationVar(&d.ShutdownTimeout, "shutdown-timeout", d.ShutdownTimeout, "on SIGINT/SIGTERM, how long in-flight tasks may finish before they are handed back")
 	f.StringVar(&c.Queues, "queues", worker.DefaultQueue, "queues to serve with priorities: name[=priority],…")
-	f.StringVar(&c.MonitoringAuth, "monitoring-auth", "", "user:password for basic auth on /monitoring/ (default: no auth)")
+	f.StringVar(&c.MonitoringAuth, "monitoring-auth", "", "user:password for basic auth on /monitoring/ (default: no auth; on the command line it shows in ps: prefer the variable or --monitoring-auth-file)")
+	f.StringVar(&c.MonitoringAuthFile, "monitoring-auth-file", "", "file holding user:password for basic auth on /monitoring/ (one line, mode 0600)")
 	f.DurationVar(&d.RetryBase, "retry-base", d.RetryBase, "first retry delay; doubles each retry, with full jitter")
 	f.DurationVar(&d.RetryCap, "retry-cap", d.RetryCap, "longest retry delay")
 	f.DurationVar(&d.AdoptAfter, "adopt-after", d.AdoptAfter, "grace period before the workers enqueue a change its producer accepted but never enqueued (killed), and seal its batch")
@@ -208,6 +227,9 @@ func runWorker(ctx context.Context, e *env, c *workerFlags, cfg worker.Config) e
 	log, err := newLogger(c.LogFormat, e.stderr, slog.LevelInfo)
 	if err != nil {
 		return err
+	}
+	for _, w := range c.warnings {
+		log.Warn(w)
 	}
 	rc, err := parseRedis(c.RedisURL)
 	if err != nil {
@@ -270,6 +292,7 @@ func runWorker(ctx context.Context, e *env, c *workerFlags, cfg worker.Config) e
 			defer cancel()
 			_ = srv.Shutdown(sctx)
 		}()
+		warnListener(log, ln.Addr(), c.MonitoringAuth != "")
 		log.Info("serving http", "addr", ln.Addr().String(), "paths", "/metrics /healthz /readyz /monitoring/")
 	}
 	log.Info("worker starting", "redis", rc.String(), "mode", string(api.Mode()), "identity", api.Identity(),
@@ -319,4 +342,37 @@ func checkRedisForEnqueue(ctx context.Context, e *env, rdb redis.UniversalClient
 		fmt.Fprintln(e.stderr, "warning: "+ev.Error())
 	}
 	return nil
+}
+
+// readMonitoringAuthFile takes the monitoring password from
+// --monitoring-auth-file. Its errors name the flag, never the content.
+func (c *workerFlags) readMonitoringAuthFile() error {
+	const name = "--monitoring-auth-file (COUPONQ_MONITORING_AUTH_FILE)"
+	if c.MonitoringAuthFile == "" {
+		return nil
+	}
+	if c.MonitoringAuth != "" {
+		return usageErrorf("%s and --monitoring-auth (COUPONQ_MONITORING_AUTH) are both set: use one", name)
+	}
+	b, err := os.ReadFile(c.MonitoringAuthFile)
+	if err != nil {
+		return usageErrorf("%s: %v", name, err)
+	}
+	auth := strings.TrimRight(string(b), "\r\n")
+	if user, pass, ok := strings.Cut(auth, ":"); !ok || user == "" || pass == "" || strings.ContainsAny(auth, "\r\n") {
+		return usageErrorf("%s: %s must hold one line user:password with a non-empty user and password", name, c.MonitoringAuthFile)
+	}
+	if fi, err := os.Stat(c.MonitoringAuthFile); err == nil && fi.Mode().Perm()&0o077 != 0 {
+		c.warnings = append(c.warnings, fmt.Sprintf("%s: %s is readable by other users (mode %v): chmod 600 it", name, c.MonitoringAuthFile, fi.Mode().Perm()))
+	}
+	c.MonitoringAuth = auth
+	return nil
+}
+
+// warnListener logs, as warnings, what the HTTP listener at addr exposes to
+// other hosts (worker.ListenerWarnings).
+func warnListener(log *slog.Logger, addr net.Addr, monitoringAuth bool) {
+	for _, w := range worker.ListenerWarnings(addr, monitoringAuth) {
+		log.Warn(w, "addr", addr.String())
+	}
 }

@@ -19,18 +19,26 @@ const MaxRetry = 1000
 // Status is a task's state in its result hash.
 type Status string
 
-// Task statuses. Succeeded and failed are terminal: a task reaches one of
-// them exactly once.
+// Task statuses. Succeeded, failed and canceled are terminal: a task
+// reaches one of them exactly once per run (couponq retry starts another
+// run of a failed or canceled task).
 const (
 	StatusQueued    Status = "queued"
 	StatusRunning   Status = "running"
 	StatusRetrying  Status = "retrying"
 	StatusSucceeded Status = "succeeded"
 	StatusFailed    Status = "failed"
+	StatusCanceled  Status = "canceled"
 )
 
-// Terminal reports whether s is succeeded or failed.
-func (s Status) Terminal() bool { return s == StatusSucceeded || s == StatusFailed }
+// Terminal reports whether s is succeeded, failed or canceled.
+func (s Status) Terminal() bool {
+	return s == StatusSucceeded || s == StatusFailed || s == StatusCanceled
+}
+
+// CodeCanceled is the error_code of a task canceled with its batch
+// (couponq's own code, like worker's ARCHIVED).
+const CodeCanceled = "CANCELED"
 
 // The Redis key schema: couponq:result:<task_id> (a hash per task),
 // couponq:batch:<batch_id> (a hash per batch) and couponq:batch:<batch_id>:tasks
@@ -61,6 +69,10 @@ const (
 	// milliseconds). A batch whose producer stopped being seen is sealed by
 	// the workers' adoption sweep.
 	OpenBatchesKey = keyPrefix + "open-batches"
+	// BatchesKey is a sorted set of every batch ID, scored by when the
+	// batch was created (Unix milliseconds), for listing recent batches.
+	// Entries older than the result TTL are trimmed as batches are opened.
+	BatchesKey = keyPrefix + "batches"
 	// AdoptLockKey is the lock that lets one worker at a time run the
 	// adoption sweep.
 	AdoptLockKey = keyPrefix + "adopt-lock"
@@ -107,6 +119,9 @@ const (
 	// EnqueueBatch or Enqueue call): a re-sent accept of that same run is
 	// recognised as its own, not taken for a duplicate.
 	FieldRun = "run"
+	// FieldRuns counts the runs of the task: absent (or 1) for a task
+	// never retried, incremented by each couponq retry.
+	FieldRuns = "runs"
 )
 
 // Fields of a batch hash. All values are strings.
@@ -115,14 +130,33 @@ const (
 	BatchFieldDuplicates = "duplicates"
 	BatchFieldSucceeded  = "succeeded"
 	BatchFieldFailed     = "failed"
+	BatchFieldCanceled   = "canceled"
 	BatchFieldCreatedAt  = "created_at"
 	BatchFieldFinishedAt = "finished_at"
+	BatchFieldConflicts  = "conflicts"
+	// BatchFieldEarlierFailed counts the duplicates whose earlier task is
+	// failed or canceled (of BatchFieldDuplicates).
+	BatchFieldEarlierFailed = "earlier_failed"
 	// BatchFieldSealed is couponq's own addition: "0" while a producer is
 	// still enqueuing into the batch, "1" after. A batch finishes only once
 	// sealed, so early tasks finishing cannot mark a half-enqueued batch done.
 	BatchFieldSealed = "sealed"
+	// BatchFieldCanceledAt is couponq's own too: set by couponq cancel;
+	// while it is set, workers start no task of the batch (they end
+	// canceled). couponq retry of the batch clears it.
+	BatchFieldCanceledAt = "canceled_at"
 )
 
 // TimeFormat is the format of every timestamp in results: RFC 3339, UTC,
 // milliseconds.
 const TimeFormat = "2006-01-02T15:04:05.000Z07:00"
+
+// Fields of a result hash that an update writes.
+const (
+	// FieldRequest is, for a write, the exact JSON body sent, fixed before
+	// the first attempt: every retry and re-delivery sends these bytes.
+	FieldRequest = "request"
+	// FieldUnchanged is "1" when an update was not sent because the coupon
+	// already matched it.
+	FieldUnchanged = "unchanged"
+)

@@ -72,11 +72,12 @@ type Identity struct {
 }
 
 // Lua helpers shared by the scripts below. A batch is done when it is sealed
-// (its producer finished enqueuing) and succeeded+failed reaches total.
+// (its producer finished enqueuing) and succeeded+failed+canceled reaches
+// total.
 const luaFinishBatchIfDone = `
 local function finish_batch_if_done(bk, now)
-  local b = redis.call('HMGET', bk, 'total', 'succeeded', 'failed', 'finished_at', 'sealed')
-  if b[5] == '1' and not b[4] and tonumber(b[2] or '0') + tonumber(b[3] or '0') >= tonumber(b[1] or '0') then
+  local b = redis.call('HMGET', bk, 'total', 'succeeded', 'failed', 'finished_at', 'sealed', 'canceled')
+  if b[5] == '1' and not b[4] and tonumber(b[2] or '0') + tonumber(b[3] or '0') + tonumber(b[6] or '0') >= tonumber(b[1] or '0') then
     redis.call('HSET', bk, 'finished_at', now)
   end
 end
@@ -94,6 +95,7 @@ redis.call('HSETNX', KEYS[1], 'total', '0')
 redis.call('HSETNX', KEYS[1], 'duplicates', '0')
 redis.call('HSETNX', KEYS[1], 'succeeded', '0')
 redis.call('HSETNX', KEYS[1], 'failed', '0')
+redis.call('HSETNX', KEYS[1], 'canceled', '0')
 redis.call('HSET', KEYS[1], 'sealed', '0')
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1
@@ -109,6 +111,20 @@ func (s *Store) OpenBatch(ctx context.Context, batchID string) error {
 	}
 	if err := openBatchScript.Run(ctx, s.rdb, []string{BatchKey(batchID)}, s.stamp(), s.ttlMillis()).Err(); err != nil {
 		return fmt.Errorf("couponq: open batch %s: %w", batchID, err)
+	}
+	return s.indexBatch(ctx, batchID)
+}
+
+// indexBatch lists batchID in BatchesKey (kept at its first creation time)
+// and trims the entries older than the TTL. Each is a command on that one
+// key: on Redis Cluster it lives in a slot of its own.
+func (s *Store) indexBatch(ctx context.Context, batchID string) error {
+	now := s.now()
+	pipe := s.rdb.Pipeline()
+	pipe.ZAddNX(ctx, BatchesKey, redis.Z{Score: float64(now.UnixMilli()), Member: batchID})
+	pipe.ZRemRangeByScore(ctx, BatchesKey, "-inf", "("+strconv.FormatInt(now.Add(-s.ttl).UnixMilli(), 10))
+	if _, err := pipe.Exec(ctx); err != nil {
+		return fmt.Errorf("couponq: list batch %s: %w", batchID, err)
 	}
 	return nil
 }
@@ -188,7 +204,25 @@ const (
 	// Underway: an earlier run of the same batch accepted the task and a
 	// worker has taken it up since; nothing to do.
 	Underway AcceptOutcome = "underway"
+	// EarlierFailed: a duplicate whose earlier task is failed or canceled,
+	// so it will not run again unless retried. It counts in the batch's
+	// duplicates and in its earlier_failed. The outcome AcceptMany returns
+	// is "earlier_failed:<that task's batch>": see Kind and EarlierBatch.
+	EarlierFailed AcceptOutcome = "earlier_failed"
 )
+
+// Kind is the outcome without the earlier batch an EarlierFailed carries.
+func (o AcceptOutcome) Kind() AcceptOutcome {
+	k, _, _ := strings.Cut(string(o), ":")
+	return AcceptOutcome(k)
+}
+
+// EarlierBatch is the batch of the earlier, failed or canceled task of an
+// EarlierFailed outcome ("" when that task belongs to no batch).
+func (o AcceptOutcome) EarlierBatch() string {
+	_, b, _ := strings.Cut(string(o), ":")
+	return b
+}
 
 // Handoff says how the tasks of one accept call will be enqueued: it is
 // kept in each result hash so that the task can be enqueued again by a
@@ -228,7 +262,9 @@ const MaxAcceptMany = 512
 // For a taken task ID: another payload is a 'conflict'; the same payload
 // written earlier in this run (a repeated line) or by another batch is a
 // 'duplicate'; by an earlier run of this batch, 'resumed' (still queued) or
-// 'underway'.
+// 'underway'. A duplicate of another batch's failed or canceled task is
+// 'earlier_failed:<its batch>' and counts in earlier_failed too. Conflicts
+// count in the batch's conflicts.
 //
 // KEYS[1] -> couponq:batch:<batch_id>
 // KEYS[2] -> couponq:batch:<batch_id>:tasks
@@ -259,7 +295,7 @@ end
 local token = run .. '/' .. ARGV[5]
 local runPrefix = run .. '/'
 local queue, timeout = ARGV[6], ARGV[7]
-local out, added, dups = {}, {}, 0
+local out, added, dups, efail, conflicts = {}, {}, 0, 0, 0
 for i = 4, #KEYS do
   local a = 9 + (i - 4) * 7
   local sha = ARGV[a + 5]
@@ -281,14 +317,23 @@ for i = 4, #KEYS do
     o = 'duplicate'
   elseif batch ~= '' and cur[3] == batch then
     if cur[5] == 'queued' then o = 'resumed' else o = 'underway' end
+  elseif cur[5] == 'failed' or cur[5] == 'canceled' then
+    -- a duplicate that will not run again: counted apart, so the batch
+    -- does not look healthy, and named by its batch for couponq retry
+    o = 'duplicate'
+    efail = efail + 1
+    out[#out + 1] = 'earlier_failed:' .. (cur[3] or '')
   else
     o = 'duplicate'
   end
   if o == 'duplicate' then dups = dups + 1 end
-  out[#out + 1] = o
+  if o == 'conflict' then conflicts = conflicts + 1 end
+  if #out < i - 3 then out[#out + 1] = o end
 end
 if batch ~= '' then
   if dups > 0 then redis.call('HINCRBY', KEYS[1], 'duplicates', dups) end
+  if efail > 0 then redis.call('HINCRBY', KEYS[1], 'earlier_failed', efail) end
+  if conflicts > 0 then redis.call('HINCRBY', KEYS[1], 'conflicts', conflicts) end
   if #added > 0 then
     redis.call('HINCRBY', KEYS[1], 'total', #added)
     -- reopen a batch sealed early (its producer was not seen for a while)
@@ -426,7 +471,11 @@ redis.call('DEL', KEYS[1])
 if ARGV[1] ~= '' then
   redis.call('HINCRBY', KEYS[2], 'total', -1)
   redis.call('SREM', KEYS[3], ARGV[2])
-  if ARGV[3] == '1' then redis.call('HINCRBY', KEYS[2], 'duplicates', 1) end
+  if ARGV[3] == '1' then
+    redis.call('HINCRBY', KEYS[2], 'duplicates', 1)
+  else
+    redis.call('HINCRBY', KEYS[2], 'conflicts', 1)
+  end
   finish_batch_if_done(KEYS[2], ARGV[4])
 end
 return 1
@@ -434,7 +483,7 @@ return 1
 
 // Unaccept undoes Accept when the task cannot be enqueued after all: asynq
 // holds its task ID for another task. With duplicate set, the task is
-// counted as a duplicate of its batch instead. It does nothing once a
+// counted as a duplicate of its batch instead (else as a conflict). It does nothing once a
 // worker has touched the result.
 //
 // It reports whether the result is gone: false means a worker already runs
@@ -501,7 +550,7 @@ func (s *Store) Handoffs(ctx context.Context, taskIDs []string) ([]Handed, error
 // ARGV[3..7] -> task_id, op, brand_id, product_coupon_id, out_request_no
 var beginScript = redis.NewScript(`
 local st = redis.call('HGET', KEYS[1], 'status')
-if st == 'succeeded' or st == 'failed' then
+if st == 'succeeded' or st == 'failed' or st == 'canceled' then
   return {st, redis.call('HGET', KEYS[1], 'attempts') or '0'}
 end
 if not st then
@@ -582,7 +631,7 @@ func (a *Attempt) args() []any {
 // ARGV[4..7] -> http_status, error_code, error_message, request_id
 var retryingScript = redis.NewScript(`
 local st = redis.call('HGET', KEYS[1], 'status')
-if st == 'succeeded' or st == 'failed' then return 0 end
+if st == 'succeeded' or st == 'failed' or st == 'canceled' then return 0 end
 redis.call('HINCRBY', KEYS[1], 'attempts', ARGV[3])
 redis.call('HSET', KEYS[1], 'status', 'retrying', 'updated_at', ARGV[1], 'http_status', ARGV[4],
   'error_code', ARGV[5], 'error_message', ARGV[6], 'request_id', ARGV[7])
@@ -601,7 +650,10 @@ func (s *Store) Retrying(ctx context.Context, taskID string, a Attempt) error {
 }
 
 // finishScript moves a task to its terminal status once and counts it in
-// its batch. Returns 1 when it did, 0 when the task was already terminal.
+// its batch. Returns 1 when it did, 0 when the task was already terminal,
+// -1 when ARGV[12] asked for a task not started and a worker runs it.
+// A cancel records only its code and message: the other fields keep the
+// task's last attempt.
 //
 // KEYS[1] -> couponq:result:<task_id>
 // ARGV[1] -> now
@@ -611,15 +663,22 @@ func (s *Store) Retrying(ctx context.Context, taskID string, a Attempt) error {
 // ARGV[8] -> terminal status
 // ARGV[9] -> coupon JSON, ARGV[10] -> coupon_state
 // ARGV[11] -> the batch key prefix "couponq:batch:"
+// ARGV[12] -> "unstarted": only a task queued or retrying (not in a call)
 //
 // The batch key is ARGV[11] followed by the result's batch field.
 var finishScript = redis.NewScript(luaFinishBatchIfDone + `
 local st = redis.call('HGET', KEYS[1], 'status')
-if st == 'succeeded' or st == 'failed' then return 0 end
+if st == 'succeeded' or st == 'failed' or st == 'canceled' then return 0 end
+if ARGV[12] == 'unstarted' and st ~= 'queued' and st ~= 'retrying' then return -1 end
 redis.call('HINCRBY', KEYS[1], 'attempts', ARGV[3])
-redis.call('HSET', KEYS[1], 'status', ARGV[8], 'updated_at', ARGV[1], 'finished_at', ARGV[1],
-  'http_status', ARGV[4], 'error_code', ARGV[5], 'error_message', ARGV[6], 'request_id', ARGV[7],
-  'coupon', ARGV[9], 'coupon_state', ARGV[10])
+if ARGV[8] == 'canceled' then
+  redis.call('HSET', KEYS[1], 'status', ARGV[8], 'updated_at', ARGV[1], 'finished_at', ARGV[1],
+    'error_code', ARGV[5], 'error_message', ARGV[6])
+else
+  redis.call('HSET', KEYS[1], 'status', ARGV[8], 'updated_at', ARGV[1], 'finished_at', ARGV[1],
+    'http_status', ARGV[4], 'error_code', ARGV[5], 'error_message', ARGV[6], 'request_id', ARGV[7],
+    'coupon', ARGV[9], 'coupon_state', ARGV[10])
+end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 local batch = redis.call('HGET', KEYS[1], 'batch')
 if batch and batch ~= '' then
@@ -633,19 +692,25 @@ end
 return 1
 `)
 
-// Finish moves a task to its terminal status (succeeded or failed) with the
-// last attempt's details, and counts it in its batch, finishing the batch
-// when it was the last. It is atomic and happens at most once per task:
-// a second call returns false and changes nothing.
+// Finish moves a task to its terminal status (succeeded, failed or
+// canceled) with the last attempt's details, and counts it in its batch,
+// finishing the batch when it was the last. It is atomic and happens at
+// most once per run of a task: a second call returns false and changes
+// nothing.
 func (s *Store) Finish(ctx context.Context, taskID string, status Status, a Attempt) (bool, error) {
+	n, err := s.finish(ctx, taskID, status, a, "")
+	return n == 1, err
+}
+
+func (s *Store) finish(ctx context.Context, taskID string, status Status, a Attempt, only string) (int, error) {
 	if !status.Terminal() {
-		return false, fmt.Errorf("couponq: finish %s: status %q is not terminal", taskID, status)
+		return 0, fmt.Errorf("couponq: finish %s: status %q is not terminal", taskID, status)
 	}
 	args := append([]any{s.stamp(), s.ttlMillis()}, a.args()...)
-	args = append(args, string(status), string(a.Coupon), a.CouponState, batchKeyPrefix)
+	args = append(args, string(status), string(a.Coupon), a.CouponState, batchKeyPrefix, only)
 	n, err := finishScript.Run(ctx, s.rdb, []string{ResultKey(taskID)}, args...).Int()
 	if err != nil {
-		return false, fmt.Errorf("couponq: finish %s: %w", taskID, err)
+		return 0, fmt.Errorf("couponq: finish %s: %w", taskID, err)
 	}
-	return n == 1, nil
+	return n, nil
 }

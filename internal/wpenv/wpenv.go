@@ -39,7 +39,8 @@ WeChat Pay settings (environment only):
   WECHATPAY_MCH_PRIVATE_KEY_FILE  its private key, PEM (PKCS#8 or PKCS#1)
   WECHATPAY_PUBLIC_KEY_ID         WeChat Pay public-key ID (PUB_KEY_ID_…), with
   WECHATPAY_PUBLIC_KEY_FILE       the WeChat Pay public key, PEM; or instead
-  WECHATPAY_APIV3_KEY             the APIv3 key (platform-certificate mode)
+  WECHATPAY_APIV3_KEY             the APIv3 key (platform-certificate mode;
+                                  brand mode needs the public key)
   WECHATPAY_BASE_URL              default https://api.mch.weixin.qq.com`
 
 // usageErrorf makes the errors of this package: each names its variable and
@@ -106,6 +107,9 @@ func Options(getenv func(string) string) ([]wechatpay.Option, error) {
 	}
 	pubID, pubFile, apiV3 := strings.TrimSpace(getenv(envPublicKeyID)), strings.TrimSpace(getenv(envPublicKeyFile)), getenv(envAPIv3Key)
 	switch {
+	case mode == wechatpay.ModeBrand && pubID == "" && pubFile == "":
+		// Brand-direct calls name the public-key id in Wechatpay-Serial.
+		return nil, usageErrorf("%s=brand requires %s and %s: brand mode has no platform-certificate mode", envMode, envPublicKeyID, envPublicKeyFile)
 	case pubID == "" && pubFile == "" && apiV3 == "":
 		return nil, usageErrorf("WeChat Pay's key is not set: set %s and %s (public-key mode) or %s (platform-certificate mode)", envPublicKeyID, envPublicKeyFile, envAPIv3Key)
 	case pubID != "" || pubFile != "":
@@ -131,7 +135,14 @@ func Options(getenv func(string) string) ([]wechatpay.Option, error) {
 	if base == "" {
 		base = DefaultBaseURL
 	}
-	if u, err := url.Parse(base); err != nil || u.Host == "" || (u.Scheme != "https" && u.Scheme != "http") {
+	u, err := url.Parse(base)
+	switch {
+	case err != nil:
+		// Not echoed: the value may carry a password (url.Error repeats it).
+		return nil, usageErrorf("%s is not a URL", envBaseURL)
+	case u.User != nil:
+		return nil, usageErrorf("%s must not carry user info (user:password@)", envBaseURL)
+	case u.Host == "" || (u.Scheme != "https" && u.Scheme != "http"):
 		return nil, usageErrorf("%s=%q is not an http(s) URL", envBaseURL, base)
 	}
 	opts = append(opts, wechatpay.WithBaseURL(base))

@@ -150,12 +150,41 @@ func (s *Server) knownSerial(serial string) bool {
 	return false
 }
 
-// signer picks the key for the next answer: the public key, the platform
-// certificates, or all of them in turn (BothKeyModes, rotation overlap).
-// preferCert picks a certificate when there is one (the certificate list).
-func (s *Server) signer(preferCert bool) (serial string, key *rsa.PrivateKey) {
+// issuedSerial reports whether serial names a key WeChat Pay signs with or
+// signed with (a retired certificate).
+func (s *Server) issuedSerial(serial string) bool {
+	if s.knownSerial(serial) {
+		return true
+	}
 	s.certMu.RLock()
 	defer s.certMu.RUnlock()
+	for _, r := range s.retired {
+		if strings.EqualFold(r, serial) {
+			return true
+		}
+	}
+	return false
+}
+
+// signer picks the key for the next answer. During a migration
+// (BothKeyModes) it is the key the request's Wechatpay-Serial names, as a
+// client there verifies with the key it names; otherwise the public key,
+// the platform certificates, or all of them in turn (rotation overlap).
+// preferCert picks a certificate when there is one (the certificate list,
+// which the certificates it carries verify).
+func (s *Server) signer(preferCert bool, named string) (serial string, key *rsa.PrivateKey) {
+	s.certMu.RLock()
+	defer s.certMu.RUnlock()
+	if s.cfg.keyMode == BothKeyModes && !preferCert && named != "" {
+		if named == s.cfg.pubKeyID {
+			return s.cfg.pubKeyID, s.cfg.pubKey
+		}
+		for _, c := range s.certs {
+			if strings.EqualFold(c.serial, named) {
+				return c.serial, c.key
+			}
+		}
+	}
 	n := len(s.certs)
 	hasPub := s.cfg.keyMode.hasPublicKey()
 	if preferCert && n > 0 {
@@ -190,8 +219,8 @@ const (
 )
 
 // signHeaders sets the Wechatpay-* headers of an answer.
-func (s *Server) signHeaders(h http.Header, body []byte, mode sigMode, preferCert bool) {
-	serial, key := s.signer(preferCert)
+func (s *Server) signHeaders(h http.Header, body []byte, mode sigMode, preferCert bool, named string) {
+	serial, key := s.signer(preferCert, named)
 	if key == nil {
 		return
 	}

@@ -188,7 +188,7 @@ func TestWriteEnv(t *testing.T) {
 		want    []string
 	}{
 		{wechatpay.ModePartner, wechatpaytest.PublicKeyMode, []string{"WECHATPAY_MCHID", "WECHATPAY_PUBLIC_KEY_ID", "WECHATPAY_PUBLIC_KEY_FILE"}},
-		{wechatpay.ModeBrand, wechatpaytest.CertificateMode, []string{"WECHATPAY_BRAND_ID", "WECHATPAY_APIV3_KEY"}},
+		{wechatpay.ModeBrand, wechatpaytest.BothKeyModes, []string{"WECHATPAY_BRAND_ID", "WECHATPAY_PUBLIC_KEY_ID", "WECHATPAY_PUBLIC_KEY_FILE", "WECHATPAY_APIV3_KEY"}},
 		{wechatpay.ModePartner, wechatpaytest.BothKeyModes, []string{"WECHATPAY_MCHID", "WECHATPAY_PUBLIC_KEY_ID", "WECHATPAY_PUBLIC_KEY_FILE", "WECHATPAY_APIV3_KEY"}},
 	}
 	for _, tt := range tests {

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"mime"
 	"net/http"
 	"strconv"
 	"strings"
@@ -90,10 +91,10 @@ func errAnswer(status int, code string, internal int, format string, args ...any
 
 // writeBody is the JSON body of a write request.
 type writeBody struct {
-	BrandID          string                 `json:"brand_id"`
-	OutRequestNo     string                 `json:"out_request_no"`
-	DisplayInfo      *wechatpay.DisplayInfo `json:"display_info"`
-	DeactivateReason string                 `json:"deactivate_reason"`
+	BrandID          *string         `json:"brand_id"`
+	OutRequestNo     string          `json:"out_request_no"`
+	DisplayInfo      json.RawMessage `json:"display_info"`
+	DeactivateReason string          `json:"deactivate_reason"`
 }
 
 // ServeHTTP answers one API call.
@@ -111,7 +112,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			now = s.now()
 		}
 	}
-	rec := Request{Time: now, Method: r.Method, Path: r.URL.Path}
+	rec := Request{Time: now, Method: r.Method, Path: r.URL.Path, Query: r.URL.RawQuery, Serial: r.Header.Get("Wechatpay-Serial")}
 	defer func() { s.logRequest(rec) }()
 
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 1<<20))
@@ -128,9 +129,23 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.reply(w, &rec, errAnswer(401, wechatpay.CodeSignError, internalGeneric, "%v", err), sigGood)
 		return
 	}
+	if r.Method != http.MethodGet {
+		rec.Body = body
+	}
 	if r.Header.Get("User-Agent") == "" {
 		s.reply(w, &rec, errAnswer(400, wechatpay.CodeInvalidRequest, internalGeneric, "User-Agent header missing"), sigGood)
 		return
+	}
+	if r.Header.Get("Accept") == "" {
+		// The rule book: send Accept: application/json.
+		s.reply(w, &rec, errAnswer(400, wechatpay.CodeInvalidRequest, internalGeneric, "Accept header missing"), sigGood)
+		return
+	}
+	if r.Method == http.MethodPatch || r.Method == http.MethodPost {
+		if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/json" {
+			s.reply(w, &rec, errAnswer(400, wechatpay.CodeInvalidRequest, internalGeneric, "Content-Type must be application/json, got %.64q", r.Header.Get("Content-Type")), sigGood)
+			return
+		}
 	}
 	op, couponID, brandPath, ok := route(r.Method, r.URL.Path)
 	rec.Op, rec.CouponID = op, couponID
@@ -156,24 +171,41 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.reply(w, &rec, errAnswer(400, wechatpay.CodeParamError, internalGeneric, "Wechatpay-Serial header missing"), sigGood)
 		return
 	case serial != "" && s.cfg.mode == wechatpay.ModeBrand && !s.knownSerial(serial):
-		// Required in brand mode; partner mode does not document it, so it is not checked there.
 		s.reply(w, &rec, errAnswer(400, wechatpay.CodeParamError, internalGeneric, "Wechatpay-Serial %.64q is not a current WeChat Pay key", serial), sigGood)
+		return
+	case serial != "" && !s.issuedSerial(serial):
+		// Optional in partner mode, but one that names no key WeChat Pay
+		// ever issued is a client bug. A retired certificate's serial
+		// still names a key: a client may not have refreshed yet.
+		s.reply(w, &rec, errAnswer(400, wechatpay.CodeParamError, internalGeneric, "Wechatpay-Serial %.64q names no WeChat Pay key", serial), sigGood)
 		return
 	}
 
 	// Who is asking, and for which brand.
 	var wb writeBody
+	brandMode := s.cfg.mode == wechatpay.ModeBrand
 	if op != OpGet {
-		dec := json.NewDecoder(bytes.NewReader(body))
-		if err := dec.Decode(&wb); err != nil {
-			s.reply(w, &rec, errAnswer(400, wechatpay.CodeParamError, internalGeneric, "body is not the expected JSON: %v", err), sigGood)
+		if a := decodeWriteBody(body, &wb); a != nil {
+			s.reply(w, &rec, a, sigGood)
 			return
 		}
-	} else {
-		wb.BrandID = r.URL.Query().Get("brand_id")
+		if brandMode && wb.BrandID != nil {
+			// Brand mode: the Authorization header names the brand.
+			s.reply(w, &rec, errAnswer(400, wechatpay.CodeParamError, internalGeneric, "brand_id is not a field of the brand-mode API"), sigGood)
+			return
+		}
+	} else if q, ok := r.URL.Query()["brand_id"]; ok {
+		if brandMode && (len(q) != 1 || q[0] != s.cfg.brandID) {
+			s.reply(w, &rec, errAnswer(400, wechatpay.CodeParamError, internalGeneric, "brand_id %.40q is not the brand of the Authorization header", strings.Join(q, ",")), sigGood)
+			return
+		}
+		wb.BrandID = &q[0]
 	}
-	brand := wb.BrandID
-	if s.cfg.mode == wechatpay.ModeBrand {
+	brand := ""
+	if wb.BrandID != nil {
+		brand = *wb.BrandID
+	}
+	if brandMode {
 		brand = s.cfg.brandID
 	}
 	rec.BrandID, rec.OutRequestNo = brand, wb.OutRequestNo
@@ -248,6 +280,19 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// decodeWriteBody decodes exactly one JSON object: anything after it is
+// refused, as a parser of the whole body would.
+func decodeWriteBody(body []byte, wb *writeBody) *answer {
+	dec := json.NewDecoder(bytes.NewReader(body))
+	if err := dec.Decode(wb); err != nil {
+		return errAnswer(400, wechatpay.CodeParamError, internalGeneric, "body is not the expected JSON: %v", err)
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return errAnswer(400, wechatpay.CodeParamError, internalGeneric, "body has data after its JSON object")
+	}
+	return nil
+}
+
 // replyRateLimited answers 429 RATELIMIT_EXCEEDED as WeChat Pay does over
 // its quota.
 func (s *Server) replyRateLimited(w http.ResponseWriter, rec *Request) {
@@ -284,7 +329,7 @@ func (s *Server) reply(w http.ResponseWriter, rec *Request, a *answer, mode sigM
 	// The fake's own clock, as WeChat Pay's Date is WeChat Pay's: a client
 	// measuring its skew from it sees WithClock and WithClockSkew.
 	h["Date"] = []string{s.now().UTC().Format(http.TimeFormat)}
-	s.signHeaders(h, body, mode, rec.Op == OpCertificates)
+	s.signHeaders(h, body, mode, rec.Op == OpCertificates, rec.Serial)
 	w.WriteHeader(a.status)
 	_, _ = w.Write(body)
 	rec.Status, rec.Code, rec.RequestID = a.status, a.code, rid
@@ -341,14 +386,3 @@ func (s *Server) serveCertificates(w http.ResponseWriter, rec *Request) {
 
 // cst is China Standard Time, the zone of WeChat Pay's timestamps.
 var cst = time.FixedZone("CST", 8*3600)
-
-// validationAnswer turns a Validate error into 400 PARAM_ERROR with a detail.
-func validationAnswer(err error) *answer {
-	a := errAnswer(400, wechatpay.CodeParamError, internalGeneric, "%v", err)
-	var ve *wechatpay.ValidationError
-	if errors.As(err, &ve) {
-		a.message = ve.Field + ": " + ve.Reason
-		a.detail = map[string]any{"field": ve.Field, "issue": ve.Reason, "location": "body"}
-	}
-	return a
-}

@@ -11,7 +11,6 @@ import (
 	mrand "math/rand/v2"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -195,6 +194,7 @@ type Server struct {
 
 	certMu    sync.RWMutex
 	certs     []*platformCert // oldest first
+	retired   []string        // serials of certificates no longer served
 	rotations int
 
 	sigCache sigCache
@@ -332,7 +332,10 @@ func NewServer(tb TB, opts ...Option) *Server {
 
 // newCert makes a self-signed platform certificate valid for five years.
 func (s *Server) newCert(key *rsa.PrivateKey) *platformCert {
-	serial, _ := new(big.Int).SetString(randomHex(40), 16)
+	// WeChat Pay's serials may start with a zero that %X would drop; the fake
+	// lists every one that way so clients that compare text are caught.
+	text := "0" + randomHex(39)
+	serial, _ := new(big.Int).SetString(text, 16)
 	now := s.now()
 	tmpl := &x509.Certificate{
 		SerialNumber: serial,
@@ -346,7 +349,7 @@ func (s *Server) newCert(key *rsa.PrivateKey) *platformCert {
 		panic("wechatpaytest: creating a certificate: " + err.Error())
 	}
 	return &platformCert{
-		serial: fmt.Sprintf("%X", serial), key: key,
+		serial: text, key: key,
 		pem:       pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
 		notBefore: tmpl.NotBefore, notAfter: tmpl.NotAfter,
 	}
@@ -434,6 +437,9 @@ func (s *Server) RetireOldCertificates() {
 	s.certMu.Lock()
 	defer s.certMu.Unlock()
 	if len(s.certs) > 1 {
+		for _, c := range s.certs[:len(s.certs)-1] {
+			s.retired = append(s.retired, c.serial)
+		}
 		s.certs = s.certs[len(s.certs)-1:]
 	}
 }
@@ -471,15 +477,16 @@ func (s *Server) Client(opts ...wechatpay.Option) *wechatpay.Client {
 }
 
 // WriteEnv writes the merchant private key (PKCS#8) and, in public-key
-// modes, WeChat Pay's public key as PEM files into dir, and returns the
-// WECHATPAY_* environment a worker needs to use this server.
+// modes, WeChat Pay's public key as PEM files of mode 0600 into dir (new
+// files renamed over any there, symlinks replaced rather than followed),
+// and returns the WECHATPAY_* environment a worker needs to use this server.
 func (s *Server) WriteEnv(dir string) (map[string]string, error) {
 	keyDER, err := x509.MarshalPKCS8PrivateKey(s.cfg.mchKey)
 	if err != nil {
 		return nil, fmt.Errorf("wechatpaytest: WriteEnv: %w", err)
 	}
 	keyFile := filepath.Join(dir, "apiclient_key.pem")
-	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
+	if err := writePrivateFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})); err != nil {
 		return nil, fmt.Errorf("wechatpaytest: WriteEnv: %w", err)
 	}
 	env := map[string]string{
@@ -499,7 +506,7 @@ func (s *Server) WriteEnv(dir string) (map[string]string, error) {
 			return nil, fmt.Errorf("wechatpaytest: WriteEnv: %w", err)
 		}
 		pubFile := filepath.Join(dir, "pub_key.pem")
-		if err := os.WriteFile(pubFile, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pubDER}), 0o600); err != nil {
+		if err := writePrivateFile(pubFile, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pubDER})); err != nil {
 			return nil, fmt.Errorf("wechatpaytest: WriteEnv: %w", err)
 		}
 		env["WECHATPAY_PUBLIC_KEY_ID"] = s.cfg.pubKeyID

@@ -51,6 +51,9 @@ type Request struct {
 	Code         string // error code answered
 	RequestID    string
 	Fault        string // one of the Fault* names, "" for none
+	Query        string // the raw query
+	Body         []byte // a write's body as received (once the signature checked out)
+	Serial       string // the request's Wechatpay-Serial; in BothKeyModes the answer is signed by the key it names
 }
 
 // Effect is one change the fake applied.
@@ -175,10 +178,20 @@ func (s *Server) SeedCoupons(brandID string, n int) []string {
 			Type:            "NORMAL",
 			UsageMode:       "SINGLE",
 			SingleUsageInfo: &wechatpay.SingleUsageInfo{NormalCoupon: &wechatpay.NormalCoupon{Threshold: 10000, DiscountAmount: 1000}},
+			// Everything a whole display_info holds, so a test sees what an
+			// update keeps (pick 3 of one choice: no rule bounds pick_count).
 			DisplayInfo: &wechatpay.DisplayInfo{
 				Name:          "满100减10元券",
 				ImageURL:      "https://wxpaylogo.qpic.cn/wxpaylogo/seed/" + id + ".png",
+				BackgroundURL: "https://wxpaylogo.qpic.cn/wxpaylogo/seed/" + id + "_bg.png",
+				DetailImageURLList: []string{
+					"https://wxpaylogo.qpic.cn/wxpaylogo/seed/" + id + "_d1.png",
+					"https://wxpaylogo.qpic.cn/wxpaylogo/seed/" + id + "_d2.png",
+				},
 				OriginalPrice: 10000,
+				ComboPackageList: []wechatpay.ComboPackage{{Name: "主食", PickCount: 3, ChoiceList: []wechatpay.ComboChoice{
+					{Name: "米饭", Price: 200, Count: 1, ImageURL: "https://wxpaylogo.qpic.cn/wxpaylogo/seed/rice.png"},
+				}}},
 			},
 			OutProductNo: "seed_" + id,
 		}
@@ -295,10 +308,17 @@ func digest(parts ...any) [32]byte {
 	return sha256.Sum256(b)
 }
 
+// update applies a PATCH the way that loses data if a client sends less
+// than the whole display_info: WeChat Pay documents name, image_url and
+// background_url as required and does not say whether PATCH merges or
+// replaces, so the fake requires them and replaces display_info whole.
 func (s *Server) update(id, brand string, wb *writeBody, now time.Time) *answer {
-	req := wechatpay.UpdateProductCouponRequest{ProductCouponID: id, BrandID: brand, OutRequestNo: wb.OutRequestNo, DisplayInfo: wb.DisplayInfo}
-	if err := req.Validate(); err != nil {
-		return validationAnswer(err)
+	if pe := s.checkWrite(brand, wb.OutRequestNo); pe != nil {
+		return pe.answer()
+	}
+	d, pe := checkDisplayInfo(wb.DisplayInfo)
+	if pe != nil {
+		return pe.answer()
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -307,55 +327,35 @@ func (s *Server) update(id, brand string, wb *writeBody, now time.Time) *answer 
 		return a
 	}
 	k := idemKey{brand, wb.OutRequestNo}
-	e := idemEntry{op: OpUpdate, couponID: id, digest: digest(wb.DisplayInfo)}
+	e := idemEntry{op: OpUpdate, couponID: id, digest: digest(d)}
 	if a := s.checkRepeatLocked(k, e, c); a != nil {
 		return a
 	}
 	if c.State == wechatpay.StateDeactivated {
 		return errAnswer(400, wechatpay.CodeInvalidRequest, internalStateConflict, "商品券已失效，不可修改")
 	}
-	// WeChat Pay does not document merge or replace; the fake merges the
-	// fields sent into display_info, never mutating the old value.
-	merged := mergeDisplay(c.DisplayInfo, wb.DisplayInfo)
-	next := *c
-	next.DisplayInfo = merged
+	next := *c // never mutate the old value: Coupon copies may share it
+	next.DisplayInfo = d.model()
 	s.coupons[id] = &next
 	s.recordLocked(k, e, Effect{Time: now, Op: OpUpdate, CouponID: id, BrandID: brand, OutRequestNo: wb.OutRequestNo})
 	return couponAnswer(&next)
 }
 
-func mergeDisplay(old, upd *wechatpay.DisplayInfo) *wechatpay.DisplayInfo {
-	var m wechatpay.DisplayInfo
-	if old != nil {
-		m = *old
+// checkWrite applies the rules every write shares: a brand (partner mode
+// sends it in the body) and the idempotency key's form.
+func (s *Server) checkWrite(brand, outRequestNo string) *paramError {
+	if brand == "" {
+		return refuse("brand_id", "required")
 	}
-	if upd.Name != "" {
-		m.Name = upd.Name
-	}
-	if upd.ImageURL != "" {
-		m.ImageURL = upd.ImageURL
-	}
-	if upd.BackgroundURL != "" {
-		m.BackgroundURL = upd.BackgroundURL
-	}
-	if upd.DetailImageURLList != nil {
-		m.DetailImageURLList = append([]string(nil), upd.DetailImageURLList...)
-	}
-	if upd.OriginalPrice != 0 {
-		m.OriginalPrice = upd.OriginalPrice
-	}
-	if upd.ComboPackageList != nil {
-		b, _ := json.Marshal(upd.ComboPackageList)
-		m.ComboPackageList = nil
-		_ = json.Unmarshal(b, &m.ComboPackageList)
-	}
-	return &m
+	return checkOutRequestNo(outRequestNo)
 }
 
 func (s *Server) deactivate(id, brand string, wb *writeBody, now time.Time) *answer {
-	req := wechatpay.DeactivateProductCouponRequest{ProductCouponID: id, BrandID: brand, OutRequestNo: wb.OutRequestNo, DeactivateReason: wb.DeactivateReason}
-	if err := req.Validate(); err != nil {
-		return validationAnswer(err)
+	if pe := s.checkWrite(brand, wb.OutRequestNo); pe != nil {
+		return pe.answer()
+	}
+	if pe := checkDeactivateReason(wb.DeactivateReason); pe != nil {
+		return pe.answer()
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -388,9 +388,8 @@ func (s *Server) recordLocked(k idemKey, e idemEntry, eff Effect) {
 }
 
 func (s *Server) get(id, brand string) *answer {
-	req := wechatpay.GetProductCouponRequest{ProductCouponID: id, BrandID: brand}
-	if err := req.Validate(); err != nil {
-		return validationAnswer(err)
+	if brand == "" {
+		return refuse("brand_id", "required").answer()
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
