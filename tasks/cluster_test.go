@@ -62,7 +62,7 @@ func TestReaderOnCluster(t *testing.T) {
 	if err != nil || !slices.Equal(got, ids) {
 		t.Errorf("BatchTaskIDs: %d ids, %v; want %d", len(got), err, len(ids))
 	}
-	fs, err := r.FailedTasks(ctx, batch, 0)
+	fs, err := r.FailedTasks(ctx, batch, n)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -311,18 +311,17 @@ func evictionHint(err error) error {
 	return err
 }
 
-// reportTopology says on stderr which Redis topology enqueue found, and
-// refuses one couponq cannot run on (worker.CheckTopology) before anything
-// is written.
-func reportTopology(ctx context.Context, e *env, rc *redisurl.Conn, rdb redis.UniversalClient) error {
+// enqueueTopology finds which Redis topology enqueue runs on, for its
+// stderr, and refuses one couponq cannot run on (worker.CheckTopology)
+// before anything is written.
+func enqueueTopology(ctx context.Context, rc *redisurl.Conn, rdb redis.UniversalClient) (redisurl.Topology, error) {
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	top, err := worker.CheckTopology(cctx, rc, rdb)
 	if err != nil {
-		return fmt.Errorf("%w (nothing was enqueued)", err)
+		return top, fmt.Errorf("%w (nothing was enqueued)", err)
 	}
-	fmt.Fprintln(e.stderr, "redis: "+top.String())
-	return nil
+	return top, nil
 }
 
 // checkRedisForEnqueue refuses an evicting Redis unless allowed, and warns
