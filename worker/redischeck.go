@@ -59,8 +59,12 @@ func (e *EvictionError) Error() string {
 // does not answer, or is older than 6.2 (asynq's archive needs 6.2), is an
 // error. The maxmemory-policy comes from CONFIG GET or, where CONFIG is
 // disabled (managed Redis), from INFO memory; the caller decides what an
-// evicting one means (RedisCheck.Eviction). miniredis never evicts.
+// evicting one means (RedisCheck.Eviction). miniredis never evicts. On a
+// cluster every master is checked.
 func CheckRedis(ctx context.Context, rdb redis.UniversalClient) (RedisCheck, error) {
+	if cc, ok := rdb.(*redis.ClusterClient); ok {
+		return checkClusterMasters(ctx, cc) // each master, not one at random
+	}
 	version, server, err := redisVersion(ctx, rdb)
 	if err != nil {
 		return RedisCheck{}, fmt.Errorf("worker: check Redis: %w", err)

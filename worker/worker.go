@@ -157,6 +157,9 @@ func (w *Worker) Run(ctx context.Context) error {
 		}
 		return err
 	}
+	if err := w.checkTopology(ctx, w.cfg.Redis); err != nil {
+		return err
+	}
 	if e := chk.Eviction(); e != nil {
 		if !w.cfg.AllowEviction {
 			return fmt.Errorf("worker: %w", e)

@@ -138,6 +138,10 @@ func runEnqueue(ctx context.Context, e *env, c *enqueueConfig) error {
 	if err := checkRedisForEnqueue(ctx, e, rdb, c.AllowEviction); err != nil {
 		return err
 	}
+	top, err := enqueueTopology(ctx, rc, rdb)
+	if err != nil {
+		return err
+	}
 	p, err := tasks.NewProducer(rdb, tasks.WithQueue(c.Queue), tasks.WithConcurrency(c.Concurrency),
 		tasks.WithResultTTL(c.ResultTTL))
 	if err != nil {
@@ -159,6 +163,7 @@ func runEnqueue(ctx context.Context, e *env, c *enqueueConfig) error {
 		// Named at once: an interrupted run is completed with --batch.
 		OnOpen: func(id string) {
 			prog.note(fmt.Sprintf("batch %s: enqueuing %d changes", id, n))
+			prog.note("redis: " + top.String())
 		},
 		OnProgress: func(bp tasks.BatchProgress) {
 			suffix := ""

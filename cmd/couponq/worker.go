@@ -24,7 +24,7 @@ import (
 
 const (
 	defaultRedisURL = "redis://127.0.0.1:6379/0"
-	redisFlagUsage  = "Redis URL: redis://, rediss:// or redis-sentinel:// (see the README)"
+	redisFlagUsage  = "Redis URL: redis://, rediss://, redis-sentinel:// or redis-cluster:// (see the README)"
 )
 
 // workerFlags is every setting of couponq worker: the worker.Config that
@@ -309,6 +309,19 @@ func evictionHint(err error) error {
 		return fmt.Errorf("%w; --allow-eviction (COUPONQ_ALLOW_EVICTION=true) runs anyway", err)
 	}
 	return err
+}
+
+// enqueueTopology finds which Redis topology enqueue runs on, for its
+// stderr, and refuses one couponq cannot run on (worker.CheckTopology)
+// before anything is written.
+func enqueueTopology(ctx context.Context, rc *redisurl.Conn, rdb redis.UniversalClient) (redisurl.Topology, error) {
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	top, err := worker.CheckTopology(cctx, rc, rdb)
+	if err != nil {
+		return top, fmt.Errorf("%w (nothing was enqueued)", err)
+	}
+	return top, nil
 }
 
 // checkRedisForEnqueue refuses an evicting Redis unless allowed, and warns

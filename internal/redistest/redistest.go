@@ -2,6 +2,11 @@
 // free loopback port with its own data directory, and stops it through
 // tb.Cleanup. It never touches port 6379 or data it did not create.
 //
+// StartCluster starts a Redis Cluster of three masters (with replicas if
+// asked; redis-cli creates it) and StartSentinel a primary, its replica
+// and three sentinels (redis-server --sentinel, the same binary); both can
+// kill a master and wait for the failover.
+//
 // Under go test -short every test that needs a server is skipped at once,
 // whether or not redis-server is installed: -short means the unit tests
 // only (make test-short). Otherwise, without redis-server on PATH the test
@@ -40,6 +45,12 @@ type Server struct {
 	persist bool
 	cmd     *exec.Cmd
 	done    chan struct{}
+
+	// Set by the cluster and sentinel launchers (cluster.go, sentinel.go).
+	busPort   int    // cluster bus port; 0: not a cluster node
+	replicaOf string // host:port of the primary this server replicates
+	sentinel  string // master name it monitors: this server is a sentinel
+	monitor   string // host:port of that master
 }
 
 // Option configures Start.
@@ -110,6 +121,9 @@ func (s *Server) Launch() {
 			s.tb.Fatal(err)
 		}
 		s.port = freePort(s.tb)
+		if s.busPort != 0 {
+			s.busPort = freePort(s.tb)
+		}
 	}
 }
 
@@ -139,8 +153,11 @@ func (s *Server) start() {
 	}
 }
 
-// startErr starts the server and waits until it answers.
-func (s *Server) startErr() error {
+// args is redis-server's command line.
+func (s *Server) args() []string {
+	if s.sentinel != "" {
+		return s.sentinelArgs()
+	}
 	args := []string{
 		"--port", strconv.Itoa(s.port), "--bind", "127.0.0.1", "--dir", s.dir,
 		"--save", "", "--maxmemory-policy", "noeviction", "--protected-mode", "yes",
@@ -151,6 +168,19 @@ func (s *Server) startErr() error {
 	} else {
 		args = append(args, "--appendonly", "no")
 	}
+	if s.busPort != 0 {
+		args = append(args, s.clusterArgs()...)
+	}
+	if s.replicaOf != "" {
+		host, port, _ := net.SplitHostPort(s.replicaOf)
+		args = append(args, "--replicaof", host, port)
+	}
+	return args
+}
+
+// startErr starts the server and waits until it answers.
+func (s *Server) startErr() error {
+	args := s.args()
 	s.cmd = exec.Command(s.bin, args...)
 	if err := s.cmd.Start(); err != nil {
 		return fmt.Errorf("redistest: start redis-server: %v", err)
