@@ -13,7 +13,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/redis/go-redis/v9"
 	"github.com/spf13/cobra"
 
 	"github.com/couponq/couponq/tasks"
@@ -121,9 +120,6 @@ func runEnqueue(ctx context.Context, e *env, c *enqueueConfig) error {
 		return usageErrorf("%s holds no changes", c.File)
 	}
 
-	// go-redis would print its own line per failed dial; the one error
-	// below says it all.
-	redis.SetLogger(quietRedisLog{})
 	rdb := rc.NewClient()
 	defer rdb.Close()
 	// Reach Redis before naming a batch: a wrong password or an absent
@@ -255,11 +251,6 @@ func firstTasks(errs []error, n int) string {
 	}
 	return strings.Join(names, ", ")
 }
-
-// quietRedisLog drops go-redis' internal log lines.
-type quietRedisLog struct{}
-
-func (quietRedisLog) Printf(context.Context, string, ...any) {}
 
 func enqueueFormat(c *enqueueConfig) (tasks.Format, error) {
 	switch strings.ToLower(c.Format) {

@@ -20,6 +20,7 @@ import (
 	"context"
 	"os"
 	"os/signal"
+	"sync"
 	"syscall"
 )
 
@@ -29,3 +30,13 @@ func main() {
 	stop()
 	os.Exit(exitCode(err, os.Stderr))
 }
+
+// quietRedisLogOnce silences go-redis' own log: it prints a line per
+// failed dial, while every command reports a Redis error itself, once
+// (status --wait as one warning). It is process-wide, so set once.
+var quietRedisLogOnce sync.Once
+
+// quietRedisLog drops go-redis' internal log lines.
+type quietRedisLog struct{}
+
+func (quietRedisLog) Printf(context.Context, string, ...any) {}

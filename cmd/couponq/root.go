@@ -12,6 +12,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/lmittmann/tint"
+	"github.com/redis/go-redis/v9"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 	"golang.org/x/term"
@@ -72,6 +73,7 @@ type env struct {
 
 // run is the whole binary, testable in-process.
 func run(ctx context.Context, args []string, getenv func(string) string, stdin io.Reader, stdout, stderr io.Writer) error {
+	quietRedisLogOnce.Do(func() { redis.SetLogger(quietRedisLog{}) })
 	e := &env{getenv: getenv, stdin: stdin, stdout: stdout, stderr: stderr}
 	root := &cobra.Command{
 		Use:   "couponq",

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -111,5 +112,31 @@ func TestStdinSpoolReadTwice(t *testing.T) {
 	cleanup()
 	if _, err := os.Stat(path); err == nil && runtime.GOOS == "linux" {
 		t.Errorf("%s still opens after cleanup", path)
+	}
+}
+
+// TestRedisDownIsOneLine: a command that cannot reach Redis says so in
+// one line of its own, without go-redis' line per failed dial.
+func TestRedisDownIsOneLine(t *testing.T) {
+	t.Parallel()
+	for _, args := range [][]string{
+		{"status", "--batch", "b1"},
+		{"batches"},
+		{"retry", "--batch", "b1"},
+		{"cancel", "--batch", "b1"},
+	} {
+		t.Run(args[0], func(t *testing.T) {
+			t.Parallel()
+			cmd := couponqProcess(t, t.TempDir(), []string{"COUPONQ_REDIS_URL=redis://127.0.0.1:1/0"}, args...)
+			out, err := cmd.CombinedOutput()
+			var ee *exec.ExitError
+			if !errors.As(err, &ee) || ee.ExitCode() != 1 {
+				t.Fatalf("exit = %v, want status 1; output:\n%s", err, out)
+			}
+			lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+			if len(lines) != 1 || !strings.HasPrefix(lines[0], "couponq: ") || !strings.Contains(lines[0], "connection refused") {
+				t.Errorf("output is %d lines, want one naming the refused connection:\n%s", len(lines), out)
+			}
+		})
 	}
 }

@@ -105,8 +105,6 @@ two bodies.`,
 			var q *quotaWatch
 			var sw *serverWatch
 			if c.Wait {
-				// A Redis outage is one warning, not a line per dial.
-				redis.SetLogger(quietRedisLog{})
 				if c.Rate > 0 {
 					q = &quotaWatch{rdb: rdb, identity: limiterIdentity(e.getenv), rate: c.Rate, every: 5 * time.Second}
 				}
