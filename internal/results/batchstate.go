@@ -197,8 +197,8 @@ type applied struct {
 
 // applyBatches runs the batch steps of several batches (and their task
 // set changes) in one pipeline: on a cluster, go-redis sends each to the
-// master of its slot. Every command is idempotent, so a pipeline sent
-// again after NOSCRIPT changes nothing twice.
+// master of its slot. Every command is idempotent: go-redis may send the
+// pipeline again after a read timeout.
 func (s *Store) applyBatches(ctx context.Context, applies []batchApply) ([]applied, error) {
 	out := make([]applied, len(applies))
 	type sent struct {

@@ -338,6 +338,12 @@ func TestHashTagKeys(t *testing.T) {
 	if _, err := NewStore(nil).RepairBatch(t.Context(), "x{y}"); err == nil {
 		t.Error("RepairBatch of a batch ID with braces")
 	}
+	if err := NewStore(nil).OpenBatch(t.Context(), "x}"); err == nil {
+		t.Error("OpenBatch of a batch ID with a brace")
+	}
+	if _, err := NewStore(nil).AcceptMany(t.Context(), "{x", Handoff{}, nil); err == nil {
+		t.Error("AcceptMany into a batch ID with a brace")
+	}
 }
 
 // A batch an older couponq wrote (counters by increments, no counted
