@@ -1,0 +1,76 @@
+package e2e
+
+import (
+	"fmt"
+	"testing"
+
+	"github.com/hibiken/asynq"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/couponq/couponq/internal/redistest"
+	"github.com/couponq/couponq/internal/redisurl"
+)
+
+// A scenario runs on the Redis a URL names: one server (redis://), a
+// Sentinel group (redis-sentinel://) or a Redis Cluster
+// (redis-cluster://). In-process workers and producers, worker processes
+// (E2E_REDIS_URL) and the couponq binary (COUPONQ_REDIS_URL) all connect
+// through that URL, parsed by internal/redisurl as couponq parses it.
+
+// topo is the Redis one test runs on: the URL everything is given, and
+// the test's own client of it.
+type topo struct {
+	url string
+	rdb redis.UniversalClient
+
+	// At most one is set: what started the Redis.
+	single   *redistest.Server
+	sentinel *redistest.Sentinel
+	cluster  *redistest.Cluster
+}
+
+// onSingle starts one redis-server.
+func onSingle(t *testing.T, opts ...redistest.Option) *topo {
+	t.Helper()
+	s := redistest.Start(t, opts...)
+	return newTopo(t, s.URL(), func(r *topo) { r.single = s })
+}
+
+func newTopo(t *testing.T, url string, set func(*topo)) *topo {
+	t.Helper()
+	r := &topo{url: url}
+	set(r)
+	r.rdb = redisConn(t, url).NewClient()
+	t.Cleanup(func() { r.rdb.Close() })
+	return r
+}
+
+// redisConn parses url as couponq does.
+func redisConn(t *testing.T, url string) *redisurl.Conn {
+	t.Helper()
+	c, err := redisurl.Parse(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// inspector is an asynq Inspector of the topology, closed when the test
+// ends.
+func (r *topo) inspector(t *testing.T) *asynq.Inspector {
+	t.Helper()
+	insp := asynq.NewInspector(redisConn(t, r.url))
+	t.Cleanup(func() { insp.Close() })
+	return insp
+}
+
+func (r *topo) String() string {
+	switch {
+	case r.cluster != nil:
+		return fmt.Sprintf("cluster %s", r.url)
+	case r.sentinel != nil:
+		return fmt.Sprintf("sentinel %s", r.url)
+	default:
+		return r.url
+	}
+}
