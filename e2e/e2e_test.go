@@ -354,8 +354,8 @@ func faultMix(t *testing.T, r *topo, workers workerKind) {
 	if failed != len(permanent) {
 		t.Errorf("%d failed, want exactly the %d permanent ones", failed, len(permanent))
 	}
-	t.Logf("%s: 1000 changes in %s: %d succeeded, %d failed, %d API requests, faults %v",
-		r, time.Since(start).Round(time.Millisecond), ok, failed, len(fake.Requests()), faultCounts(fake))
+	t.Logf("%s: 1000 changes in %s: %d succeeded, %d failed, %d API requests, faults %v %s",
+		r, time.Since(start).Round(time.Millisecond), ok, failed, len(fake.Requests()), faultCounts(fake), r.keysPerMaster(t.Context()))
 }
 
 func TestReenqueueIsDuplicates(t *testing.T) {

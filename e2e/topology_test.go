@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
 	"strings"
 	"testing"
@@ -92,6 +93,29 @@ func (r *topo) inspector(t *testing.T) *asynq.Inspector {
 	insp := asynq.NewInspector(redisConn(t, r.url))
 	t.Cleanup(func() { insp.Close() })
 	return insp
+}
+
+// keysPerMaster counts the keys on each master of a cluster ("" on one
+// server or Sentinel): where the data of a run went.
+func (r *topo) keysPerMaster(ctx context.Context) string {
+	if r.cluster == nil {
+		return ""
+	}
+	ms, err := r.cluster.Masters(ctx)
+	if err != nil {
+		return err.Error()
+	}
+	var parts []string
+	for _, m := range ms {
+		rc := redis.NewClient(&redis.Options{Addr: m.Addr()})
+		n, err := rc.DBSize(ctx).Result()
+		rc.Close()
+		if err != nil {
+			return err.Error()
+		}
+		parts = append(parts, fmt.Sprintf("%s %d", m.Addr(), n))
+	}
+	return "keys per master: " + strings.Join(parts, ", ")
 }
 
 func (r *topo) String() string {
