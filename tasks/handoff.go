@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/hibiken/asynq"
@@ -241,6 +242,10 @@ type AdoptReport struct {
 	Adopted map[string][]string // queue → task IDs enqueued
 	Sealed  []string            // batches sealed for their producer
 	Failed  map[string]error    // task ID → why it could not be enqueued
+	// Repaired maps each batch the sweep repaired (results.RepairBatch:
+	// abandoned batches before they are sealed, and batches that made no
+	// progress between two looks) to the tasks whose counts it corrected.
+	Repaired map[string]int
 }
 
 // adoptLockTTL bounds how long a crashed sweeper blocks the others.
@@ -258,7 +263,7 @@ return 0
 // more, and seals batches whose producer was last seen more than grace
 // ago. Without the lock (another worker sweeps) it does nothing.
 func (a *Adopter) Sweep(ctx context.Context, queues []string, grace time.Duration, limit int) (*AdoptReport, error) {
-	rep := &AdoptReport{Adopted: map[string][]string{}, Failed: map[string]error{}}
+	rep := &AdoptReport{Adopted: map[string][]string{}, Failed: map[string]error{}, Repaired: map[string]int{}}
 	rdb := a.store.Redis()
 	token := lockToken()
 	ok, err := rdb.SetNX(ctx, results.AdoptLockKey, token, adoptLockTTL).Result()
@@ -285,6 +290,11 @@ func (a *Adopter) Sweep(ctx context.Context, queues []string, grace time.Duratio
 			continue
 		}
 		rep.Checked += len(ids)
+		// Their batches count them as their results say: a producer
+		// killed between an accept's two steps left them uncounted.
+		if err := a.store.Settle(ctx, ids); err != nil {
+			errs = append(errs, err)
+		}
 		r, err := a.ensure(ctx, a.store, ids)
 		if err != nil {
 			errs = append(errs, err)
@@ -312,13 +322,93 @@ func (a *Adopter) Sweep(ctx context.Context, queues []string, grace time.Duratio
 		errs = append(errs, err)
 	}
 	for _, b := range batches {
+		// Recounted before it is sealed: a step its producer's crash lost
+		// would keep it from finishing, or finish it early.
+		n, err := a.store.RepairBatch(ctx, b)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if n > 0 {
+			rep.Repaired[b] = n
+		}
 		if err := a.store.SealBatch(ctx, b); err != nil {
 			errs = append(errs, err)
 			continue
 		}
 		rep.Sealed = append(rep.Sealed, b)
 	}
+	if err := a.repairStuck(ctx, limit, rep); err != nil {
+		errs = append(errs, err)
+	}
 	return rep, errors.Join(errs...)
+}
+
+// repairEvery is how often the sweep looks at the unfinished batches for
+// stuck ones.
+const repairEvery = 5 * time.Minute
+
+// repairStuck, at most once per repairEvery (across workers), looks at up
+// to limit of the newest batches: a sealed, unfinished one whose count of
+// terminal tasks has not moved since the last look is repaired (a worker
+// crashed between a task's result step and its batch step, and nothing
+// has applied it since). Progress is kept in results.RepairSeenKey.
+func (a *Adopter) repairStuck(ctx context.Context, limit int, rep *AdoptReport) error {
+	rdb := a.store.Redis()
+	ok, err := rdb.SetNX(ctx, results.RepairPassKey, "1", repairEvery).Result()
+	if err != nil || !ok {
+		return err
+	}
+	ids, err := rdb.ZRevRange(ctx, results.BatchesKey, 0, int64(limit)-1).Result()
+	if err != nil || len(ids) == 0 {
+		return err
+	}
+	pipe := rdb.Pipeline()
+	cmds := make([]*redis.SliceCmd, len(ids))
+	for i, b := range ids {
+		cmds[i] = pipe.HMGet(ctx, results.BatchKey(b), results.BatchFieldSealed, results.BatchFieldFinishedAt,
+			results.BatchFieldSucceeded, results.BatchFieldFailed, results.BatchFieldCanceled)
+	}
+	seenCmd := pipe.HGetAll(ctx, results.RepairSeenKey)
+	if _, err := pipe.Exec(ctx); err != nil {
+		return fmt.Errorf("couponq: look for stuck batches: %w", err)
+	}
+	seen := seenCmd.Val()
+	next := map[string]any{}
+	var errs []error
+	for i, b := range ids {
+		v := cmds[i].Val()
+		str := func(j int) string { s, _ := v[j].(string); return s }
+		if str(0) != "1" || str(1) != "" {
+			continue // open (its producer or the sweep seals it) or finished
+		}
+		done := 0
+		for j := 2; j < 5; j++ {
+			n, _ := strconv.Atoi(str(j))
+			done += n
+		}
+		key := strconv.Itoa(done)
+		if seen[b] == key {
+			n, err := a.store.RepairBatch(ctx, b)
+			if err != nil {
+				errs = append(errs, err)
+			} else if n > 0 {
+				rep.Repaired[b] = n
+			}
+		}
+		next[b] = key
+	}
+	// The look replaces the last one: finished and expired batches drop out.
+	pipe = rdb.TxPipeline()
+	pipe.Del(ctx, results.RepairSeenKey)
+	if len(next) > 0 {
+		pipe.HSet(ctx, results.RepairSeenKey, next)
+		pipe.Expire(ctx, results.RepairSeenKey, 4*repairEvery)
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		errs = append(errs, fmt.Errorf("couponq: look for stuck batches: %w", err))
+	}
+	return errors.Join(errs...)
 }
 
 func lockToken() string {

@@ -256,3 +256,58 @@ func TestPipelinedClientWholePipelineError(t *testing.T) {
 		t.Error("SealBatch with a wrong password succeeded")
 	}
 }
+
+// The sweep repairs a batch whose counters a crash left behind its
+// results: an abandoned one before it seals it, and a sealed one that
+// made no progress between two looks.
+func TestAdopterRepairsBatches(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := t.Context()
+	a := NewAdopter(b.rdb, 0)
+	// finishLost finishes a task's result as a worker killed before its
+	// batch step would: the result says succeeded, the batch does not.
+	finishLost := func(taskID string) {
+		t.Helper()
+		b.mr.HSet(results.ResultKey(taskID), results.FieldStatus, string(StatusSucceeded))
+	}
+	for _, batch := range []string{"abandoned", "stuck"} {
+		c := getChange(batch + "_1")
+		rep, err := b.p.EnqueueBatch(ctx, Changes([]Change{c}), BatchOptions{ID: batch})
+		if err != nil || rep.Total != 1 {
+			t.Fatalf("enqueue %s = %+v, %v", batch, rep, err)
+		}
+		finishLost(c.TaskID())
+	}
+	// "abandoned" is open again, its producer long gone (testNow is long ago).
+	if err := b.store.MarkOpen(ctx, "abandoned"); err != nil {
+		t.Fatal(err)
+	}
+	b.mr.HSet(results.BatchKey("abandoned"), results.BatchFieldSealed, "0")
+
+	rep, err := a.Sweep(ctx, []string{DefaultQueue}, time.Minute, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !cmp.Equal(rep.Sealed, []string{"abandoned"}) || !cmp.Equal(rep.Repaired, map[string]int{"abandoned": 1}) {
+		t.Errorf("first sweep = %+v", rep)
+	}
+	if s := b.batch(t, "abandoned"); !s.Done() || s.Succeeded != 1 {
+		t.Errorf("abandoned batch after the sweep = %+v", s)
+	}
+	if s := b.batch(t, "stuck"); s.Done() {
+		t.Errorf("stuck batch done after one look: %+v", s)
+	}
+	// The next look, repairEvery later, finds no progress: repaired.
+	b.mr.FastForward(repairEvery)
+	rep, err = a.Sweep(ctx, []string{DefaultQueue}, time.Minute, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !cmp.Equal(rep.Repaired, map[string]int{"stuck": 1}) {
+		t.Errorf("second sweep = %+v", rep)
+	}
+	if s := b.batch(t, "stuck"); !s.Done() || s.Succeeded != 1 {
+		t.Errorf("stuck batch after the second look = %+v", s)
+	}
+}

@@ -16,7 +16,9 @@ func newULID() string { return ulid.Make().String() }
 func newBatchID() string { return newULID() }
 
 // ValidateBatchID checks a batch ID: 1–128 characters of [0-9A-Za-z_.-].
-// (":" is refused so that no batch key can spell another batch's task set.)
+// (":" is refused so that no batch key can spell another batch's task set;
+// "{" and "}" so that couponq's own keys in a batch's hash slot, whose
+// hash tag is the batch key's name, stay in that slot on Redis Cluster.)
 func ValidateBatchID(id string) error {
 	if id == "" {
 		return fmt.Errorf("couponq: invalid batch ID: empty")

@@ -137,7 +137,7 @@ func TestEnqueueConflict(t *testing.T) {
 	}
 	dropCalls := func() {
 		for _, k := range b.mr.Keys() {
-			if strings.HasPrefix(k, "couponq:accept-call:") {
+			if strings.HasPrefix(k, "{"+results.BatchKey("c")+"}:") { // batch c's own keys
 				b.mr.Del(k)
 			}
 		}
@@ -163,8 +163,8 @@ func TestEnqueueConflict(t *testing.T) {
 	if !errors.Is(rep.Err(), ErrConflict) {
 		t.Errorf("report Err = %v", rep.Err())
 	}
-	// Nothing written: only the new batch's own keys and the accept
-	// call's record of its outcome differ.
+	// Nothing written: only the new batch's keys (its hash, its listing,
+	// and its record of the call's events) differ.
 	b.mr.Del(results.BatchKey("c"))
 	b.mr.Del(results.BatchesKey)
 	dropCalls()
@@ -579,7 +579,7 @@ func TestProducerQueueAndRetryOptions(t *testing.T) {
 func TestEnqueueBatchBadID(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	for _, id := range []string{"a:b", strings.Repeat("x", 129), "a b"} {
+	for _, id := range []string{"a:b", strings.Repeat("x", 129), "a b", "{a}", "a}b{"} {
 		if _, err := b.p.EnqueueBatch(t.Context(), Changes(nil), BatchOptions{ID: id}); err == nil {
 			t.Errorf("batch ID %q accepted", id)
 		}

@@ -34,8 +34,9 @@ func (w *Worker) adoptLoop(ctx context.Context) {
 
 // Adopt runs one pass of the adoption sweep (tasks.Adopter.Sweep) over the
 // served queues with the configured grace period: it enqueues the changes
-// a producer accepted but never handed to asynq, and seals batches whose
-// producer is gone, logging each. It returns how many tasks it enqueued.
+// a producer accepted but never handed to asynq, seals batches whose
+// producer is gone and repairs batches a crash left behind their results,
+// logging each. It returns how many tasks it enqueued.
 func (w *Worker) Adopt(ctx context.Context) int {
 	queues := slices.Sorted(maps.Keys(w.cfg.Queues))
 	rep, err := w.adopter.Sweep(ctx, queues, w.cfg.AdoptAfter, adoptLimit)
@@ -55,6 +56,9 @@ func (w *Worker) Adopt(ctx context.Context) int {
 	}
 	for _, b := range rep.Sealed {
 		w.log.Warn("sealed a batch its producer left open", "batch", b, "after", w.cfg.AdoptAfter)
+	}
+	for b, n := range rep.Repaired {
+		w.log.Warn("repaired the counters of a batch a crash left behind its results", "batch", b, "tasks", n)
 	}
 	w.cfg.Metrics.ObserveAbandoned(len(rep.Sealed))
 	return n

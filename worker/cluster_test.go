@@ -24,6 +24,7 @@ import (
 	"github.com/couponq/couponq/internal/results"
 	"github.com/couponq/couponq/internal/testutil"
 	"github.com/couponq/couponq/tasks"
+	"github.com/couponq/couponq/wechatpay"
 )
 
 // The limiter's keys carry the identity as a hash tag, so its two-key
@@ -187,48 +188,70 @@ func TestAsynqOnCluster(t *testing.T) {
 	}
 }
 
-// A worker refuses a Redis Cluster at start, with one line naming the
-// result scripts that cross slots, while CrossSlotScripts names any; and
-// it logs the topology it runs on.
-func TestWorkerRefusesCrossSlotCluster(t *testing.T) {
+// A worker runs on a Redis Cluster: it logs the topology, and a batch
+// (one task failing for good) finishes with counters that equal its
+// results. Until every result script touched one hash slot, the worker
+// refused a cluster at start.
+func TestWorkerRunsBatchOnCluster(t *testing.T) {
 	t.Parallel()
-	if len(results.CrossSlotScripts()) == 0 {
-		t.Fatal("no script crosses slots any more: this test should now run a batch on the cluster")
+	if cs := results.CrossSlotScripts(); len(cs) != 0 {
+		t.Fatalf("scripts cross slots: %v", cs)
 	}
 	c := redistest.StartCluster(t)
 	conn, err := redisurl.Parse(c.URL())
 	if err != nil {
 		t.Fatal(err)
 	}
+	rdb := c.Client()
 	var log syncBuffer
-	w, err := New(Config{Redis: conn, Logger: slog.New(slog.NewTextHandler(&log, nil))}, newStubAPI())
+	api := newStubAPI()
+	const batch, n = "on-cluster", 12
+	failing := fmt.Sprintf("2%04d%05d", crc32.ChecksumIEEE([]byte(batch))%10000, 3) // sentinelBatch's coupon 3
+	api.failNext(tasks.OpUpdate, failing, &wechatpay.APIError{HTTPStatus: 400, Code: "PARAM_ERROR", Message: "bad"})
+	w, err := New(Config{Redis: conn, Concurrency: 4, MaxRetry: 3, RetryBase: 10 * time.Millisecond, RetryCap: 50 * time.Millisecond,
+		Rate: 0, ShutdownTimeout: 2 * time.Second, Logger: slog.New(slog.NewTextHandler(&log, nil))}, api)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer w.Close()
-	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
-	defer cancel()
-	err = w.Run(ctx)
-	var cs *CrossSlotError
-	if !errors.As(err, &cs) {
-		t.Fatalf("Run on a cluster: %v, want a *CrossSlotError", err)
+	ctx, stop := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	defer func() {
+		stop()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+		if t.Failed() {
+			t.Logf("worker log:\n%s", log.String())
+		}
+	}()
+	ids := sentinelBatch(t, rdb, batch, n)
+	m := pollBatch(t, rdb, batch, 60*time.Second)
+	if !strings.Contains(log.String(), "redis topology: cluster with 3 masters") {
+		t.Error("worker log lacks its topology line")
 	}
-	msg := err.Error()
-	for _, want := range append([]string{"cluster with 3 masters", "CROSSSLOT", "use one Redis server or Sentinel"}, results.CrossSlotScripts()...) {
-		if !strings.Contains(msg, want) {
-			t.Errorf("error %q lacks %q", msg, want)
+	count := map[string]int{}
+	for _, id := range ids {
+		st, err := rdb.HGet(t.Context(), results.ResultKey(id), results.FieldStatus).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		count[st]++
+	}
+	if count["succeeded"] != n-1 || count["failed"] != 1 {
+		t.Errorf("results: %v", count)
+	}
+	for _, f := range []string{"succeeded", "failed", "canceled"} {
+		if m[f] != strconv.Itoa(count[f]) {
+			t.Errorf("batch %s = %q, results say %d", f, m[f], count[f])
 		}
 	}
-	if strings.Contains(msg, "\n") {
-		t.Errorf("error is not one line: %q", msg)
+	if m["total"] != strconv.Itoa(n) {
+		t.Errorf("batch total = %q", m["total"])
 	}
-	// Nothing of couponq's was written (asynq's server never started).
-	n, err := c.DBSize(t.Context())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if n != 0 {
-		t.Errorf("%d keys written on the cluster", n)
+	if members, err := rdb.SCard(t.Context(), results.BatchTasksKey(batch)).Result(); err != nil || members != n {
+		t.Errorf("task set: %d, %v", members, err)
 	}
 }
 

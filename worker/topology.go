@@ -3,62 +3,30 @@ package worker
 import (
 	"context"
 	"fmt"
-	"strings"
 	"sync"
 
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/couponq/couponq/internal/redisurl"
-	"github.com/couponq/couponq/internal/results"
 )
-
-// CrossSlotError refuses a Redis Cluster while some of couponq's result
-// scripts touch keys of more than one hash slot: Redis Cluster (and the
-// proxies of managed cluster editions) would refuse them with CROSSSLOT
-// at the first task, after asynq had already taken it.
-type CrossSlotError struct {
-	Topology redisurl.Topology
-	Scripts  []string // results.CrossSlotScripts
-}
-
-func (e *CrossSlotError) Error() string {
-	return fmt.Sprintf("couponq cannot run on this Redis Cluster (%s) yet: its result scripts %s touch keys of more than one hash slot, which Redis Cluster refuses (CROSSSLOT); use one Redis server or Sentinel",
-		e.Topology, strings.Join(e.Scripts, ", "))
-}
 
 // CheckTopology describes the Redis that conn names, through rdb (a
 // client made by conn), and refuses what couponq cannot run on: a redis://
-// URL that leads to a cluster node, and a cluster while
-// results.CrossSlotScripts names any script (a *CrossSlotError).
+// URL that leads to a cluster node (a plain client cannot follow the
+// cluster's redirections). A cluster itself is fine: every script of
+// couponq touches the keys of one hash slot (results.CrossSlotScripts is
+// empty, and TestStoreScriptsOnCluster runs them all on a real cluster).
 func CheckTopology(ctx context.Context, conn *redisurl.Conn, rdb redis.UniversalClient) (redisurl.Topology, error) {
-	top, err := conn.Describe(ctx, rdb)
-	if err != nil {
-		return top, err
-	}
-	return top, refuseCrossSlot(top)
-}
-
-func refuseCrossSlot(top redisurl.Topology) error {
-	if top.Kind != redisurl.Cluster {
-		return nil
-	}
-	if s := results.CrossSlotScripts(); len(s) > 0 {
-		return &CrossSlotError{Topology: top, Scripts: s}
-	}
-	return nil
+	return conn.Describe(ctx, rdb)
 }
 
 // checkTopology logs the topology the worker found and refuses one it
 // cannot run on. A connection that is not a *redisurl.Conn (a library
-// user's asynq option) cannot be described; only its cluster client is
-// refused.
+// user's asynq option) is not described.
 func (w *Worker) checkTopology(ctx context.Context, opt asynq.RedisConnOpt) error {
 	conn, ok := opt.(*redisurl.Conn)
 	if !ok {
-		if _, isCluster := w.rdb.(*redis.ClusterClient); isCluster {
-			return refuseCrossSlot(redisurl.Topology{Kind: redisurl.Cluster})
-		}
 		return nil
 	}
 	cctx, cancel := context.WithTimeout(ctx, redisCheckTimeout)

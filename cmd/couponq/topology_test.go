@@ -64,55 +64,48 @@ func TestTopologyLineSingle(t *testing.T) {
 	}
 }
 
-// On a Redis Cluster while result scripts cross slots, enqueue and worker
-// refuse at start with one line and write nothing; a redis:// URL naming a
-// cluster node is refused too, naming the URL to use.
-func TestClusterRefusedAtStart(t *testing.T) {
+// On a Redis Cluster the whole pipeline runs (enqueue, worker, status
+// --wait), each naming the topology; a redis:// URL naming a cluster node
+// is refused at start with one line naming the URL to use, and writes
+// nothing.
+func TestClusterAtStart(t *testing.T) {
 	t.Parallel()
 	c := redistest.StartCluster(t)
 	b := urlBundle(t, c.URL(), 3)
 	f := b.writeFile(t, "changes.jsonl", changeLines(b, 3, "clu"))
-	oneLine := func(name string, r result, want ...string) {
-		t.Helper()
-		if r.code != 1 || r.stdout != "" {
-			t.Errorf("%s: exit %d, stdout %q; want 1 and nothing", name, r.code, r.stdout)
-		}
-		var lines []string
-		for _, l := range strings.Split(strings.TrimSpace(r.stderr), "\n") {
-			if strings.Contains(l, want[0]) {
-				lines = append(lines, l)
-			}
-		}
-		if len(lines) != 1 {
-			t.Errorf("%s: want one line with %q, got:\n%s", name, want[0], r.stderr)
-			return
-		}
-		for _, w := range want[1:] {
-			if !strings.Contains(lines[0], w) {
-				t.Errorf("%s: %q lacks %q", name, lines[0], w)
-			}
+	r := b.run(t, "", "enqueue", "--file", f, "--redis", "redis://"+c.Addrs()[0])
+	var lines []string
+	for _, l := range strings.Split(strings.TrimSpace(r.stderr), "\n") {
+		if strings.Contains(l, "is a Redis Cluster node") {
+			lines = append(lines, l)
 		}
 	}
-	r := b.run(t, "", "enqueue", "--file", f)
-	oneLine("enqueue", r, "cannot run on this Redis Cluster (cluster with 3 masters)", "CROSSSLOT", "nothing was enqueued")
-	if strings.Count(strings.TrimSpace(r.stderr), "\n") != 0 {
-		t.Errorf("enqueue: stderr is not one line:\n%s", r.stderr)
+	if r.code != 1 || r.stdout != "" || len(lines) != 1 ||
+		!strings.Contains(lines[0], "use redis-cluster://"+c.Addrs()[0]) || !strings.Contains(lines[0], "nothing was enqueued") {
+		t.Errorf("enqueue to one node: exit %d, stdout %q, stderr:\n%s", r.code, r.stdout, r.stderr)
 	}
-	w := b.startProc(t, "worker", "--rate", "0", "--http", "")
-	select {
-	case r := <-w.done:
-		w.done <- r
-		oneLine("worker", r, "cannot run on this Redis Cluster (cluster with 3 masters)", "CROSSSLOT")
-	case <-time.After(60 * time.Second):
-		t.Fatal("couponq worker ran on a cluster whose scripts cross slots")
-	}
-	r = b.run(t, "", "enqueue", "--file", f, "--redis", "redis://"+c.Addrs()[0])
-	oneLine("enqueue to one node", r, "is a Redis Cluster node: use redis-cluster://"+c.Addrs()[0], "nothing was enqueued")
 	n, err := c.DBSize(t.Context())
 	if err != nil {
 		t.Fatal(err)
 	}
 	if n != 0 {
 		t.Errorf("%d keys written on the cluster", n)
+	}
+
+	const want = "cluster with 3 masters"
+	r = b.run(t, "", "enqueue", "--file", f)
+	if r.code != 0 || !strings.Contains(r.stderr, "redis: "+want+"\n") {
+		t.Fatalf("enqueue: exit %d, stderr lacks %q:\n%s", r.code, "redis: "+want, r.stderr)
+	}
+	batch := strings.TrimSpace(r.stdout)
+	w := b.startProc(t, "worker", "--rate", "0", "--http", "", "--log-format", "text")
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	r = runWith(ctx, b.getenv, "", "status", "--batch", batch, "--wait", "--interval", "100ms")
+	if r.code != 0 {
+		t.Errorf("status --wait: exit %d: %s", r.code, r.stderr)
+	}
+	if !strings.Contains(w.stderr.String(), "redis topology: "+want) {
+		t.Errorf("worker log lacks %q:\n%s", "redis topology: "+want, w.stderr.String())
 	}
 }

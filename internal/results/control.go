@@ -4,46 +4,32 @@ import (
 	"context"
 	"fmt"
 	"strings"
-
-	"github.com/redis/go-redis/v9"
 )
 
-// The writes of couponq retry and couponq cancel. Like Finish, a status
-// change and its batch counter move in one script, so the counters always
-// equal what the results say.
+// The writes of couponq retry and couponq cancel. Like Finish, each is a
+// result step and a batch step (see batchstate.go), so the counters
+// always equal what the results say.
 
-// requeueScript starts another run of a failed or canceled task: status
-// queued again, runs incremented, its batch's counter of the old status
-// decremented and the batch unfinished (and no longer canceled). Returns
-// "queued:" and the old status when it did, else the status it left alone
-// ("" for no result), or "other_code:" and the status when ARGV[4] names
-// another error_code.
+// requeueScript is the result step of Requeue: it starts another run of a
+// failed or canceled task: status queued again, runs incremented. Returns
+// {what, batch, runs, status}: what is "queued:" and the old status when it
+// did, else the status it left alone ("" for no result), or "other_code:"
+// and the status when ARGV[3] names another error_code; status is the
+// task's status now.
 //
 // KEYS[1] -> couponq:result:<task_id>
 // ARGV[1] -> now, ARGV[2] -> TTL in milliseconds
-// ARGV[3] -> the batch key prefix "couponq:batch:"
-// ARGV[4] -> error_code the task must have ("" = any)
-//
-// The batch key is ARGV[3] followed by the result's batch field, as in
-// finishScript: the two move together.
-var requeueScript = redis.NewScript(`
-local st = redis.call('HGET', KEYS[1], 'status')
-if st ~= 'failed' and st ~= 'canceled' then return st or '' end
-if ARGV[4] ~= '' and redis.call('HGET', KEYS[1], 'error_code') ~= ARGV[4] then return 'other_code:' .. st end
-local runs = tonumber(redis.call('HGET', KEYS[1], 'runs') or '1') + 1
+// ARGV[3] -> error_code the task must have ("" = any)
+var requeueScript = newScript("Requeue", `
+local cur = redis.call('HMGET', KEYS[1], 'status', 'batch', 'runs', 'error_code')
+local st, batch, runs = cur[1], cur[2] or '', cur[3] or '1'
+if st ~= 'failed' and st ~= 'canceled' then return {st or '', batch, runs, st or ''} end
+if ARGV[3] ~= '' and cur[4] ~= ARGV[3] then return {'other_code:' .. st, batch, runs, st} end
+runs = tostring(tonumber(runs) + 1)
 redis.call('HSET', KEYS[1], 'status', 'queued', 'runs', runs, 'updated_at', ARGV[1])
 redis.call('HDEL', KEYS[1], 'finished_at')
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
-local batch = redis.call('HGET', KEYS[1], 'batch')
-if batch and batch ~= '' then
-  local bk = ARGV[3] .. batch
-  if redis.call('EXISTS', bk) == 1 then
-    redis.call('HINCRBY', bk, st, -1)
-    redis.call('HDEL', bk, 'finished_at', 'canceled_at')
-    redis.call('PEXPIRE', bk, ARGV[2])
-  end
-end
-return 'queued:' .. st
+return {'queued:' .. st, batch, runs, 'queued'}
 `)
 
 // RequeueOutcome is what Requeue did with one task.
@@ -61,25 +47,40 @@ type RequeueOutcome struct {
 
 // Requeue starts another run of each failed or canceled task of taskIDs
 // whose error_code is code ("" = any): queued again with its runs
-// incremented, and its batch's counters moved with it, in one script per
-// task (pipelined). It does not enqueue the asynq task: the caller does.
+// incremented (one result step per task, pipelined), then its batch's
+// counters moved with it (one batch step per batch, pipelined): the old
+// status no longer counted, the batch unfinished and no longer canceled.
+// The batch step applies every task's state, requeued or not, so running
+// couponq retry again heals a batch whose step a crash lost. It does not
+// enqueue the asynq task: the caller does.
 func (s *Store) Requeue(ctx context.Context, taskIDs []string, code string) ([]RequeueOutcome, error) {
 	calls := make([]scriptCall, len(taskIDs))
 	for i, id := range taskIDs {
-		calls[i] = scriptCall{keys: []string{ResultKey(id)}, args: []any{s.stamp(), s.ttlMillis(), batchKeyPrefix, code}}
+		calls[i] = scriptCall{keys: []string{ResultKey(id)}, args: []any{s.stamp(), s.ttlMillis(), code}}
 	}
 	cmds, err := runPipelined(ctx, s.rdb, requeueScript, calls)
 	if err != nil {
 		return nil, fmt.Errorf("couponq: retry %d tasks: %w", len(taskIDs), err)
 	}
 	out := make([]RequeueOutcome, len(taskIDs))
+	batches, states := make([]string, len(taskIDs)), make([]taskState, len(taskIDs))
 	for i, c := range cmds {
-		r, _ := c.Text()
+		res, err := c.StringSlice()
+		if err != nil || len(res) != 4 {
+			return nil, fmt.Errorf("couponq: retry %s: answer %v: %w", taskIDs[i], c.Val(), err)
+		}
+		r := res[0]
 		o := RequeueOutcome{TaskID: taskIDs[i], From: Status(r)}
 		if what, from, ok := strings.Cut(r, ":"); ok {
 			o.Requeued, o.OtherCode, o.From = what == "queued", what == "other_code", Status(from)
 		}
 		out[i] = o
+		if res[3] != "" {
+			batches[i], states[i] = res[1], taskState{taskID: taskIDs[i], runs: runsOf(res[2]), status: res[3]}
+		}
+	}
+	if _, err := s.applyBatches(ctx, stateApplies(batches, states)); err != nil {
+		return nil, fmt.Errorf("couponq: retry %d tasks: count in their batches: %w", len(taskIDs), err)
 	}
 	return out, nil
 }
@@ -89,7 +90,7 @@ func (s *Store) Requeue(ctx context.Context, taskIDs []string, code string) ([]R
 //
 // KEYS[1] -> couponq:batch:<batch_id>
 // ARGV[1] -> now, ARGV[2] -> TTL in milliseconds
-var cancelBatchScript = redis.NewScript(`
+var cancelBatchScript = newScript("CancelBatch", `
 if redis.call('EXISTS', KEYS[1]) == 0 then return 'missing' end
 if redis.call('HEXISTS', KEYS[1], 'finished_at') == 1 then return 'finished' end
 redis.call('HSETNX', KEYS[1], 'canceled', '0')
@@ -129,27 +130,14 @@ func cancelAttempt(calls int) Attempt {
 }
 
 // CancelUnstarted cancels each task of taskIDs that is queued or retrying
-// (no worker is in a call for it), counting it in its batch, in one
-// script per task (pipelined). out[i] is CancelDone, CancelTerminal or
-// CancelInCall.
+// (no worker is in a call for it), counting it in its batch: the result
+// steps pipelined, then the batch steps. out[i] is CancelDone,
+// CancelTerminal or CancelInCall.
 func (s *Store) CancelUnstarted(ctx context.Context, taskIDs []string) ([]int, error) {
-	calls := make([]scriptCall, len(taskIDs))
-	a := cancelAttempt(0)
-	for i, id := range taskIDs {
-		args := append([]any{s.stamp(), s.ttlMillis()}, a.args()...)
-		args = append(args, string(StatusCanceled), "", "", batchKeyPrefix, "unstarted")
-		calls[i] = scriptCall{keys: []string{ResultKey(id)}, args: args}
+	if len(taskIDs) == 0 {
+		return nil, nil
 	}
-	cmds, err := runPipelined(ctx, s.rdb, finishScript, calls)
-	if err != nil {
-		return nil, fmt.Errorf("couponq: cancel %d tasks: %w", len(taskIDs), err)
-	}
-	out := make([]int, len(cmds))
-	for i, c := range cmds {
-		n, _ := c.Int()
-		out[i] = n
-	}
-	return out, nil
+	return s.finish(ctx, taskIDs, StatusCanceled, cancelAttempt(0), "unstarted")
 }
 
 // CancelTask cancels one task whatever its non-terminal status: the worker
@@ -157,8 +145,11 @@ func (s *Store) CancelUnstarted(ctx context.Context, taskIDs []string) ([]int, e
 // are the API calls of this run not recorded yet. It reports whether it
 // canceled the task (false: already terminal).
 func (s *Store) CancelTask(ctx context.Context, taskID string, calls int) (bool, error) {
-	n, err := s.finish(ctx, taskID, StatusCanceled, cancelAttempt(calls), "")
-	return n == CancelDone, err
+	n, err := s.finish(ctx, []string{taskID}, StatusCanceled, cancelAttempt(calls), "")
+	if err != nil {
+		return false, err
+	}
+	return n[0] == CancelDone, nil
 }
 
 // BatchCanceled reports whether batch batchID is canceled ("" = none: no).

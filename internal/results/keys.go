@@ -5,7 +5,10 @@
 // README ("Results in Redis") and must not change.
 package results
 
-import "time"
+import (
+	"strings"
+	"time"
+)
 
 // DefaultResultTTL is how long result and batch keys live after their last
 // write (couponq's --result-ttl default).
@@ -58,6 +61,32 @@ func BatchKey(batchID string) string { return batchKeyPrefix + batchID }
 // BatchTasksKey is the set of a batch's task IDs.
 func BatchTasksKey(batchID string) string { return batchKeyPrefix + batchID + ":tasks" }
 
+// couponq's own keys in the slot of a SPEC key. On Redis Cluster a key
+// whose hash tag is another key's full name hashes to that key's slot:
+// "{couponq:batch:B}:counted" lands where "couponq:batch:B" does, so one
+// script may touch both. This holds only while the name holds no brace
+// (a "{…}" inside it would be its own hash tag): batch IDs are limited to
+// [0-9A-Za-z_.-] (tasks.ValidateBatchID), and hashTagSafe guards the
+// scripts against a batch field written by other means.
+
+// batchCountedKey is a hash in batch b's slot: task ID → "<runs>:<status>",
+// the state of each task that b's counters include (see applyBatchScript).
+func batchCountedKey(b string) string { return "{" + BatchKey(b) + "}:counted" }
+
+// batchCallsKey is a set in batch b's slot of the tokens of the calls whose
+// event counters (duplicates, earlier_failed, conflicts) b includes, so a
+// re-sent call counts nothing twice.
+func batchCallsKey(b string) string { return "{" + BatchKey(b) + "}:calls" }
+
+// batchScriptKeys are the keys every batch-side script gets: the batch hash
+// and couponq's own keys in its slot.
+func batchScriptKeys(b string) []string {
+	return []string{BatchKey(b), batchCountedKey(b), batchCallsKey(b)}
+}
+
+// hashTagSafe reports whether name may be the hash tag of a key: no brace.
+func hashTagSafe(name string) bool { return !strings.ContainsAny(name, "{}") }
+
 // couponq's own keys beyond the SPEC's, for the hand-off from producer to
 // asynq (see Handoff). Each is one key of its own: on Redis Cluster they
 // live in other slots than the result and batch keys, so no script below
@@ -76,6 +105,13 @@ const (
 	// AdoptLockKey is the lock that lets one worker at a time run the
 	// adoption sweep.
 	AdoptLockKey = keyPrefix + "adopt-lock"
+	// RepairPassKey is held (it expires) between two passes of the
+	// adoption sweep's look for stuck batches.
+	RepairPassKey = keyPrefix + "repair-pass"
+	// RepairSeenKey is a hash of the unfinished batches the last such pass
+	// saw: batch ID → their succeeded+failed+canceled then. A batch that
+	// made no progress from one pass to the next is repaired.
+	RepairSeenKey = keyPrefix + "repair-seen"
 )
 
 // UnconfirmedKey is the sorted set of the task IDs of queue whose result a
@@ -115,9 +151,11 @@ const (
 	FieldPayload = "payload"
 	FieldQueue   = "queue"
 	FieldTimeout = "timeout"
-	// FieldRun names the producer run that accepted the task (a ULID per
-	// EnqueueBatch or Enqueue call): a re-sent accept of that same run is
-	// recognised as its own, not taken for a duplicate.
+	// FieldRun names the accept item that wrote the result:
+	// "<run>/<seq>/<index>", the producer run (a ULID per EnqueueBatch or
+	// Enqueue call), its accept call and the item's place in it. A
+	// re-sent accept of that same item is recognised as its own, not taken
+	// for a duplicate; another line of the same run is a duplicate.
 	FieldRun = "run"
 	// FieldRuns counts the runs of the task: absent (or 1) for a task
 	// never retried, incremented by each couponq retry.

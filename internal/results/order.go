@@ -2,6 +2,7 @@ package results
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"time"
@@ -64,7 +65,7 @@ func (e OrderEntry) keys() []string { return OrderKeys(e.BrandID, e.ProductCoupo
 // KEYS[1..3] -> the coupon's order keys
 // ARGV[1] -> now (Unix ms), ARGV[2] -> TTL in milliseconds, ARGV[3] -> mode
 // ARGV[4..] -> per change: kind ("w" or "g"), task_id
-var registerOrderScript = redis.NewScript(`
+var registerOrderScript = newScript("RegisterOrder", `
 local n = 0
 for i = 4, #ARGV, 2 do
   local set = KEYS[1]
@@ -123,7 +124,7 @@ func (s *Store) RegisterOrder(ctx context.Context, entries []OrderEntry, toEnd b
 //
 // KEYS[1..3] -> the coupon's order keys
 // ARGV[1] -> kind, ARGV[2] -> task_id
-var checkOrderScript = redis.NewScript(`
+var checkOrderScript = newScript("CheckOrder", `
 local mine = KEYS[1]
 if ARGV[1] == 'g' then mine = KEYS[2] end
 local s = redis.call('ZSCORE', mine, ARGV[2])
@@ -191,7 +192,7 @@ func parseOrderCheck(e OrderEntry, cmd *redis.Cmd) (OrderCheck, error) {
 //
 // KEYS[1..3] -> the coupon's order keys
 // ARGV[1] -> task_id, ARGV[2] -> its place as seen
-var dropOrderScript = redis.NewScript(`
+var dropOrderScript = newScript("DropFromOrder", `
 local s = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if s and tonumber(s) == tonumber(ARGV[2]) then
   redis.call('ZREM', KEYS[1], ARGV[1])
@@ -218,7 +219,7 @@ func (s *Store) DropFromOrder(ctx context.Context, e OrderEntry, predID, place s
 //
 // KEYS[1..3] -> the coupon's order keys
 // ARGV[1] -> kind, ARGV[2] -> task_id, ARGV[3] -> limit
-var releaseOrderScript = redis.NewScript(`
+var releaseOrderScript = newScript("ReleaseOrder", `
 local set = KEYS[1]
 if ARGV[1] == 'g' then set = KEYS[2] end
 local removed = redis.call('ZREM', set, ARGV[2])
@@ -273,36 +274,78 @@ type scriptCall struct {
 // pipelineChunk bounds the script calls sent in one pipeline.
 const pipelineChunk = 256
 
-// runPipelined runs script once per call, pipelined by EVALSHA; a Redis
-// that does not know the script yet (or forgot it on a restart) gets it
-// loaded and the chunk sent again (every script run this way is
-// idempotent). It returns the commands in the order of calls.
+// runPipelined runs script once per call, pipelined by EVALSHA (see
+// pipelined). It returns the commands in the order of calls.
+//
+// A single call is sent with script.Run instead: through the producer's
+// automatic pipelining (tasks.pipelinedClient), which coalesces the
+// one-task calls of many goroutines.
 func runPipelined(ctx context.Context, rdb redis.UniversalClient, script *redis.Script, calls []scriptCall) ([]*redis.Cmd, error) {
+	if len(calls) == 1 {
+		cmd := script.Run(ctx, rdb, calls[0].keys, calls[0].args...)
+		if err := cmd.Err(); err != nil && !errors.Is(err, redis.Nil) {
+			return nil, err
+		}
+		return []*redis.Cmd{cmd}, nil
+	}
 	out := make([]*redis.Cmd, 0, len(calls))
 	for len(calls) > 0 {
 		chunk := calls[:min(len(calls), pipelineChunk)]
 		calls = calls[len(chunk):]
-		var cmds []*redis.Cmd
-		for try := 0; ; try++ {
-			cmds = make([]*redis.Cmd, len(chunk))
-			_, err := rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-				for i, c := range chunk {
-					cmds[i] = script.EvalSha(ctx, p, c.keys, c.args...)
-				}
-				return nil
-			})
-			if err == nil {
-				break
+		cmds := make([]*redis.Cmd, len(chunk))
+		err := pipelined(ctx, rdb, func(p redis.Pipeliner) {
+			for i, c := range chunk {
+				cmds[i] = script.EvalSha(ctx, p, c.keys, c.args...)
 			}
-			if try == 0 && redis.HasErrorPrefix(err, "NOSCRIPT") {
-				if lerr := script.Load(ctx, rdb).Err(); lerr != nil {
-					return nil, lerr
-				}
-				continue
-			}
+		}, script)
+		if err != nil {
 			return nil, err
 		}
 		out = append(out, cmds...)
 	}
 	return out, nil
+}
+
+// pipelined sends fill's commands in one pipeline. The commands Redis
+// refused for not knowing their script (NOSCRIPT: a fresh server, one
+// restarted, or a cluster master that never ran it) are sent again, and
+// only they, once scripts are loaded: the others ran, and their answers
+// stand (a script sent again would answer for its own earlier run, e.g.
+// "already terminal"). It returns the first other error.
+func pipelined(ctx context.Context, rdb redis.UniversalClient, fill func(redis.Pipeliner), scripts ...*redis.Script) error {
+	cmds, err := rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		fill(p)
+		return nil
+	})
+	if err == nil {
+		return nil
+	}
+	var again []redis.Cmder
+	for _, c := range cmds {
+		switch cerr := c.Err(); {
+		case cerr == nil || errors.Is(cerr, redis.Nil):
+		case redis.HasErrorPrefix(cerr, "NOSCRIPT"):
+			again = append(again, c)
+		default:
+			return cerr
+		}
+	}
+	if len(again) == 0 {
+		return err
+	}
+	for _, sc := range scripts {
+		if lerr := sc.Load(ctx, rdb).Err(); lerr != nil {
+			return lerr
+		}
+	}
+	_, err = rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for _, c := range again {
+			_ = p.Process(ctx, c)
+		}
+		return nil
+	})
+	if errors.Is(err, redis.Nil) {
+		return nil
+	}
+	return err
 }

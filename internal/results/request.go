@@ -14,7 +14,7 @@ import (
 //
 // KEYS[1] -> couponq:result:<task_id>
 // ARGV[1] -> the body
-var fixRequestScript = redis.NewScript(`
+var fixRequestScript = newScript("FixRequest", `
 local cur = redis.call('HGET', KEYS[1], 'request')
 if cur and cur ~= '' then return cur end
 redis.call('HSET', KEYS[1], 'request', ARGV[1])
@@ -48,7 +48,7 @@ func (s *Store) Request(ctx context.Context, taskID string) ([]byte, error) {
 }
 
 // markUnchangedScript sets unchanged=1 on a result that is not terminal.
-var markUnchangedScript = redis.NewScript(`
+var markUnchangedScript = newScript("MarkUnchanged", `
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st or st == 'succeeded' or st == 'failed' or st == 'canceled' then return 0 end
 redis.call('HSET', KEYS[1], 'unchanged', '1')

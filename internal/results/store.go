@@ -13,8 +13,11 @@ import (
 
 // Store owns every write to result and batch keys. The producer records
 // accepted tasks through it and the worker records attempts and terminal
-// outcomes through it; each write is one Lua script, so a task reaches a
-// terminal status, and the batch counters move, exactly once.
+// outcomes through it. Each write is a Lua script on the keys of one hash
+// slot (Redis Cluster refuses others): a status change is a result step,
+// then a batch step that applies the task's new state to its batch's
+// counters idempotently (see batchstate.go), so a task reaches a terminal
+// status, and is counted in its batch, exactly once per run.
 type Store struct {
 	rdb redis.UniversalClient
 	ttl time.Duration
@@ -71,25 +74,13 @@ type Identity struct {
 	Batch           string
 }
 
-// Lua helpers shared by the scripts below. A batch is done when it is sealed
-// (its producer finished enqueuing) and succeeded+failed+canceled reaches
-// total.
-const luaFinishBatchIfDone = `
-local function finish_batch_if_done(bk, now)
-  local b = redis.call('HMGET', bk, 'total', 'succeeded', 'failed', 'finished_at', 'sealed', 'canceled')
-  if b[5] == '1' and not b[4] and tonumber(b[2] or '0') + tonumber(b[3] or '0') + tonumber(b[6] or '0') >= tonumber(b[1] or '0') then
-    redis.call('HSET', bk, 'finished_at', now)
-  end
-end
-`
-
 // openBatchScript creates the batch hash, or reopens an existing one for
 // more tasks (unsealing it), and refreshes its TTL.
 //
 // KEYS[1] -> couponq:batch:<batch_id>
 // ARGV[1] -> now (TimeFormat)
 // ARGV[2] -> TTL in milliseconds
-var openBatchScript = redis.NewScript(`
+var openBatchScript = newScript("OpenBatch", `
 redis.call('HSETNX', KEYS[1], 'created_at', ARGV[1])
 redis.call('HSETNX', KEYS[1], 'total', '0')
 redis.call('HSETNX', KEYS[1], 'duplicates', '0')
@@ -154,16 +145,16 @@ func (s *Store) AbandonedBatches(ctx context.Context, cutoff time.Time, limit in
 // A batch hash that does not exist (expired, or its producer died before
 // creating it) is left alone.
 //
-// KEYS[1] -> couponq:batch:<batch_id>
-// KEYS[2] -> couponq:batch:<batch_id>:tasks
+// KEYS[1..3] -> couponq:batch:<batch_id> and its own keys (batchScriptKeys)
 // ARGV[1] -> now
 // ARGV[2] -> TTL in milliseconds
-var sealBatchScript = redis.NewScript(luaFinishBatchIfDone + `
+var sealBatchScript = newScript("SealBatch", luaFinishBatchIfDone+`
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], 'sealed', '1')
 finish_batch_if_done(KEYS[1], ARGV[1])
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('PEXPIRE', KEYS[2], ARGV[2]) end
+for k = 1, 3 do
+  if redis.call('EXISTS', KEYS[k]) == 1 then redis.call('PEXPIRE', KEYS[k], ARGV[2]) end
+end
 return 1
 `)
 
@@ -172,8 +163,13 @@ return 1
 // once if it accepted none). It then drops the batch from the open ones.
 // It is idempotent.
 func (s *Store) SealBatch(ctx context.Context, batchID string) error {
-	keys := []string{BatchKey(batchID), BatchTasksKey(batchID)}
-	if err := sealBatchScript.Run(ctx, s.rdb, keys, s.stamp(), s.ttlMillis()).Err(); err != nil {
+	err := s.pipelined(ctx, func(p redis.Pipeliner) {
+		sealBatchScript.EvalSha(ctx, p, batchScriptKeys(batchID), s.stamp(), s.ttlMillis())
+		// The task set's TTL follows the batch's (a plain command: its
+		// own slot).
+		p.PExpire(ctx, BatchTasksKey(batchID), s.ttl)
+	}, sealBatchScript)
+	if err != nil {
 		return fmt.Errorf("couponq: seal batch %s: %w", batchID, err)
 	}
 	if err := s.rdb.ZRem(ctx, OpenBatchesKey, batchID).Err(); err != nil {
@@ -246,115 +242,62 @@ type AcceptItem struct {
 	Payload       []byte // the task payload, kept in the result (may be nil)
 }
 
-// MaxAcceptMany bounds one AcceptMany script call (Lua's unpack and the
-// time Redis is blocked in one script).
+// MaxAcceptMany bounds the tasks of one batch step of AcceptMany: each
+// chunk of up to this many is its own call, with its own token.
 const MaxAcceptMany = 512
 
-// acceptManyScript writes a queued result hash for each task whose ID is
-// free and adds it to the batch; the batch counters move once per call.
+// acceptScript is the result step of accepting one task: it writes a
+// queued result hash if the task ID is free, and says what became of the
+// task. It answers {outcome} or, for a task of this batch,
+// {outcome, runs, status}.
 //
-// It is idempotent: a call with a run keeps its outcomes under its own key
-// for an hour, and a re-run of that call (a client's re-send after a
-// timeout, or the producer's own retry) answers them again and writes
-// nothing. Without it, the re-run would take the call's own writes for
-// duplicates and the changes would never be enqueued.
+// It is idempotent: the result keeps the token of the item that wrote it
+// (run/seq/index), and a re-run of that item (a client's re-send after a
+// timeout, or the producer's own retry) answers 'accepted' again and
+// writes nothing. Without it, the re-run would take the item's own write
+// for a duplicate and the change would never be enqueued.
 //
 // For a taken task ID: another payload is a 'conflict'; the same payload
 // written earlier in this run (a repeated line) or by another batch is a
 // 'duplicate'; by an earlier run of this batch, 'resumed' (still queued) or
 // 'underway'. A duplicate of another batch's failed or canceled task is
-// 'earlier_failed:<its batch>' and counts in earlier_failed too. Conflicts
-// count in the batch's conflicts.
+// 'earlier_failed:<its batch>'.
 //
-// KEYS[1] -> couponq:batch:<batch_id>
-// KEYS[2] -> couponq:batch:<batch_id>:tasks
-// KEYS[3] -> couponq:accept-call:<run>/<seq>, this call's outcomes
-// KEYS[4..] -> couponq:result:<task_id>, one per task
-// ARGV[1] -> now
-// ARGV[2] -> TTL in milliseconds
+// KEYS[1] -> couponq:result:<task_id>
+// ARGV[1] -> now, ARGV[2] -> TTL in milliseconds
 // ARGV[3] -> batch ID ("" = none)
 // ARGV[4] -> run ID ("" = none: a re-run counts its own writes duplicates)
-// ARGV[5] -> this call's token within the run (its seq)
+// ARGV[5] -> the item's token: run/seq/index
 // ARGV[6] -> queue, ARGV[7] -> timeout in seconds
-// ARGV[8] -> how long the call's outcomes are kept, in milliseconds
-// ARGV[9..] -> per task, seven values: task_id, op, brand_id,
-// product_coupon_id, out_request_no, payload_sha256, payload
-//
-// The keys are of many slots; on Redis Cluster this script must move to
-// hash-tagged keys (a later change).
-var acceptManyScript = redis.NewScript(`
-local now, ttl, batch, run = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-if run ~= '' then
-  local prev = redis.call('GET', KEYS[3])
-  if prev then
-    local again = {}
-    for o in string.gmatch(prev, '[^,]+') do again[#again + 1] = o end
-    return again
-  end
+// ARGV[8..14] -> task_id, op, brand_id, product_coupon_id, out_request_no,
+// payload_sha256, payload
+var acceptScript = newScript("Accept", `
+local now, ttl, batch, run, token = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local sha = ARGV[13]
+-- every result hash has a task_id: one HMGET tells new from taken
+local cur = redis.call('HMGET', KEYS[1], 'payload_sha256', 'task_id', 'batch', 'run', 'status', 'runs')
+if not (cur[1] or cur[2]) then
+  redis.call('HSET', KEYS[1], 'task_id', ARGV[8], 'op', ARGV[9], 'brand_id', ARGV[10],
+    'product_coupon_id', ARGV[11], 'out_request_no', ARGV[12], 'batch', batch,
+    'status', 'queued', 'attempts', '0', 'enqueued_at', now, 'updated_at', now,
+    'payload_sha256', sha, 'payload', ARGV[14], 'queue', ARGV[6], 'timeout', ARGV[7],
+    'run', token)
+  redis.call('PEXPIRE', KEYS[1], ttl)
+  return {'accepted', '1', 'queued'}
 end
-local token = run .. '/' .. ARGV[5]
-local runPrefix = run .. '/'
-local queue, timeout = ARGV[6], ARGV[7]
-local out, added, dups, efail, conflicts = {}, {}, 0, 0, 0
-for i = 4, #KEYS do
-  local a = 9 + (i - 4) * 7
-  local sha = ARGV[a + 5]
-  -- every result hash has a task_id: one HMGET tells new from taken
-  local cur = redis.call('HMGET', KEYS[i], 'payload_sha256', 'task_id', 'batch', 'run', 'status')
-  local o
-  if not (cur[1] or cur[2]) then
-    redis.call('HSET', KEYS[i], 'task_id', ARGV[a], 'op', ARGV[a + 1], 'brand_id', ARGV[a + 2],
-      'product_coupon_id', ARGV[a + 3], 'out_request_no', ARGV[a + 4], 'batch', batch,
-      'status', 'queued', 'attempts', '0', 'enqueued_at', now, 'updated_at', now,
-      'payload_sha256', sha, 'payload', ARGV[a + 6], 'queue', queue, 'timeout', timeout,
-      'run', token)
-    redis.call('PEXPIRE', KEYS[i], ttl)
-    added[#added + 1] = ARGV[a]
-    o = 'accepted'
-  elseif cur[1] ~= sha then
-    o = 'conflict'
-  elseif run ~= '' and cur[4] and string.sub(cur[4], 1, #runPrefix) == runPrefix then
-    o = 'duplicate'
-  elseif batch ~= '' and cur[3] == batch then
-    if cur[5] == 'queued' then o = 'resumed' else o = 'underway' end
-  elseif cur[5] == 'failed' or cur[5] == 'canceled' then
-    -- a duplicate that will not run again: counted apart, so the batch
-    -- does not look healthy, and named by its batch for couponq retry
-    o = 'duplicate'
-    efail = efail + 1
-    out[#out + 1] = 'earlier_failed:' .. (cur[3] or '')
-  else
-    o = 'duplicate'
-  end
-  if o == 'duplicate' then dups = dups + 1 end
-  if o == 'conflict' then conflicts = conflicts + 1 end
-  if #out < i - 3 then out[#out + 1] = o end
+if cur[1] ~= sha then return {'conflict'} end
+local runs, st = cur[6] or '1', cur[5] or ''
+if run ~= '' and cur[4] == token then return {'accepted', runs, st} end
+if run ~= '' and cur[4] and string.sub(cur[4], 1, #run + 1) == run .. '/' then return {'duplicate'} end
+if batch ~= '' and cur[3] == batch then
+  if st == 'queued' then return {'resumed', runs, st} end
+  return {'underway', runs, st}
 end
-if batch ~= '' then
-  if dups > 0 then redis.call('HINCRBY', KEYS[1], 'duplicates', dups) end
-  if efail > 0 then redis.call('HINCRBY', KEYS[1], 'earlier_failed', efail) end
-  if conflicts > 0 then redis.call('HINCRBY', KEYS[1], 'conflicts', conflicts) end
-  if #added > 0 then
-    redis.call('HINCRBY', KEYS[1], 'total', #added)
-    -- reopen a batch sealed early (its producer was not seen for a while)
-    redis.call('HSET', KEYS[1], 'sealed', '0')
-    redis.call('HDEL', KEYS[1], 'finished_at')
-    redis.call('SADD', KEYS[2], unpack(added))
-    redis.call('PEXPIRE', KEYS[2], ttl)
-  end
-end
-if run ~= '' and #out > 0 then
-  redis.call('SET', KEYS[3], table.concat(out, ','), 'PX', ARGV[8])
-end
-return out
+-- a duplicate that will not run again: counted apart, so the batch does
+-- not look healthy, and named by its batch for couponq retry
+if st == 'failed' or st == 'canceled' then return {'earlier_failed:' .. (cur[3] or '')} end
+return {'duplicate'}
 `)
-
-// acceptCallTTL is how long an accept call's outcomes are kept for a
-// re-run of the same call to find.
-const acceptCallTTL = time.Hour
-
-// acceptCallKey holds the outcomes of one accept call of a run.
-func acceptCallKey(run, seq string) string { return keyPrefix + "accept-call:" + run + "/" + seq }
 
 // Accept records one task about to be enqueued, as AcceptMany does for
 // batch id.Batch, without a run: a re-sent call counts it a duplicate.
@@ -368,38 +311,69 @@ func (s *Store) Accept(ctx context.Context, id Identity, payloadSHA256 string) (
 }
 
 // AcceptMany records tasks of batch batchID ("" = none) about to be
-// enqueued, in atomic script calls of up to MaxAcceptMany: a task whose ID
-// is free gets its result hash with status queued, the handoff and its
-// payload, and counts in the batch (total and task set). outcomes[i] is
-// what became of items[i] (see AcceptOutcome). Calling it again with the
-// same arguments, as a client retry after a timeout does, changes nothing
-// and answers the same.
+// enqueued: a task whose ID is free gets its result hash with status
+// queued, the handoff and its payload, and counts in the batch (total and
+// task set). outcomes[i] is what became of items[i] (see AcceptOutcome).
+// Calling it again with the same arguments, as a client retry after a
+// timeout does, changes nothing and answers the same.
+//
+// It takes two round trips per chunk of MaxAcceptMany: the result steps
+// (one script per task, pipelined), then the batch step (the states of
+// the batch's tasks and the chunk's events, counted once by the chunk's
+// token) with the task set's additions. Resumed and underway tasks are
+// applied too: a producer killed between the steps of an earlier run
+// leaves the batch behind, and the rerun heals it.
 func (s *Store) AcceptMany(ctx context.Context, batchID string, h Handoff, items []AcceptItem) ([]AcceptOutcome, error) {
+	if batchID != "" && !hashTagSafe(batchID) {
+		return nil, fmt.Errorf("couponq: accept into batch %q: a batch ID holds no brace", batchID)
+	}
 	out := make([]AcceptOutcome, 0, len(items))
+	timeout := strconv.FormatInt(int64(h.Timeout/time.Second), 10)
 	for part := 0; len(items) > 0; part++ {
 		chunk := items[:min(len(items), MaxAcceptMany)]
 		items = items[len(chunk):]
 		// Each chunk is its own call, with its own token.
 		seq := strconv.Itoa(h.Seq) + "." + strconv.Itoa(part)
-		keys := make([]string, 0, 3+len(chunk))
-		keys = append(keys, BatchKey(batchID), BatchTasksKey(batchID), acceptCallKey(h.Run, seq))
-		args := make([]any, 0, 8+7*len(chunk))
-		args = append(args, s.stamp(), s.ttlMillis(), batchID, h.Run, seq, h.Queue,
-			strconv.FormatInt(int64(h.Timeout/time.Second), 10), min(s.ttl, acceptCallTTL).Milliseconds())
-		for _, it := range chunk {
+		calls := make([]scriptCall, len(chunk))
+		for i, it := range chunk {
 			id := it.Identity
-			keys = append(keys, ResultKey(id.TaskID))
-			args = append(args, id.TaskID, id.Op, id.BrandID, id.ProductCouponID, id.OutRequestNo, it.PayloadSHA256, it.Payload)
+			calls[i] = scriptCall{keys: []string{ResultKey(id.TaskID)}, args: []any{s.stamp(), s.ttlMillis(), batchID, h.Run,
+				h.Run + "/" + seq + "/" + strconv.Itoa(i), h.Queue, timeout,
+				id.TaskID, id.Op, id.BrandID, id.ProductCouponID, id.OutRequestNo, it.PayloadSHA256, it.Payload}}
 		}
-		res, err := acceptManyScript.Run(ctx, s.rdb, keys, args...).StringSlice()
+		cmds, err := runPipelined(ctx, s.rdb, acceptScript, calls)
 		if err != nil {
 			return nil, fmt.Errorf("couponq: accept %d tasks into batch %q: %w", len(chunk), batchID, err)
 		}
-		if len(res) != len(chunk) {
-			return nil, fmt.Errorf("couponq: accept %d tasks into batch %q: %d outcomes", len(chunk), batchID, len(res))
+		a := batchApply{batch: batchID, reopen: true}
+		if h.Run != "" {
+			a.events.token = "accept:" + h.Run + "/" + seq
 		}
-		for _, r := range res {
-			out = append(out, AcceptOutcome(r))
+		for i, c := range cmds {
+			res, err := c.StringSlice()
+			if err != nil || len(res) == 0 {
+				return nil, fmt.Errorf("couponq: accept %s into batch %q: answer %v: %w", chunk[i].Identity.TaskID, batchID, c.Val(), err)
+			}
+			o := AcceptOutcome(res[0])
+			out = append(out, o)
+			switch o.Kind() {
+			case Duplicate:
+				a.events.duplicates++
+			case EarlierFailed:
+				a.events.duplicates++
+				a.events.earlierFailed++
+			case Conflict:
+				a.events.conflicts++
+			default:
+				if len(res) == 3 {
+					id := chunk[i].Identity.TaskID
+					a.states = append(a.states, taskState{taskID: id, runs: res[1], status: res[2]})
+					a.addTasks = append(a.addTasks, id)
+				}
+			}
+		}
+		if _, err := s.applyBatches(ctx, []batchApply{a}); err != nil {
+			return nil, fmt.Errorf("couponq: accept %d tasks into batch %q: %w", len(chunk), batchID, err)
 		}
 	}
 	return out, nil
@@ -451,34 +425,18 @@ func (s *Store) Unconfirmed(ctx context.Context, queue string, cutoff time.Time,
 	return ids, nil
 }
 
-// unacceptScript removes a result hash still queued and takes the task
-// out of its batch. Returns 1 when it undid the task, 0 when a worker
-// touched the result, -1 when there is no result (already undone: the
-// script is idempotent, a re-send finds its own work done).
+// unacceptScript is the result step of Unaccept: it removes a result hash
+// still queued. Returns {1, batch} when it undid the task, {0} when a
+// worker touched the result, {-1} when there is no result (already undone:
+// a re-send finds its own work done).
 //
 // KEYS[1] -> couponq:result:<task_id>
-// KEYS[2] -> couponq:batch:<batch_id>
-// KEYS[3] -> couponq:batch:<batch_id>:tasks
-// ARGV[1] -> batch ID ("" = none)
-// ARGV[2] -> task_id
-// ARGV[3] -> "1" to count the task as a duplicate instead
-// ARGV[4] -> now
-var unacceptScript = redis.NewScript(luaFinishBatchIfDone + `
-local st = redis.call('HGET', KEYS[1], 'status')
-if not st then return -1 end
-if st ~= 'queued' then return 0 end
+var unacceptScript = newScript("Unaccept", `
+local cur = redis.call('HMGET', KEYS[1], 'status', 'batch')
+if not cur[1] then return {-1} end
+if cur[1] ~= 'queued' then return {0} end
 redis.call('DEL', KEYS[1])
-if ARGV[1] ~= '' then
-  redis.call('HINCRBY', KEYS[2], 'total', -1)
-  redis.call('SREM', KEYS[3], ARGV[2])
-  if ARGV[3] == '1' then
-    redis.call('HINCRBY', KEYS[2], 'duplicates', 1)
-  else
-    redis.call('HINCRBY', KEYS[2], 'conflicts', 1)
-  end
-  finish_batch_if_done(KEYS[2], ARGV[4])
-end
-return 1
+return {1, cur[2] or ''}
 `)
 
 // Unaccept undoes Accept when the task cannot be enqueued after all: asynq
@@ -489,17 +447,31 @@ return 1
 // It reports whether the result is gone: false means a worker already runs
 // the task under this result (asynq held the task ID and delivered it), so
 // the task stays counted in the batch.
+//
+// The result goes first, then the batch step takes the task out of the
+// batch (counting it as a duplicate or conflict if it was in) and out of
+// the task set. A re-send after a crash in between finds no result and
+// does the batch step again, which counts nothing twice.
 func (s *Store) Unaccept(ctx context.Context, id Identity, duplicate bool) (bool, error) {
-	keys := []string{ResultKey(id.TaskID), BatchKey(id.Batch), BatchTasksKey(id.Batch)}
-	dup := "0"
-	if duplicate {
-		dup = "1"
+	res, err := unacceptScript.Run(ctx, s.rdb, []string{ResultKey(id.TaskID)}).Slice()
+	if err != nil || len(res) == 0 {
+		return false, fmt.Errorf("couponq: unaccept %s: answer %v: %w", id.TaskID, res, err)
 	}
-	n, err := unacceptScript.Run(ctx, s.rdb, keys, id.Batch, id.TaskID, dup, s.stamp()).Int()
-	if err != nil {
+	if n, _ := res[0].(int64); n == 0 {
+		return false, nil
+	}
+	if id.Batch == "" {
+		return true, nil
+	}
+	gone := "gone:" + BatchFieldConflicts
+	if duplicate {
+		gone = "gone:" + BatchFieldDuplicates
+	}
+	a := batchApply{batch: id.Batch, states: []taskState{{taskID: id.TaskID, runs: "0", status: gone}}, remTasks: []string{id.TaskID}}
+	if _, err := s.applyBatches(ctx, []batchApply{a}); err != nil {
 		return false, fmt.Errorf("couponq: unaccept %s: %w", id.TaskID, err)
 	}
-	return n != 0, nil
+	return true, nil
 }
 
 // Handed is what a result hash says of a task's hand-off to asynq.
@@ -542,16 +514,18 @@ func (s *Store) Handoffs(ctx context.Context, taskIDs []string) ([]Handed, error
 }
 
 // beginScript marks a task running (writing its identity if the hash is
-// missing) unless it is terminal. Returns {status, attempts so far}.
+// missing) unless it is terminal. Returns {status, attempts so far}, and
+// for a terminal task its batch and runs too.
 //
 // KEYS[1] -> couponq:result:<task_id>
 // ARGV[1] -> now
 // ARGV[2] -> TTL in milliseconds
 // ARGV[3..7] -> task_id, op, brand_id, product_coupon_id, out_request_no
-var beginScript = redis.NewScript(`
+var beginScript = newScript("Begin", `
 local st = redis.call('HGET', KEYS[1], 'status')
 if st == 'succeeded' or st == 'failed' or st == 'canceled' then
-  return {st, redis.call('HGET', KEYS[1], 'attempts') or '0'}
+  local cur = redis.call('HMGET', KEYS[1], 'attempts', 'batch', 'runs')
+  return {st, cur[1] or '0', cur[2] or '', cur[3] or '1'}
 end
 if not st then
   redis.call('HSET', KEYS[1], 'task_id', ARGV[3], 'op', ARGV[4], 'brand_id', ARGV[5],
@@ -567,6 +541,9 @@ return {'running', redis.call('HGET', KEYS[1], 'attempts') or '0'}
 // it now has and the API calls recorded by earlier runs (the attempts
 // field). A terminal status means the task already finished (asynq
 // re-delivered it after a crash): the caller must not call the API again.
+// Begin then applies that outcome to the task's batch again before it
+// returns (the crash may have come between Finish's two steps), so an
+// error means the re-delivery must not be acknowledged yet.
 // A task enqueued by other means than the Producer gets its result hash here.
 func (s *Store) Begin(ctx context.Context, id Identity) (status Status, attempts int, err error) {
 	res, err := beginScript.Run(ctx, s.rdb, []string{ResultKey(id.TaskID)}, s.stamp(), s.ttlMillis(),
@@ -574,12 +551,17 @@ func (s *Store) Begin(ctx context.Context, id Identity) (status Status, attempts
 	if err != nil {
 		return "", 0, fmt.Errorf("couponq: begin %s: %w", id.TaskID, err)
 	}
-	if len(res) != 2 {
+	if len(res) != 2 && len(res) != 4 {
 		return "", 0, fmt.Errorf("couponq: begin %s: %d values from the script", id.TaskID, len(res))
 	}
 	n, err := strconv.Atoi(res[1])
 	if err != nil {
 		return "", 0, fmt.Errorf("couponq: begin %s: attempts %q: %w", id.TaskID, res[1], err)
+	}
+	if len(res) == 4 {
+		if err := s.settleOne(ctx, id.TaskID, res[2], res[3], res[0]); err != nil {
+			return "", 0, fmt.Errorf("couponq: begin %s: count its outcome in its batch: %w", id.TaskID, err)
+		}
 	}
 	return Status(res[0]), n, nil
 }
@@ -629,7 +611,7 @@ func (a *Attempt) args() []any {
 // ARGV[2] -> TTL in milliseconds
 // ARGV[3] -> API calls made in this run
 // ARGV[4..7] -> http_status, error_code, error_message, request_id
-var retryingScript = redis.NewScript(`
+var retryingScript = newScript("Retrying", `
 local st = redis.call('HGET', KEYS[1], 'status')
 if st == 'succeeded' or st == 'failed' or st == 'canceled' then return 0 end
 redis.call('HINCRBY', KEYS[1], 'attempts', ARGV[3])
@@ -649,11 +631,12 @@ func (s *Store) Retrying(ctx context.Context, taskID string, a Attempt) error {
 	return nil
 }
 
-// finishScript moves a task to its terminal status once and counts it in
-// its batch. Returns 1 when it did, 0 when the task was already terminal,
-// -1 when ARGV[12] asked for a task not started and a worker runs it.
-// A cancel records only its code and message: the other fields keep the
-// task's last attempt.
+// finishScript is the result step of Finish: it moves a task to its
+// terminal status once. Returns {1, batch, runs, status} when it did,
+// {0, batch, runs, status} when the task was already terminal, {-1, batch,
+// runs, status} when ARGV[11] asked for a task not started and a worker
+// runs it. A cancel records only its code and message: the other fields
+// keep the task's last attempt.
 //
 // KEYS[1] -> couponq:result:<task_id>
 // ARGV[1] -> now
@@ -662,14 +645,12 @@ func (s *Store) Retrying(ctx context.Context, taskID string, a Attempt) error {
 // ARGV[4..7] -> http_status, error_code, error_message, request_id
 // ARGV[8] -> terminal status
 // ARGV[9] -> coupon JSON, ARGV[10] -> coupon_state
-// ARGV[11] -> the batch key prefix "couponq:batch:"
-// ARGV[12] -> "unstarted": only a task queued or retrying (not in a call)
-//
-// The batch key is ARGV[11] followed by the result's batch field.
-var finishScript = redis.NewScript(luaFinishBatchIfDone + `
-local st = redis.call('HGET', KEYS[1], 'status')
-if st == 'succeeded' or st == 'failed' or st == 'canceled' then return 0 end
-if ARGV[12] == 'unstarted' and st ~= 'queued' and st ~= 'retrying' then return -1 end
+// ARGV[11] -> "unstarted": only a task queued or retrying (not in a call)
+var finishScript = newScript("Finish", luaTerminal+`
+local cur = redis.call('HMGET', KEYS[1], 'status', 'batch', 'runs')
+local st, batch, runs = cur[1], cur[2] or '', cur[3] or '1'
+if terminal(st) then return {0, batch, runs, st} end
+if ARGV[11] == 'unstarted' and st ~= 'queued' and st ~= 'retrying' then return {-1, batch, runs, st or ''} end
 redis.call('HINCRBY', KEYS[1], 'attempts', ARGV[3])
 if ARGV[8] == 'canceled' then
   redis.call('HSET', KEYS[1], 'status', ARGV[8], 'updated_at', ARGV[1], 'finished_at', ARGV[1],
@@ -680,37 +661,67 @@ else
     'coupon', ARGV[9], 'coupon_state', ARGV[10])
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
-local batch = redis.call('HGET', KEYS[1], 'batch')
-if batch and batch ~= '' then
-  local bk = ARGV[11] .. batch
-  if redis.call('EXISTS', bk) == 1 then
-    redis.call('HINCRBY', bk, ARGV[8], 1)
-    finish_batch_if_done(bk, ARGV[1])
-    redis.call('PEXPIRE', bk, ARGV[2])
-  end
-end
-return 1
+return {1, batch, runs, ARGV[8]}
 `)
 
 // Finish moves a task to its terminal status (succeeded, failed or
 // canceled) with the last attempt's details, and counts it in its batch,
-// finishing the batch when it was the last. It is atomic and happens at
-// most once per run of a task: a second call returns false and changes
-// nothing.
+// finishing the batch when it was the last. It happens at most once per
+// run of a task: a second call returns false and changes no result.
+//
+// Two round trips: the result step, then the batch step (with the task
+// set, for a task the batch did not count yet: its accept's batch step
+// was lost). A crash in between is healed by calling Finish again (as
+// the task's re-run does: asynq re-delivers it) or Begin, Settle or
+// RepairBatch: the batch step is applied again whether or not this call
+// changed the result.
 func (s *Store) Finish(ctx context.Context, taskID string, status Status, a Attempt) (bool, error) {
-	n, err := s.finish(ctx, taskID, status, a, "")
-	return n == 1, err
+	n, err := s.finish(ctx, []string{taskID}, status, a, "")
+	if err != nil {
+		return false, err
+	}
+	return n[0] == 1, nil
 }
 
-func (s *Store) finish(ctx context.Context, taskID string, status Status, a Attempt, only string) (int, error) {
+// finish runs the result step of Finish for each task (pipelined), then
+// the batch steps of their batches in one pipeline. It returns each
+// task's answer (see finishScript).
+func (s *Store) finish(ctx context.Context, taskIDs []string, status Status, a Attempt, only string) ([]int, error) {
+	what := "finish " + strconv.Itoa(len(taskIDs)) + " tasks"
+	if len(taskIDs) == 1 {
+		what = "finish " + taskIDs[0]
+	}
 	if !status.Terminal() {
-		return 0, fmt.Errorf("couponq: finish %s: status %q is not terminal", taskID, status)
+		return nil, fmt.Errorf("couponq: %s: status %q is not terminal", what, status)
 	}
 	args := append([]any{s.stamp(), s.ttlMillis()}, a.args()...)
-	args = append(args, string(status), string(a.Coupon), a.CouponState, batchKeyPrefix, only)
-	n, err := finishScript.Run(ctx, s.rdb, []string{ResultKey(taskID)}, args...).Int()
-	if err != nil {
-		return 0, fmt.Errorf("couponq: finish %s: %w", taskID, err)
+	args = append(args, string(status), string(a.Coupon), a.CouponState, only)
+	calls := make([]scriptCall, len(taskIDs))
+	for i, id := range taskIDs {
+		calls[i] = scriptCall{keys: []string{ResultKey(id)}, args: args}
 	}
-	return n, nil
+	cmds, err := runPipelined(ctx, s.rdb, finishScript, calls)
+	if err != nil {
+		return nil, fmt.Errorf("couponq: %s: %w", what, err)
+	}
+	out := make([]int, len(cmds))
+	batches, states := make([]string, len(cmds)), make([]taskState, len(cmds))
+	for i, c := range cmds {
+		res, err := c.Slice()
+		if err != nil || len(res) != 4 {
+			return nil, fmt.Errorf("couponq: %s: answer %v for %s: %w", what, c.Val(), taskIDs[i], err)
+		}
+		n, _ := res[0].(int64)
+		out[i] = int(n)
+		b, _ := res[1].(string)
+		runs, _ := res[2].(string)
+		st, _ := res[3].(string)
+		if Status(st).Terminal() {
+			batches[i], states[i] = b, taskState{taskID: taskIDs[i], runs: runsOf(runs), status: st}
+		}
+	}
+	if _, err := s.applyBatches(ctx, stateApplies(batches, states)); err != nil {
+		return nil, fmt.Errorf("couponq: %s: count in the batch: %w", what, err)
+	}
+	return out, nil
 }

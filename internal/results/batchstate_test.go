@@ -1,0 +1,341 @@
+package results
+
+import (
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
+)
+
+// counters are a batch's counters, as its hash says or as a recount of
+// its results does.
+type counters struct {
+	Total, Succeeded, Failed, Canceled      int
+	Duplicates, EarlierFailed, Conflicts    int
+	Finished, Sealed, CanceledAt, InTaskSet bool
+}
+
+// recount reads batch's hash (got) and recounts total, succeeded, failed
+// and canceled from the results of taskIDs that name the batch (want;
+// the other fields are got's). InTaskSet says the task set is exactly
+// those tasks.
+func recount(t *testing.T, rdb redis.UniversalClient, batch string, taskIDs ...string) (got, want counters) {
+	t.Helper()
+	ctx := t.Context()
+	m, err := rdb.HGetAll(ctx, BatchKey(batch)).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := func(f string) int { v, _ := strconv.Atoi(m[f]); return v }
+	got = counters{Total: n("total"), Succeeded: n("succeeded"), Failed: n("failed"), Canceled: n("canceled"),
+		Duplicates: n("duplicates"), EarlierFailed: n("earlier_failed"), Conflicts: n("conflicts"),
+		Finished: m["finished_at"] != "", Sealed: m["sealed"] == "1", CanceledAt: m["canceled_at"] != ""}
+	members, err := rdb.SMembers(ctx, BatchTasksKey(batch)).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	inSet := map[string]bool{}
+	for _, id := range members {
+		inSet[id] = true
+	}
+	want = got
+	want.Total, want.Succeeded, want.Failed, want.Canceled = 0, 0, 0, 0
+	mine, allIn := 0, true
+	for _, id := range taskIDs {
+		r, err := rdb.HMGet(ctx, ResultKey(id), FieldBatch, FieldStatus).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if b, _ := r[0].(string); b != batch {
+			continue
+		}
+		mine++
+		allIn = allIn && inSet[id]
+		want.Total++
+		switch st, _ := r[1].(string); Status(st) {
+		case StatusSucceeded:
+			want.Succeeded++
+		case StatusFailed:
+			want.Failed++
+		case StatusCanceled:
+			want.Canceled++
+		}
+	}
+	got.InTaskSet = allIn && len(members) == mine
+	want.InTaskSet = true
+	return got, want
+}
+
+type stateBundle struct {
+	mr  *miniredis.Miniredis
+	rdb *redis.Client
+	s   *Store
+}
+
+func setupState(t *testing.T) *stateBundle {
+	t.Helper()
+	mr := miniredis.RunT(t)
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	t.Cleanup(func() { _ = rdb.Close() })
+	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	return &stateBundle{mr: mr, rdb: rdb, s: NewStore(rdb, WithClock(func() time.Time { return now }))}
+}
+
+const testBatch = "b1"
+
+func testID(n string) Identity {
+	return Identity{TaskID: "get:120344:" + n, Op: "get", BrandID: "120344", ProductCouponID: "1000000013", OutRequestNo: n, Batch: testBatch}
+}
+
+// accept opens the batch and accepts tasks n into it in one call.
+func (b *stateBundle) accept(t *testing.T, h Handoff, ns ...string) []string {
+	t.Helper()
+	if err := b.s.OpenBatch(t.Context(), testBatch); err != nil {
+		t.Fatal(err)
+	}
+	items := make([]AcceptItem, len(ns))
+	ids := make([]string, len(ns))
+	for i, n := range ns {
+		items[i] = AcceptItem{Identity: testID(n), PayloadSHA256: "sha-" + n}
+		ids[i] = testID(n).TaskID
+	}
+	if _, err := b.s.AcceptMany(t.Context(), testBatch, h, items); err != nil {
+		t.Fatal(err)
+	}
+	return ids
+}
+
+func (b *stateBundle) check(t *testing.T, ids []string, want counters) {
+	t.Helper()
+	got, recounted := recount(t, b.rdb, testBatch, ids...)
+	if got != recounted {
+		t.Errorf("counters %+v differ from the recount of the results %+v", got, recounted)
+	}
+	if got != want {
+		t.Errorf("counters %+v, want %+v", got, want)
+	}
+}
+
+// resultStep runs only the result step of a Finish: the batch step is
+// lost, as when the worker dies between the two.
+func (b *stateBundle) resultStep(t *testing.T, taskID string, st Status) {
+	t.Helper()
+	args := append([]any{b.s.stamp(), b.s.ttlMillis()}, (&Attempt{Calls: 1}).args()...)
+	args = append(args, string(st), "", "", "")
+	if err := finishScript.Run(t.Context(), b.rdb, []string{ResultKey(taskID)}, args...).Err(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestApplyIdempotent(t *testing.T) {
+	t.Parallel()
+	b := setupState(t)
+	ctx := t.Context()
+	h := Handoff{Run: "r", Seq: 1}
+	ids := b.accept(t, h, "t1", "t2", "t1")
+	before := b.mr.Dump()
+	// The same call re-sent: nothing written, the duplicate counted once.
+	b.accept(t, h, "t1", "t2", "t1")
+	if after := b.mr.Dump(); after != before {
+		t.Errorf("re-sent accept wrote:\n%s\nthen\n%s", before, after)
+	}
+	if err := b.s.SealBatch(ctx, testBatch); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if _, err := b.s.Finish(ctx, ids[0], StatusSucceeded, Attempt{Calls: 1}); err != nil {
+			t.Fatal(err)
+		}
+		// The batch step alone, sent again.
+		if err := b.s.settleOne(ctx, ids[0], testBatch, "1", string(StatusSucceeded)); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.s.Settle(ctx, ids); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b.check(t, ids[:2], counters{Total: 2, Succeeded: 1, Duplicates: 1, Sealed: true, InTaskSet: true})
+}
+
+func TestApplyStaleIgnored(t *testing.T) {
+	t.Parallel()
+	b := setupState(t)
+	ctx := t.Context()
+	ids := b.accept(t, Handoff{Run: "r"}, "t1", "t2")
+	if _, err := b.s.Finish(ctx, ids[0], StatusFailed, Attempt{Calls: 1}); err != nil {
+		t.Fatal(err)
+	}
+	// A late step of the same run saying queued or running (an accept
+	// re-sent, a repair that read before the finish): ignored.
+	for _, st := range []string{"queued", "running"} {
+		if err := b.s.settleOne(ctx, ids[0], testBatch, "1", st); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b.check(t, ids, counters{Total: 2, Failed: 1, InTaskSet: true})
+	// Retried: run 2 is queued; a late step of run 1 (its finish re-sent)
+	// is ignored.
+	if _, err := b.s.Requeue(ctx, ids[:1], ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.s.settleOne(ctx, ids[0], testBatch, "1", string(StatusFailed)); err != nil {
+		t.Fatal(err)
+	}
+	b.check(t, ids, counters{Total: 2, InTaskSet: true})
+}
+
+func TestApplyRetryMovesCounters(t *testing.T) {
+	t.Parallel()
+	b := setupState(t)
+	ctx := t.Context()
+	ids := b.accept(t, Handoff{Run: "r"}, "t1", "t2")
+	if err := b.s.SealBatch(ctx, testBatch); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.s.CancelBatch(ctx, testBatch); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.s.Finish(ctx, ids[0], StatusFailed, Attempt{Calls: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.s.CancelUnstarted(ctx, ids[1:]); err != nil {
+		t.Fatal(err)
+	}
+	b.check(t, ids, counters{Total: 2, Failed: 1, Canceled: 1, Sealed: true, Finished: true, CanceledAt: true, InTaskSet: true})
+	out, err := b.s.Requeue(ctx, ids, "")
+	if err != nil || !out[0].Requeued || !out[1].Requeued {
+		t.Fatalf("Requeue = %+v, %v", out, err)
+	}
+	b.check(t, ids, counters{Total: 2, Sealed: true, InTaskSet: true})
+	for i, st := range []Status{StatusSucceeded, StatusFailed} {
+		if ok, err := b.s.Finish(ctx, ids[i], st, Attempt{Calls: 1}); err != nil || !ok {
+			t.Fatalf("Finish = %v, %v", ok, err)
+		}
+	}
+	b.check(t, ids, counters{Total: 2, Succeeded: 1, Failed: 1, Sealed: true, Finished: true, InTaskSet: true})
+}
+
+// A worker dies between Finish's result step and its batch step; asynq
+// re-delivers the task, and Begin, finding it terminal, applies the step.
+func TestApplyCrashHealedByRedelivery(t *testing.T) {
+	t.Parallel()
+	b := setupState(t)
+	ctx := t.Context()
+	ids := b.accept(t, Handoff{Run: "r"}, "t1")
+	if err := b.s.SealBatch(ctx, testBatch); err != nil {
+		t.Fatal(err)
+	}
+	b.resultStep(t, ids[0], StatusSucceeded)
+	if got, _ := recount(t, b.rdb, testBatch, ids...); got.Succeeded != 0 || got.Finished {
+		t.Fatalf("the lost step counted: %+v", got)
+	}
+	st, _, err := b.s.Begin(ctx, testID("t1"))
+	if err != nil || st != StatusSucceeded {
+		t.Fatalf("Begin = %v, %v", st, err)
+	}
+	b.check(t, ids, counters{Total: 1, Succeeded: 1, Sealed: true, Finished: true, InTaskSet: true})
+}
+
+// Steps lost in every writer (finish, retry, unaccept, an accept whose
+// batch step and task set never came) are healed by RepairBatch, and a
+// task set that names another batch's task loses it.
+func TestRepairBatch(t *testing.T) {
+	t.Parallel()
+	b := setupState(t)
+	ctx := t.Context()
+	ids := b.accept(t, Handoff{Run: "r"}, "t1", "t2", "t3", "t4")
+	// t5's accept wrote its result, then the producer died.
+	t5 := testID("t5")
+	if err := acceptScript.Run(ctx, b.rdb, []string{ResultKey(t5.TaskID)}, b.s.stamp(), b.s.ttlMillis(), testBatch, "r2", "r2/1.0/0", "q", "60",
+		t5.TaskID, t5.Op, t5.BrandID, t5.ProductCouponID, t5.OutRequestNo, "sha-t5", "{}").Err(); err != nil {
+		t.Fatal(err)
+	}
+	ids = append(ids, t5.TaskID)
+	if err := b.s.SealBatch(ctx, testBatch); err != nil {
+		t.Fatal(err)
+	}
+	b.resultStep(t, ids[0], StatusSucceeded) // lost batch step
+	if _, err := b.s.Finish(ctx, ids[1], StatusFailed, Attempt{}); err != nil {
+		t.Fatal(err)
+	}
+	// couponq retry of t2 lost its batch step.
+	if err := requeueScript.Run(ctx, b.rdb, []string{ResultKey(ids[1])}, b.s.stamp(), b.s.ttlMillis(), "").Err(); err != nil {
+		t.Fatal(err)
+	}
+	// Unaccept of t3 lost its batch step.
+	if err := unacceptScript.Run(ctx, b.rdb, []string{ResultKey(ids[2])}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	// The task set names another batch's task.
+	other := testID("t9")
+	other.Batch = "b2"
+	if _, err := b.s.Accept(ctx, other, "sha-t9"); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.rdb.SAdd(ctx, BatchTasksKey(testBatch), other.TaskID).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := recount(t, b.rdb, testBatch, ids...); got == want {
+		t.Fatalf("nothing to repair: %+v", got)
+	}
+	// Settle of t5 (the adoption sweep's, for changes it finds
+	// unconfirmed) counts it; RepairBatch does the rest.
+	if err := b.s.Settle(ctx, []string{t5.TaskID}); err != nil {
+		t.Fatal(err)
+	}
+	n, err := b.s.RepairBatch(ctx, testBatch)
+	if err != nil || n != 3 {
+		t.Errorf("RepairBatch = %d, %v; want 3 tasks changed", n, err)
+	}
+	b.check(t, append(ids, other.TaskID), counters{Total: 4, Succeeded: 1, Sealed: true, InTaskSet: true})
+	if n, err := b.s.RepairBatch(ctx, testBatch); err != nil || n != 0 {
+		t.Errorf("RepairBatch again = %d, %v; want nothing changed", n, err)
+	}
+	// The rest finish: the batch does.
+	for _, id := range []string{ids[1], ids[3], ids[4]} {
+		if _, err := b.s.Finish(ctx, id, StatusSucceeded, Attempt{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b.check(t, ids, counters{Total: 4, Succeeded: 4, Sealed: true, Finished: true, InTaskSet: true})
+}
+
+// A task whose accept lost its batch step (and never reached the task
+// set) is counted by its Finish, and put in the task set.
+func TestFinishCountsAnUncountedTask(t *testing.T) {
+	t.Parallel()
+	b := setupState(t)
+	ctx := t.Context()
+	if err := b.s.OpenBatch(ctx, testBatch); err != nil {
+		t.Fatal(err)
+	}
+	id := testID("t1")
+	if err := acceptScript.Run(ctx, b.rdb, []string{ResultKey(id.TaskID)}, b.s.stamp(), b.s.ttlMillis(), testBatch, "r", "r/1.0/0", "q", "60",
+		id.TaskID, id.Op, id.BrandID, id.ProductCouponID, id.OutRequestNo, "sha", "{}").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.s.Finish(ctx, id.TaskID, StatusSucceeded, Attempt{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.s.SealBatch(ctx, testBatch); err != nil {
+		t.Fatal(err)
+	}
+	b.check(t, []string{id.TaskID}, counters{Total: 1, Succeeded: 1, Sealed: true, Finished: true, InTaskSet: true})
+}
+
+func TestHashTagKeys(t *testing.T) {
+	t.Parallel()
+	for _, k := range []string{batchCountedKey("01JX"), batchCallsKey("01JX")} {
+		if got, want := k[:len("{couponq:batch:01JX}")], "{"+BatchKey("01JX")+"}"; got != want {
+			t.Errorf("%s: tag %s, want %s", k, got, want)
+		}
+	}
+	if hashTagSafe("a{b") || hashTagSafe("a}b") || !hashTagSafe("01JX-a.b_c") {
+		t.Error("hashTagSafe")
+	}
+	if _, err := NewStore(nil).RepairBatch(t.Context(), "x{y}"); err == nil {
+		t.Error("RepairBatch of a batch ID with braces")
+	}
+}
