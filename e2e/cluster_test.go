@@ -101,7 +101,7 @@ func TestClusterFailoverMidBatch(t *testing.T) {
 // tasks at once each, 100 ms per API call) on r, calls kill once a
 // quarter of it is done, and checks the batch ends whole: every task
 // terminal, nothing applied twice, the counters equal to the results
-// after repairBatch.
+// after RepairBatch.
 func failoverMidBatch(t *testing.T, r *topo, batch string, kill func() string) {
 	t.Helper()
 	const n = 400
@@ -138,7 +138,7 @@ func failoverMidBatch(t *testing.T, r *topo, batch string, kill func() string) {
 		}
 		return nil
 	}, "results after the failover")
-	repairBatch(t, r.rdb, batch)
+	repaired := repairBatch(t, r.rdb, batch)
 	// The counters equal the results, and so the batch is finished (the
 	// last finish may still be on its way to the batch hash: polled).
 	var st *tasks.BatchStatus
@@ -154,21 +154,21 @@ func failoverMidBatch(t *testing.T, r *topo, batch string, kill func() string) {
 		return nil
 	}, "counters after the failover and the repair")
 	verifyApplied(t, r.rdb, fake, cs, permanent)
-	t.Logf("%s: %s at %d/%d done (failover took %s); batch done %s after the kill: %+v; %d API requests, %d answered as repeats",
+	t.Logf("%s: %s at %d/%d done (failover took %s); batch done %s after the kill: %+v; %d API requests, %d answered as repeats; the repair changed %d tasks' states",
 		r, what, before.Succeeded+before.Failed, n, failedOver.Round(time.Millisecond), time.Since(start).Round(time.Millisecond), st,
-		len(fake.Requests()), repeats(fake))
+		len(fake.Requests()), repeats(fake), repaired)
 }
 
 // repairBatch heals batch's counters where a failover left them lagging
-// their results.
-//
-// TODO(slots): call results.NewStore(rdb).RepairBatch(ctx, batch) here
-// once the slots branch, which adds it, is merged. Until then nothing is
-// repaired, and failoverMidBatch's comparison of the counters with the
-// results says whether anything needed it.
-func repairBatch(t *testing.T, rdb redis.UniversalClient, batch string) {
+// their results (results.Store.RepairBatch, which the workers' adoption
+// sweep also runs), and returns how many tasks' states it changed.
+func repairBatch(t *testing.T, rdb redis.UniversalClient, batch string) int {
 	t.Helper()
-	_, _ = rdb, batch
+	n, err := results.NewStore(rdb).RepairBatch(t.Context(), batch)
+	if err != nil {
+		t.Fatalf("repair %s: %v", batch, err)
+	}
+	return n
 }
 
 // recount is what the result hashes of a set of changes say.
