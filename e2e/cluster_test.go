@@ -126,12 +126,19 @@ func failoverMidBatch(t *testing.T, r *topo, batch string, kill func() string) {
 	// Every result terminal. A task whose finish the failover lost waits
 	// for asynq's recoverer (lease 30 s, sweep every minute): bounded
 	// generously.
-	var rc *recount
+	var (
+		rc   *recount
+		last = -1
+	)
 	testutil.Eventually(t, 4*time.Minute, 200*time.Millisecond, func() error {
 		var err error
 		rc, err = recountResults(t.Context(), r.rdb, cs)
 		if err != nil {
 			return err
+		}
+		if rc.nonTerminal != last { // the progress of the recovery, for the log
+			last = rc.nonTerminal
+			t.Logf("%s after the kill: %d not terminal %v", time.Since(start).Round(100*time.Millisecond), rc.nonTerminal, rc.byStatus)
 		}
 		if rc.nonTerminal > 0 {
 			return fmt.Errorf("%d of %d results not terminal (%v)", rc.nonTerminal, n, rc.byStatus)
