@@ -161,10 +161,13 @@ func (b *BatchStatus) Done() bool { return !b.FinishedAt.IsZero() }
 // use and does not own its Redis client.
 type Reader struct {
 	rdb redis.UniversalClient
+	// stuckAfter is how long Wait sees a sealed batch make no progress
+	// before it repairs it.
+	stuckAfter time.Duration
 }
 
 // NewReader returns a reader over rdb.
-func NewReader(rdb redis.UniversalClient) *Reader { return &Reader{rdb: rdb} }
+func NewReader(rdb redis.UniversalClient) *Reader { return &Reader{rdb: rdb, stuckAfter: time.Minute} }
 
 // Result returns one task's result, or ErrNotFound.
 func (r *Reader) Result(ctx context.Context, taskID string) (*Result, error) {
@@ -287,10 +290,16 @@ func (r *Reader) BatchTaskIDs(ctx context.Context, batchID string) ([]string, er
 // calling onProgress (may be nil) with each status read, and returns the
 // final status. It returns early with ctx's error, or ErrNotFound when the
 // batch does not exist.
+//
+// A sealed batch that makes no progress for a minute is repaired once
+// per quiet minute (RepairBatch): a worker that crashed between a task's
+// result and its batch's counters would otherwise keep it from finishing
+// until the workers' sweep notices.
 func (r *Reader) Wait(ctx context.Context, batchID string, every time.Duration, onProgress func(*BatchStatus)) (*BatchStatus, error) {
 	every = max(every, 10*time.Millisecond)
 	t := time.NewTicker(every)
 	defer t.Stop()
+	lastDone, since := -1, time.Now()
 	for {
 		b, err := r.Batch(ctx, batchID)
 		if err != nil {
@@ -301,6 +310,14 @@ func (r *Reader) Wait(ctx context.Context, batchID string, every time.Duration, 
 		}
 		if b.Done() {
 			return b, nil
+		}
+		if done := b.Succeeded + b.Failed + b.Canceled; done != lastDone || !b.Sealed {
+			lastDone, since = done, time.Now()
+		} else if r.stuckAfter > 0 && time.Since(since) >= r.stuckAfter {
+			// A failed repair is no reason to stop waiting: the next
+			// quiet minute tries again, and so does the workers' sweep.
+			_ = r.RepairBatch(ctx, batchID)
+			since = time.Now()
 		}
 		select {
 		case <-ctx.Done():
@@ -313,4 +330,19 @@ func (r *Reader) Wait(ctx context.Context, batchID string, every time.Duration, 
 			return b, fmt.Errorf("couponq: waiting for batch %s: %w", batchID, context.Cause(ctx))
 		}
 	}
+}
+
+// RepairBatch recounts batch batchID's counters from its results
+// (results.Store.RepairBatch), keeping the batch's TTL as it is. Wait
+// calls it for a batch that looks stuck.
+func (r *Reader) RepairBatch(ctx context.Context, batchID string) error {
+	ttl, err := r.rdb.PTTL(ctx, results.BatchKey(batchID)).Result()
+	if err != nil {
+		return fmt.Errorf("couponq: repair batch %s: %w", batchID, err)
+	}
+	if ttl <= 0 {
+		return nil // gone, or kept without a TTL: nothing a reader should touch
+	}
+	_, err = results.NewStore(r.rdb, results.WithResultTTL(ttl)).RepairBatch(ctx, batchID)
+	return err
 }

@@ -160,3 +160,27 @@ func TestReaderWait(t *testing.T) {
 		t.Errorf("Wait after cancel = %+v, %v", st, err)
 	}
 }
+
+// Wait repairs a sealed batch that makes no progress: here a task's
+// result says succeeded and its batch step was lost, so the batch would
+// never finish on its own.
+func TestReaderWaitRepairsStuckBatch(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	c := getChange("stuck_1")
+	if _, err := b.p.EnqueueBatch(ctx, Changes([]Change{c}), BatchOptions{ID: "stuck"}); err != nil {
+		t.Fatal(err)
+	}
+	b.mr.HSet(results.ResultKey(c.TaskID()), results.FieldStatus, string(StatusSucceeded))
+	r := NewReader(b.rdb)
+	r.stuckAfter = 20 * time.Millisecond
+	st, err := r.Wait(ctx, "stuck", 10*time.Millisecond, nil)
+	if err != nil || !st.Done() || st.Succeeded != 1 || st.Total != 1 {
+		t.Fatalf("Wait = %+v, %v", st, err)
+	}
+	if ttl := b.mr.TTL(results.BatchKey("stuck")); ttl != DefaultResultTTL {
+		t.Errorf("batch TTL after the repair = %v", ttl)
+	}
+}

@@ -63,16 +63,31 @@ local function terminal(s) return s == 'succeeded' or s == 'failed' or s == 'can
 // exist (expired, or never opened) is left alone. Returns {tasks added to
 // the batch, tasks whose state changed}, or {-1, 0} for no batch.
 //
+// A batch written by a couponq before the batch step (total above zero
+// and no counted hash) answers {-2, 0} and changes nothing: its counters
+// must first be rebuilt from its results (Store.rebuildBatch, flag 'z').
+// Applying states to it would count its tasks a second time.
+//
 // KEYS[1] -> couponq:batch:<batch_id>
 // KEYS[2] -> {couponq:batch:<batch_id>}:counted
 // KEYS[3] -> {couponq:batch:<batch_id>}:calls
 // ARGV[1] -> now, ARGV[2] -> TTL in milliseconds
 // ARGV[3] -> the call's token ("" = none: its events always count)
-// ARGV[4] -> "1" to reopen the batch (unseal it) when a task is added
+// ARGV[4] -> flags: 'r' to reopen the batch (unseal it) when a task is
+// added; 'z' to zero total, succeeded, failed and canceled and forget the
+// counted states first (a rebuild); 'q' not to finish the batch (a part of
+// a rebuild that more parts follow)
 // ARGV[5..7] -> events: duplicates, earlier_failed, conflicts
 // ARGV[8..] -> per task: task_id, runs, status
 var applyBatchScript = newScript("ApplyBatch", luaFinishBatchIfDone+luaTerminal+`
 if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, 0} end
+local flags = ARGV[4]
+if string.find(flags, 'z', 1, true) then
+  redis.call('HSET', KEYS[1], 'total', '0', 'succeeded', '0', 'failed', '0', 'canceled', '0')
+  redis.call('DEL', KEYS[2])
+elseif redis.call('EXISTS', KEYS[2]) == 0 and tonumber(redis.call('HGET', KEYS[1], 'total') or '0') > 0 then
+  return {-2, 0}
+end
 local added, changed, requeued = 0, 0, false
 for i = 8, #ARGV, 3 do
   local t, runs, st = ARGV[i], tonumber(ARGV[i + 1]) or 1, ARGV[i + 2]
@@ -120,12 +135,12 @@ if n > 0 and (ARGV[3] == '' or redis.call('SADD', KEYS[3], ARGV[3]) == 1) then
   end
 end
 if requeued then redis.call('HDEL', KEYS[1], 'finished_at', 'canceled_at') end
-if added > 0 and ARGV[4] == '1' then
+if added > 0 and string.find(flags, 'r', 1, true) then
   -- a batch sealed early (its producer was not seen for a while) reopens
   redis.call('HSET', KEYS[1], 'sealed', '0')
   redis.call('HDEL', KEYS[1], 'finished_at')
 end
-finish_batch_if_done(KEYS[1], ARGV[1])
+if not string.find(flags, 'q', 1, true) then finish_batch_if_done(KEYS[1], ARGV[1]) end
 for k = 1, 3 do
   if redis.call('EXISTS', KEYS[k]) == 1 then redis.call('PEXPIRE', KEYS[k], ARGV[2]) end
 end
@@ -163,6 +178,7 @@ type batchEvents struct {
 type batchApply struct {
 	batch    string
 	reopen   bool
+	rebuild  bool // zero the counters first (see rebuildBatch)
 	events   batchEvents
 	states   []taskState
 	addTasks []string // SADD to the task set
@@ -176,12 +192,13 @@ const maxApply = 512
 type applied struct {
 	added, changed int
 	missing        bool // no batch hash
+	legacy         bool // written before the batch step: rebuild it first
 }
 
 // applyBatches runs the batch steps of several batches (and their task
 // set changes) in one pipeline: on a cluster, go-redis sends each to the
-// master of its slot. Every command is idempotent, so a pipeline sent
-// again after NOSCRIPT changes nothing twice.
+// master of its slot. Every command is idempotent: go-redis may send the
+// pipeline again after a read timeout.
 func (s *Store) applyBatches(ctx context.Context, applies []batchApply) ([]applied, error) {
 	out := make([]applied, len(applies))
 	type sent struct {
@@ -198,11 +215,21 @@ func (s *Store) applyBatches(ctx context.Context, applies []batchApply) ([]appli
 			for first := true; first || len(states) > 0; first = false {
 				chunk := states[:min(len(states), maxApply)]
 				states = states[len(chunk):]
-				if len(chunk) == 0 && ev.duplicates+ev.earlierFailed+ev.conflicts == 0 {
+				if len(chunk) == 0 && ev.duplicates+ev.earlierFailed+ev.conflicts == 0 && !a.rebuild {
 					break
 				}
+				flags := ""
+				if a.reopen {
+					flags += "r"
+				}
+				if a.rebuild && first {
+					flags += "z"
+				}
+				if a.rebuild && len(states) > 0 {
+					flags += "q"
+				}
 				args := make([]any, 0, 7+3*len(chunk))
-				args = append(args, s.stamp(), s.ttlMillis(), ev.token, boolArg(a.reopen), ev.duplicates, ev.earlierFailed, ev.conflicts)
+				args = append(args, s.stamp(), s.ttlMillis(), ev.token, flags, ev.duplicates, ev.earlierFailed, ev.conflicts)
 				for _, st := range chunk {
 					args = append(args, st.taskID, st.runs, st.status)
 				}
@@ -231,10 +258,18 @@ func (s *Store) applyBatches(ctx context.Context, applies []batchApply) ([]appli
 	if err != nil {
 		return nil, err
 	}
+	var legacy []batchApply
 	for _, c := range cmds {
 		res, err := c.cmd.Int64Slice()
 		if err != nil || len(res) != 2 {
 			return nil, fmt.Errorf("batch %s: unexpected answer %v: %w", applies[c.i].batch, c.cmd.Val(), err)
+		}
+		if res[0] == -2 {
+			if !out[c.i].legacy {
+				legacy = append(legacy, applies[c.i])
+			}
+			out[c.i].legacy = true
+			continue
 		}
 		if res[0] < 0 {
 			out[c.i].missing = true
@@ -243,14 +278,25 @@ func (s *Store) applyBatches(ctx context.Context, applies []batchApply) ([]appli
 		out[c.i].added += int(res[0])
 		out[c.i].changed += int(res[1])
 	}
-	return out, nil
-}
-
-func boolArg(b bool) string {
-	if b {
-		return "1"
+	// A batch an older couponq wrote (its counters are increments, no
+	// counted states): rebuilt from its results, then this step again
+	// (the task set's changes went through already).
+	for _, a := range legacy {
+		if _, err := s.rebuildBatch(ctx, a.batch); err != nil {
+			return nil, err
+		}
+		a.addTasks, a.remTasks = nil, nil
+		again, err := s.applyBatches(ctx, []batchApply{a})
+		if err != nil {
+			return nil, err
+		}
+		for i := range applies {
+			if applies[i].batch == a.batch && out[i].legacy {
+				out[i] = again[0]
+			}
+		}
 	}
-	return "0"
+	return out, nil
 }
 
 // pipelined is the package's pipelined over the store's client.
@@ -359,6 +405,19 @@ func (s *Store) settleOne(ctx context.Context, taskID, batch, runs, status strin
 // counters (0: they were right). It is idempotent and safe beside the
 // writers: an apply never moves a task back to an older state.
 func (s *Store) RepairBatch(ctx context.Context, batchID string) (int, error) {
+	return s.repairBatch(ctx, batchID, false)
+}
+
+// rebuildBatch is RepairBatch from zero: the counters of total and of
+// the terminal statuses are reset and recounted from the results of the
+// task set, in the same script as the first part, and the batch is not
+// finished before the last part. It converts a batch an older couponq
+// wrote (counters by increments, no counted states).
+func (s *Store) rebuildBatch(ctx context.Context, batchID string) (int, error) {
+	return s.repairBatch(ctx, batchID, true)
+}
+
+func (s *Store) repairBatch(ctx context.Context, batchID string, rebuild bool) (int, error) {
 	if !hashTagSafe(batchID) {
 		return 0, fmt.Errorf("couponq: repair batch %q: a batch ID holds no brace", batchID)
 	}
@@ -400,7 +459,7 @@ func (s *Store) RepairBatch(ctx context.Context, batchID string) (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("couponq: repair batch %s: %w", batchID, err)
 	}
-	a := batchApply{batch: batchID}
+	a := batchApply{batch: batchID, rebuild: rebuild}
 	for i, st := range states {
 		switch {
 		case st.status != "" && batches[i] == batchID:
@@ -422,6 +481,9 @@ func (s *Store) RepairBatch(ctx context.Context, batchID string) (int, error) {
 	res, err := s.applyBatches(ctx, []batchApply{a})
 	if err != nil {
 		return 0, fmt.Errorf("couponq: repair batch %s: %w", batchID, err)
+	}
+	if res[0].legacy && !rebuild {
+		return s.repairBatch(ctx, batchID, true)
 	}
 	return res[0].changed, nil
 }

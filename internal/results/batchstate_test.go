@@ -338,4 +338,71 @@ func TestHashTagKeys(t *testing.T) {
 	if _, err := NewStore(nil).RepairBatch(t.Context(), "x{y}"); err == nil {
 		t.Error("RepairBatch of a batch ID with braces")
 	}
+	if err := NewStore(nil).OpenBatch(t.Context(), "x}"); err == nil {
+		t.Error("OpenBatch of a batch ID with a brace")
+	}
+	if _, err := NewStore(nil).AcceptMany(t.Context(), "{x", Handoff{}, nil); err == nil {
+		t.Error("AcceptMany into a batch ID with a brace")
+	}
+}
+
+// A batch an older couponq wrote (counters by increments, no counted
+// states) is rebuilt from its results at its first batch step, not
+// counted twice: here its second task finishes, after its first did.
+func TestLegacyBatchRebuilt(t *testing.T) {
+	t.Parallel()
+	b := setupState(t)
+	ctx := t.Context()
+	ids := b.accept(t, Handoff{Run: "r"}, "t1", "t2", "t3")
+	if err := b.s.SealBatch(ctx, testBatch); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.s.Finish(ctx, ids[0], StatusSucceeded, Attempt{}); err != nil {
+		t.Fatal(err)
+	}
+	// As the older couponq left it: the same counters, no counted states.
+	b.mr.Del(batchCountedKey(testBatch))
+	b.check(t, ids, counters{Total: 3, Succeeded: 1, Sealed: true, InTaskSet: true})
+	if _, err := b.s.Finish(ctx, ids[1], StatusFailed, Attempt{}); err != nil {
+		t.Fatal(err)
+	}
+	b.check(t, ids, counters{Total: 3, Succeeded: 1, Failed: 1, Sealed: true, InTaskSet: true})
+	if _, err := b.s.Finish(ctx, ids[2], StatusSucceeded, Attempt{}); err != nil {
+		t.Fatal(err)
+	}
+	b.check(t, ids, counters{Total: 3, Succeeded: 2, Failed: 1, Sealed: true, Finished: true, InTaskSet: true})
+	// RepairBatch rebuilds one too.
+	b.mr.Del(batchCountedKey(testBatch))
+	if _, err := b.s.RepairBatch(ctx, testBatch); err != nil {
+		t.Fatal(err)
+	}
+	b.check(t, ids, counters{Total: 3, Succeeded: 2, Failed: 1, Sealed: true, Finished: true, InTaskSet: true})
+	if n, _ := b.mr.HKeys(batchCountedKey(testBatch)); len(n) != 3 {
+		t.Errorf("counted states after the rebuild: %v", n)
+	}
+}
+
+// A rebuild in several parts neither finishes the batch early nor loses a
+// part.
+func TestRebuildInParts(t *testing.T) {
+	t.Parallel()
+	b := setupState(t)
+	ctx := t.Context()
+	ns := make([]string, 2*maxApply+10)
+	for i := range ns {
+		ns[i] = "t" + strconv.Itoa(i)
+	}
+	ids := b.accept(t, Handoff{Run: "r"}, ns...)
+	if err := b.s.SealBatch(ctx, testBatch); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.s.CancelUnstarted(ctx, ids[:maxApply+5]); err != nil {
+		t.Fatal(err)
+	}
+	b.mr.Del(batchCountedKey(testBatch))
+	b.mr.HSet(BatchKey(testBatch), "total", "1") // whatever the older couponq counted
+	if _, err := b.s.RepairBatch(ctx, testBatch); err != nil {
+		t.Fatal(err)
+	}
+	b.check(t, ids, counters{Total: len(ids), Canceled: maxApply + 5, Sealed: true, InTaskSet: true})
 }

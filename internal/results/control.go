@@ -88,14 +88,16 @@ func (s *Store) Requeue(ctx context.Context, taskIDs []string, code string) ([]R
 // cancelBatchScript marks a batch canceled unless it finished. Returns
 // "canceled", "finished" or "missing".
 //
-// KEYS[1] -> couponq:batch:<batch_id>
+// KEYS[1..3] -> couponq:batch:<batch_id> and its own keys (batchScriptKeys)
 // ARGV[1] -> now, ARGV[2] -> TTL in milliseconds
 var cancelBatchScript = newScript("CancelBatch", `
 if redis.call('EXISTS', KEYS[1]) == 0 then return 'missing' end
 if redis.call('HEXISTS', KEYS[1], 'finished_at') == 1 then return 'finished' end
 redis.call('HSETNX', KEYS[1], 'canceled', '0')
 redis.call('HSETNX', KEYS[1], 'canceled_at', ARGV[1])
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
+for k = 1, 3 do
+  if redis.call('EXISTS', KEYS[k]) == 1 then redis.call('PEXPIRE', KEYS[k], ARGV[2]) end
+end
 return 'canceled'
 `)
 
@@ -110,7 +112,7 @@ const (
 // its tasks, unless it is finished (BatchFinished) or does not exist
 // (BatchMissing). It is idempotent.
 func (s *Store) CancelBatch(ctx context.Context, batchID string) (string, error) {
-	r, err := cancelBatchScript.Run(ctx, s.rdb, []string{BatchKey(batchID)}, s.stamp(), s.ttlMillis()).Text()
+	r, err := cancelBatchScript.Run(ctx, s.rdb, batchScriptKeys(batchID), s.stamp(), s.ttlMillis()).Text()
 	if err != nil {
 		return "", fmt.Errorf("couponq: cancel batch %s: %w", batchID, err)
 	}

@@ -18,10 +18,10 @@ import (
 // It must follow the scripts: TestStoreScriptsOnCluster runs every one of
 // them on a real cluster and fails when a script is missing here.
 var scriptKeys = map[string]func(t, b, r, c string) []string{
-	"OpenBatch":   func(_, b, _, _ string) []string { return []string{BatchKey(b)} },
+	"OpenBatch":   func(_, b, _, _ string) []string { return batchScriptKeys(b) },
 	"SealBatch":   func(_, b, _, _ string) []string { return batchScriptKeys(b) },
 	"ApplyBatch":  func(_, b, _, _ string) []string { return batchScriptKeys(b) },
-	"CancelBatch": func(_, b, _, _ string) []string { return []string{BatchKey(b)} },
+	"CancelBatch": func(_, b, _, _ string) []string { return batchScriptKeys(b) },
 	"AddTasks":    func(_, b, _, _ string) []string { return []string{BatchTasksKey(b)} },
 	"Accept":      func(t, _, _, _ string) []string { return []string{ResultKey(t)} },
 	"Unaccept":    func(t, _, _, _ string) []string { return []string{ResultKey(t)} },

@@ -75,12 +75,15 @@ type Identity struct {
 }
 
 // openBatchScript creates the batch hash, or reopens an existing one for
-// more tasks (unsealing it), and refreshes its TTL.
+// more tasks (unsealing it), and refreshes its TTL and its own keys'.
 //
-// KEYS[1] -> couponq:batch:<batch_id>
+// KEYS[1..3] -> couponq:batch:<batch_id> and its own keys (batchScriptKeys)
 // ARGV[1] -> now (TimeFormat)
 // ARGV[2] -> TTL in milliseconds
 var openBatchScript = newScript("OpenBatch", `
+for k = 2, 3 do
+  if redis.call('EXISTS', KEYS[k]) == 1 then redis.call('PEXPIRE', KEYS[k], ARGV[2]) end
+end
 redis.call('HSETNX', KEYS[1], 'created_at', ARGV[1])
 redis.call('HSETNX', KEYS[1], 'total', '0')
 redis.call('HSETNX', KEYS[1], 'duplicates', '0')
@@ -97,10 +100,13 @@ return 1
 // producer that dies at any point leaves a batch the workers will seal.
 // Until SealBatch, the batch cannot finish. Both steps are idempotent.
 func (s *Store) OpenBatch(ctx context.Context, batchID string) error {
+	if !hashTagSafe(batchID) {
+		return fmt.Errorf("couponq: open batch %q: a batch ID holds no brace (its keys' hash tags would break)", batchID)
+	}
 	if err := s.MarkOpen(ctx, batchID); err != nil {
 		return err
 	}
-	if err := openBatchScript.Run(ctx, s.rdb, []string{BatchKey(batchID)}, s.stamp(), s.ttlMillis()).Err(); err != nil {
+	if err := openBatchScript.Run(ctx, s.rdb, batchScriptKeys(batchID), s.stamp(), s.ttlMillis()).Err(); err != nil {
 		return fmt.Errorf("couponq: open batch %s: %w", batchID, err)
 	}
 	return s.indexBatch(ctx, batchID)
