@@ -3,7 +3,9 @@
 // rate limiter's share of WeChat Pay's quota with three worker processes
 // (BenchmarkQuota). They run only with -bench; plain `go test ./bench/`
 // runs no benchmark.
-// Figures and commands are in bench/pipeline.txt and bench/ratelimit.txt.
+// BenchmarkClusterQueues measures asynq's queues on one redis-server and on a
+// Redis Cluster. Figures and commands are in bench/pipeline.txt,
+// bench/ratelimit.txt and bench/cluster.txt.
 package bench
 
 import (

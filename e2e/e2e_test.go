@@ -22,6 +22,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/couponq/couponq/internal/redistest"
+	"github.com/couponq/couponq/internal/redisurl"
 	"github.com/couponq/couponq/internal/testutil"
 	"github.com/couponq/couponq/internal/wpenv"
 	"github.com/couponq/couponq/tasks"
@@ -32,8 +33,9 @@ import (
 
 const childEnv = "COUPONQ_E2E_WORKER"
 
-// TestMain doubles as a worker process for the crash test: with
-// COUPONQ_E2E_WORKER=1 the test binary runs one worker until SIGTERM.
+// TestMain doubles as a worker process: with COUPONQ_E2E_WORKER=1 the test
+// binary runs one worker on the Redis that E2E_REDIS_URL names until
+// SIGTERM.
 func TestMain(m *testing.M) {
 	if os.Getenv(childEnv) == "1" {
 		os.Exit(childWorker())
@@ -49,8 +51,14 @@ func childWorker() int {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
 	}
+	conn, err := redisurl.Parse(os.Getenv("E2E_REDIS_URL"))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
 	// E2E_CONCURRENCY and E2E_RATE (calls/s per endpoint, shared by the
-	// workers of one identity) default to 4 and unlimited.
+	// workers of one identity) default to 4 and unlimited; E2E_ADOPT_AFTER
+	// (the adoption grace period) to the worker's.
 	concurrency, rate := 4, 0
 	if n, err := strconv.Atoi(os.Getenv("E2E_CONCURRENCY")); err == nil {
 		concurrency = n
@@ -58,8 +66,12 @@ func childWorker() int {
 	if n, err := strconv.Atoi(os.Getenv("E2E_RATE")); err == nil {
 		rate = n
 	}
+	var adoptAfter time.Duration
+	if d, err := time.ParseDuration(os.Getenv("E2E_ADOPT_AFTER")); err == nil {
+		adoptAfter = d
+	}
 	w, err := worker.New(worker.Config{
-		Redis: asynq.RedisClientOpt{Addr: os.Getenv("E2E_REDIS_ADDR")}, Concurrency: concurrency, Rate: rate, MaxRetry: 15,
+		Redis: conn, Concurrency: concurrency, Rate: rate, MaxRetry: 15, AdoptAfter: adoptAfter,
 		RetryBase: 50 * time.Millisecond, RetryCap: time.Second, Identity: api.Identity(), ProbeInterval: 100 * time.Millisecond,
 		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
 	}, api)
@@ -75,11 +87,12 @@ func childWorker() int {
 	return 0
 }
 
-// startWorker runs an in-process worker until the test ends.
-func startWorker(t *testing.T, addr string, api worker.API, concurrency int) {
+// startWorker runs an in-process worker on the Redis redisURL names until
+// the test ends.
+func startWorker(t *testing.T, redisURL string, api worker.API, concurrency int) {
 	t.Helper()
 	startWorkerConfig(t, worker.Config{
-		Redis: asynq.RedisClientOpt{Addr: addr}, Concurrency: concurrency, MaxRetry: 15,
+		Redis: redisConn(t, redisURL), Concurrency: concurrency, MaxRetry: 15,
 		RetryBase: 50 * time.Millisecond, RetryCap: time.Second,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	}, api)
@@ -300,28 +313,49 @@ func faultCounts(fake *wechatpaytest.Server) map[string]int {
 
 func TestFaultMix1000(t *testing.T) {
 	t.Parallel()
-	srv := redistest.Start(t)
-	rdb := srv.Client()
+	faultMix(t, onSingle(t), inProcess)
+}
+
+// workerKind says how a scenario runs its two workers.
+type workerKind int
+
+const (
+	inProcess workerKind = iota // goroutines of the test
+	processes                   // child processes of the test binary
+)
+
+// faultMix: 1000 changes through two workers (16 tasks at once each) while
+// the fake answers 10% 500s, 10% 429s, drops 5% of connections after
+// applying the change and signs 3% of answers wrongly: every task
+// terminal, counters exact, nothing applied twice, only the permanent
+// failures failed.
+func faultMix(t *testing.T, r *topo, workers workerKind) {
+	t.Helper()
 	fake := wechatpaytest.NewServer(t, wechatpaytest.WithSeed(7), wechatpaytest.WithRepeatAnswer(wechatpaytest.RepeatError))
 	fake.SetFaults(wechatpaytest.Faults{Status500: 0.10, Status429: 0.10, DropAfterApply: 0.05, BadSignature: 0.03})
 	ids := fake.SeedCoupons(fake.BrandID(), 1000)
 	cs, permanent := mixed(ids, fake.BrandID(), "mix")
-	api := fake.Client()
-	startWorker(t, srv.Addr(), api, 16)
-	startWorker(t, srv.Addr(), api, 16)
+	switch workers {
+	case inProcess:
+		api := fake.Client()
+		startWorker(t, r.url, api, 16)
+		startWorker(t, r.url, api, 16)
+	case processes:
+		workerProcs(t, r.url, fake, 2, map[string]string{"E2E_CONCURRENCY": "16"})
+	}
 
 	start := time.Now()
-	rep := enqueue(t, rdb, cs, "faultmix")
+	rep := enqueue(t, r.rdb, cs, "faultmix")
 	if rep.Total != 1000 {
 		t.Fatalf("enqueued %d, want 1000", rep.Total)
 	}
-	st := wait(t, rdb, "faultmix", 4*time.Minute)
-	ok, failed := verify(t, rdb, fake, "faultmix", st, permanent)
+	st := wait(t, r.rdb, "faultmix", 4*time.Minute)
+	ok, failed := verify(t, r.rdb, fake, "faultmix", st, permanent)
 	if failed != len(permanent) {
 		t.Errorf("%d failed, want exactly the %d permanent ones", failed, len(permanent))
 	}
-	t.Logf("1000 changes in %s: %d succeeded, %d failed, %d API requests, faults %v",
-		time.Since(start).Round(time.Millisecond), ok, failed, len(fake.Requests()), faultCounts(fake))
+	t.Logf("%s: 1000 changes in %s: %d succeeded, %d failed, %d API requests, faults %v %s",
+		r, time.Since(start).Round(time.Millisecond), ok, failed, len(fake.Requests()), faultCounts(fake), r.keysPerMaster(t.Context()))
 }
 
 func TestReenqueueIsDuplicates(t *testing.T) {
@@ -331,7 +365,7 @@ func TestReenqueueIsDuplicates(t *testing.T) {
 	fake := wechatpaytest.NewServer(t)
 	ids := fake.SeedCoupons(fake.BrandID(), 60)
 	cs, permanent := mixed(ids, fake.BrandID(), "dup")
-	startWorker(t, srv.Addr(), fake.Client(), 8)
+	startWorker(t, srv.URL(), fake.Client(), 8)
 	enqueue(t, rdb, cs, "first")
 	st := wait(t, rdb, "first", time.Minute)
 	verify(t, rdb, fake, "first", st, permanent)
@@ -353,7 +387,7 @@ func TestReenqueueIsDuplicates(t *testing.T) {
 	// nothing left that could call the API: only then is the count final.
 	// (Active may still hold the first batch's last task for a moment after
 	// its result is written.)
-	insp := asynq.NewInspector(asynq.RedisClientOpt{Addr: srv.Addr()})
+	insp := asynq.NewInspector(redisConn(t, srv.URL()))
 	defer insp.Close()
 	testutil.Eventually(t, 10*time.Second, 20*time.Millisecond, func() error {
 		qi, err := insp.GetQueueInfo(tasks.DefaultQueue)
@@ -377,7 +411,7 @@ func TestRedisRestartMidBatch(t *testing.T) {
 	fake := wechatpaytest.NewServer(t, wechatpaytest.WithLatency(40*time.Millisecond), wechatpaytest.WithRepeatAnswer(wechatpaytest.RepeatError))
 	ids := fake.SeedCoupons(fake.BrandID(), 300)
 	cs, permanent := mixed(ids, fake.BrandID(), "rst")
-	startWorker(t, srv.Addr(), fake.Client(), 4)
+	startWorker(t, srv.URL(), fake.Client(), 4)
 	enqueue(t, rdb, cs, "restart")
 
 	r := tasks.NewReader(rdb)
@@ -408,7 +442,7 @@ func TestWorkerSIGKILL(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	startChild := func(name string) *exec.Cmd { return childProc(t, srv.Addr(), env, name) }
+	startChild := func(name string) *exec.Cmd { return childProc(t, srv.URL(), env, name) }
 	a := startChild("worker-a")
 	enqueue(t, rdb, cs, "sigkill")
 	r := tasks.NewReader(rdb)

@@ -17,12 +17,13 @@ import (
 	"github.com/couponq/couponq/wechatpay/wechatpaytest"
 )
 
-// childProc runs the test binary as one worker process (TestMain) with env
-// on top of the WeChat Pay settings; the test's end kills it.
-func childProc(t *testing.T, redisAddr string, env map[string]string, name string) *exec.Cmd {
+// childProc runs the test binary as one worker process (TestMain) on the
+// Redis redisURL names, with env on top of the WeChat Pay settings; the
+// test's end kills it.
+func childProc(t *testing.T, redisURL string, env map[string]string, name string) *exec.Cmd {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), childEnv+"=1", "E2E_REDIS_ADDR="+redisAddr)
+	cmd.Env = append(os.Environ(), childEnv+"=1", "E2E_REDIS_URL="+redisURL)
 	for k, v := range env {
 		cmd.Env = append(cmd.Env, k+"="+v)
 	}
@@ -85,7 +86,7 @@ func TestMisconfiguredWorkerProcess(t *testing.T) {
 			cs, permanent := mixed(ids, fake.BrandID(), "mis")
 			rep := enqueue(t, rdb, cs, "misconfigured")
 
-			bad := childProc(t, srv.Addr(), badEnv, "bad-worker")
+			bad := childProc(t, srv.URL(), badEnv, "bad-worker")
 			testutil.Eventually(t, time.Minute, 20*time.Millisecond, func() error {
 				n := 0
 				for _, q := range fake.Requests() {
@@ -125,7 +126,7 @@ func TestMisconfiguredWorkerProcess(t *testing.T) {
 			}
 
 			fake.SetClockSkew(0)
-			childProc(t, srv.Addr(), env, "good-worker")
+			childProc(t, srv.URL(), env, "good-worker")
 			st := wait(t, rdb, "misconfigured", 2*time.Minute)
 			verify(t, rdb, fake, "misconfigured", st, permanent)
 			if st.Failed != len(permanent) {

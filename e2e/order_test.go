@@ -14,7 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/couponq/couponq/internal/redistest"
@@ -27,9 +26,10 @@ import (
 // Per-coupon order, couponq retry and couponq cancel, on a real
 // redis-server with worker processes and the fake WeChat Pay.
 
-// workerProcs starts n worker processes (TestMain) on the fake, with
-// extra settings on top of its environment (E2E_RATE, E2E_CONCURRENCY).
-func workerProcs(t *testing.T, addr string, fake *wechatpaytest.Server, n int, extra map[string]string) []*exec.Cmd {
+// workerProcs starts n worker processes (TestMain) on the Redis redisURL
+// names and the fake, with extra settings on top of its environment
+// (E2E_RATE, E2E_CONCURRENCY, E2E_ADOPT_AFTER).
+func workerProcs(t *testing.T, redisURL string, fake *wechatpaytest.Server, n int, extra map[string]string) []*exec.Cmd {
 	t.Helper()
 	env, err := fake.WriteEnv(t.TempDir())
 	if err != nil {
@@ -38,17 +38,17 @@ func workerProcs(t *testing.T, addr string, fake *wechatpaytest.Server, n int, e
 	maps.Copy(env, extra)
 	var out []*exec.Cmd
 	for i := range n {
-		out = append(out, childProc(t, addr, env, fmt.Sprintf("worker-%d", i)))
+		out = append(out, childProc(t, redisURL, env, fmt.Sprintf("worker-%d", i)))
 	}
 	return out
 }
 
-// couponq runs the built binary against the Redis at addr and returns its
-// exit status and output.
-func couponq(t *testing.T, addr string, args ...string) (code int, stdout, stderr string) {
+// couponq runs the built binary against the Redis redisURL names and
+// returns its exit status and output.
+func couponq(t *testing.T, redisURL string, args ...string) (code int, stdout, stderr string) {
 	t.Helper()
 	cmd := exec.Command(couponqBinary(t), args...)
-	cmd.Env = append(os.Environ(), "COUPONQ_REDIS_URL=redis://"+addr+"/0")
+	cmd.Env = append(os.Environ(), "COUPONQ_REDIS_URL="+redisURL)
 	var o, e bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &o, &e
 	err := cmd.Run()
@@ -78,8 +78,12 @@ func effectsByCoupon(fake *wechatpaytest.Server) map[string][]string {
 // order.
 func TestOrderPerCouponAcrossWorkers(t *testing.T) {
 	t.Parallel()
-	srv := redistest.Start(t)
-	rdb := srv.Client()
+	orderAcrossWorkers(t, onSingle(t))
+}
+
+func orderAcrossWorkers(t *testing.T, r *topo) {
+	t.Helper()
+	rdb := r.rdb
 	fake := wechatpaytest.NewServer(t, wechatpaytest.WithSeed(11), wechatpaytest.WithRepeatAnswer(wechatpaytest.RepeatError))
 	fake.SetFaults(wechatpaytest.Faults{Status500: 0.05})
 	ids := fake.SeedCoupons(fake.BrandID(), 100)
@@ -98,7 +102,7 @@ func TestOrderPerCouponAcrossWorkers(t *testing.T) {
 				DisplayInfo: &wechatpay.DisplayInfo{Name: name, ImageURL: "https://img.example/" + name + ".png", BackgroundURL: "https://img.example/bg.png"}})
 		}
 	}
-	workerProcs(t, srv.Addr(), fake, 2, map[string]string{"E2E_CONCURRENCY": "8"})
+	workerProcs(t, r.url, fake, 2, map[string]string{"E2E_CONCURRENCY": "8"})
 	start := time.Now()
 	if rep := enqueue(t, rdb, cs, "order"); rep.Total != len(cs) {
 		t.Fatalf("enqueued %d, want %d", rep.Total, len(cs))
@@ -118,7 +122,7 @@ func TestOrderPerCouponAcrossWorkers(t *testing.T) {
 			t.Errorf("coupon %s ends %s named %+v, want DEACTIVATED named B", id, c.State, c.DisplayInfo)
 		}
 	}
-	t.Logf("%d changes to 100 coupons in %s: %d succeeded, faults %v", len(cs), time.Since(start).Round(time.Millisecond), ok, faultCounts(fake))
+	t.Logf("%s: %d changes to 100 coupons in %s: %d succeeded, faults %v", r, len(cs), time.Since(start).Round(time.Millisecond), ok, faultCounts(fake))
 }
 
 // A batch that failed for a reason fixed outside couponq (WeChat Pay
@@ -128,8 +132,12 @@ func TestOrderPerCouponAcrossWorkers(t *testing.T) {
 // archived in asynq.
 func TestRetryAfterFix(t *testing.T) {
 	t.Parallel()
-	srv := redistest.Start(t)
-	rdb := srv.Client()
+	retryAfterFix(t, onSingle(t))
+}
+
+func retryAfterFix(t *testing.T, r *topo) {
+	t.Helper()
+	rdb := r.rdb
 	fake := wechatpaytest.NewServer(t, wechatpaytest.WithRepeatAnswer(wechatpaytest.RepeatError))
 	const n = 40
 	ids := fake.SeedCoupons(fake.BrandID(), n)
@@ -144,14 +152,14 @@ func TestRetryAfterFix(t *testing.T) {
 		}
 		fake.FailNext(403, wechatpay.CodeNoAuth)
 	}
-	workerProcs(t, srv.Addr(), fake, 2, nil)
+	workerProcs(t, r.url, fake, 2, nil)
 	enqueue(t, rdb, cs, "fixme")
 	st := wait(t, rdb, "fixme", time.Minute)
 	if st.Failed != n || st.Succeeded != 0 || len(fake.Effects()) != 0 {
 		t.Fatalf("first run: %+v, %d effects; want all %d failed, none applied", st, len(fake.Effects()), n)
 	}
 
-	code, stdout, stderr := couponq(t, srv.Addr(), "retry", "--batch", "fixme", "--code", wechatpay.CodeNoAuth)
+	code, stdout, stderr := couponq(t, r.url, "retry", "--batch", "fixme", "--code", wechatpay.CodeNoAuth)
 	if want := fmt.Sprintf("batch fixme: %d queued again (%d failed, 0 canceled before)\n", n, n); code != 0 || stdout != want {
 		t.Fatalf("retry: exit %d, stdout %q, stderr %q; want %q", code, stdout, stderr, want)
 	}
@@ -160,19 +168,18 @@ func TestRetryAfterFix(t *testing.T) {
 		t.Errorf("after retry: %+v", st)
 	}
 	verify(t, rdb, fake, "fixme", st, nil)
-	r := tasks.NewReader(rdb)
+	reader := tasks.NewReader(rdb)
 	for _, c := range cs {
-		res, err := r.Result(t.Context(), c.TaskID())
+		res, err := reader.Result(t.Context(), c.TaskID())
 		if err != nil || res.Runs != 2 || res.Status != tasks.StatusSucceeded || fake.AppliedCount(c.OutRequestNo) != 1 {
 			t.Errorf("%s: %+v, %v, applied %d times", c.TaskID(), res, err, fake.AppliedCount(c.OutRequestNo))
 		}
 	}
-	insp := asynq.NewInspector(asynq.RedisClientOpt{Addr: srv.Addr()})
-	defer insp.Close()
+	insp := r.inspector(t)
 	if arch, err := insp.ListArchivedTasks(tasks.DefaultQueue); err != nil || len(arch) != 0 {
 		t.Errorf("archived after the retry: %d tasks, %v", len(arch), err)
 	}
-	if code, _, stderr := couponq(t, srv.Addr(), "retry", "--batch", "fixme"); code != 2 || !strings.Contains(stderr, "nothing to retry") {
+	if code, _, stderr := couponq(t, r.url, "retry", "--batch", "fixme"); code != 2 || !strings.Contains(stderr, "nothing to retry") {
 		t.Errorf("retry of a batch with nothing failed: exit %d: %s", code, stderr)
 	}
 }
@@ -183,8 +190,12 @@ func TestRetryAfterFix(t *testing.T) {
 // saw no call of a canceled task.
 func TestCancelMidBatch(t *testing.T) {
 	t.Parallel()
-	srv := redistest.Start(t)
-	rdb := srv.Client()
+	cancelMidBatch(t, onSingle(t))
+}
+
+func cancelMidBatch(t *testing.T, r *topo) {
+	t.Helper()
+	rdb := r.rdb
 	fake := wechatpaytest.NewServer(t, wechatpaytest.WithRepeatAnswer(wechatpaytest.RepeatError))
 	const n = 400
 	ids := fake.SeedCoupons(fake.BrandID(), n)
@@ -193,16 +204,16 @@ func TestCancelMidBatch(t *testing.T) {
 		cs = append(cs, tasks.Change{Op: tasks.OpDeactivate, ProductCouponID: id, BrandID: fake.BrandID(),
 			OutRequestNo: fmt.Sprintf("cnl%05d", i), DeactivateReason: "活动取消"})
 	}
-	workerProcs(t, srv.Addr(), fake, 2, map[string]string{"E2E_RATE": "5"})
+	workerProcs(t, r.url, fake, 2, map[string]string{"E2E_RATE": "5"})
 	couponqBinary(t) // built before the clock starts
 	enqueue(t, rdb, cs, "cancelme")
-	r := tasks.NewReader(rdb)
+	reader := tasks.NewReader(rdb)
 	testutil.Eventually(t, time.Minute, 20*time.Millisecond, func() error {
-		return doneAtLeast(t.Context(), r, "cancelme", 10)
+		return doneAtLeast(t.Context(), reader, "cancelme", 10)
 	}, "no progress before the cancel")
 
 	start := time.Now()
-	code, stdout, stderr := couponq(t, srv.Addr(), "cancel", "--batch", "cancelme")
+	code, stdout, stderr := couponq(t, r.url, "cancel", "--batch", "cancelme")
 	var nCanceled, inCall, done int
 	if _, err := fmt.Sscanf(stdout, "batch cancelme: %d canceled, %d in a call (they finish), %d already done", &nCanceled, &inCall, &done); code != 0 || err != nil {
 		t.Fatalf("cancel: exit %d, stdout %q (%v), stderr %q", code, stdout, err, stderr)
@@ -222,7 +233,7 @@ func TestCancelMidBatch(t *testing.T) {
 	}
 	canceled := 0
 	for _, c := range cs {
-		res, err := r.Result(t.Context(), c.TaskID())
+		res, err := reader.Result(t.Context(), c.TaskID())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -243,8 +254,7 @@ func TestCancelMidBatch(t *testing.T) {
 	if canceled != st.Canceled {
 		t.Errorf("%d results canceled, the batch counts %d", canceled, st.Canceled)
 	}
-	insp := asynq.NewInspector(asynq.RedisClientOpt{Addr: srv.Addr()})
-	defer insp.Close()
+	insp := r.inspector(t)
 	testutil.Eventually(t, 10*time.Second, 20*time.Millisecond, func() error {
 		qi, err := insp.GetQueueInfo(tasks.DefaultQueue)
 		if err != nil {
@@ -255,7 +265,7 @@ func TestCancelMidBatch(t *testing.T) {
 		}
 		return nil
 	}, "canceled tasks left in asynq")
-	t.Logf("cancel at %s: batch done %s later: %+v; %s", time.Now().Format(time.TimeOnly), took.Round(time.Millisecond), st, strings.TrimSpace(stdout))
+	t.Logf("%s: cancel at %s: batch done %s later: %+v; %s", r, time.Now().Format(time.TimeOnly), took.Round(time.Millisecond), st, strings.TrimSpace(stdout))
 }
 
 // A worker SIGKILLed while it holds the first of two writes to each
@@ -276,7 +286,7 @@ func TestOrderHoldsWhenHolderKilled(t *testing.T) {
 				DisplayInfo: &wechatpay.DisplayInfo{Name: name, ImageURL: "https://img.example/k.png", BackgroundURL: "https://img.example/bg.png"}})
 		}
 	}
-	a := workerProcs(t, srv.Addr(), fake, 1, map[string]string{"E2E_CONCURRENCY": "32"})[0]
+	a := workerProcs(t, srv.URL(), fake, 1, map[string]string{"E2E_CONCURRENCY": "32"})[0]
 	enqueue(t, rdb, cs, "killorder")
 	// Kill A once it runs every first write (its calls are on their way).
 	testutil.Eventually(t, time.Minute, 5*time.Millisecond, func() error {
@@ -296,7 +306,7 @@ func TestOrderHoldsWhenHolderKilled(t *testing.T) {
 	}
 	_ = a.Wait()
 	killed := time.Now()
-	workerProcs(t, srv.Addr(), fake, 2, map[string]string{"E2E_CONCURRENCY": "8"})
+	workerProcs(t, srv.URL(), fake, 2, map[string]string{"E2E_CONCURRENCY": "8"})
 	st := wait(t, rdb, "killorder", 4*time.Minute)
 	verify(t, rdb, fake, "killorder", st, nil)
 	got := effectsByCoupon(fake)

@@ -18,7 +18,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/couponq/couponq/internal/redistest"
@@ -310,26 +309,30 @@ func TestEnqueueRedisPaused(t *testing.T) {
 // accepted but never handed to asynq.
 func TestEnqueueKilledThenRerun(t *testing.T) {
 	t.Parallel()
-	srv := redistest.Start(t)
-	rdb := srv.Client()
-	file, ids := changeFile(t, faultLines, "120344", nil)
-	p := startEnqueue(t, srv.URL(), file, "killed")
-	untilMembers(t, rdb, "killed", faultLines/3, p)
+	enqueueKilledThenRerun(t, onSingle(t), faultLines)
+}
+
+func enqueueKilledThenRerun(t *testing.T, r *topo, n int) {
+	t.Helper()
+	rdb := r.rdb
+	file, ids := changeFile(t, n, "120344", nil)
+	p := startEnqueue(t, r.url, file, "killed")
+	untilMembers(t, rdb, "killed", int64(n/3), p)
 	_ = p.cmd.Process.Signal(syscall.SIGKILL)
 	<-p.done
 	before := inspect(t, rdb, "killed", ids)
 	t.Logf("after SIGKILL: %s", before)
 
 	start := time.Now()
-	r := startEnqueue(t, srv.URL(), file, "killed")
-	code := r.wait(t, 60*time.Second)
+	rerun := startEnqueue(t, r.url, file, "killed")
+	code := rerun.wait(t, 60*time.Second)
 	st := inspect(t, rdb, "killed", ids)
-	t.Logf("rerun: exit %d after %s; %s\n%s", code, time.Since(start).Round(time.Millisecond), st, tail(r.stderr.String()))
-	if code != 0 || !st.complete(faultLines) {
+	t.Logf("%s: rerun: exit %d after %s; %s\n%s", r, code, time.Since(start).Round(time.Millisecond), st, tail(rerun.stderr.String()))
+	if code != 0 || !st.complete(n) {
 		t.Errorf("rerun: exit %d; want 0 and the complete batch: %s", code, st)
 	}
-	if strings.TrimSpace(r.stdout.String()) != "killed" {
-		t.Errorf("rerun stdout %q, want the batch ID", r.stdout.String())
+	if strings.TrimSpace(rerun.stdout.String()) != "killed" {
+		t.Errorf("rerun stdout %q, want the batch ID", rerun.stdout.String())
 	}
 }
 
@@ -352,7 +355,7 @@ func TestEnqueueKilledWorkersAdopt(t *testing.T) {
 	t.Logf("after SIGKILL: %s", before)
 
 	start := time.Now()
-	startAdoptingWorker(t, srv.Addr(), fake.Client(), 16, worker.MinAdoptAfter)
+	startAdoptingWorker(t, srv.URL(), fake.Client(), 16, worker.MinAdoptAfter)
 	st := wait(t, rdb, "adopt", 45*time.Second)
 	after := inspect(t, rdb, "adopt", ids)
 	t.Logf("batch finished %s after the worker started: %+v", time.Since(start).Round(time.Millisecond), st)
@@ -366,10 +369,10 @@ func TestEnqueueKilledWorkersAdopt(t *testing.T) {
 }
 
 // startAdoptingWorker is startWorker with a short adoption grace period.
-func startAdoptingWorker(t *testing.T, addr string, api worker.API, concurrency int, adoptAfter time.Duration) {
+func startAdoptingWorker(t *testing.T, redisURL string, api worker.API, concurrency int, adoptAfter time.Duration) {
 	t.Helper()
 	startWorkerConfig(t, worker.Config{
-		Redis: asynq.RedisClientOpt{Addr: addr}, Concurrency: concurrency, MaxRetry: 15,
+		Redis: redisConn(t, redisURL), Concurrency: concurrency, MaxRetry: 15,
 		RetryBase: 50 * time.Millisecond, RetryCap: time.Second, AdoptAfter: adoptAfter,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	}, api)

@@ -62,7 +62,7 @@ func TestNameOnlyUpdatesKeepTheRest(t *testing.T) {
 		args = append(args, []any{id, fake.BrandID(), fmt.Sprintf("name_only_%03d", i), fmt.Sprintf("新名称%03d号券", i)})
 	}
 	cs := lines(t, `{"op":"update","product_coupon_id":"%s","brand_id":"%s","out_request_no":"%s","display_info":{"name":"%s"}}`, args)
-	startWorker(t, srv.Addr(), fake.Client(), 8)
+	startWorker(t, srv.URL(), fake.Client(), 8)
 	enqueue(t, rdb, cs, "nameonly")
 	st := wait(t, rdb, "nameonly", 2*time.Minute)
 	if st.Succeeded != 100 {
@@ -100,7 +100,7 @@ func TestNoChangeUpdatesAreNotSent(t *testing.T) {
 		args = append(args, []any{id, fake.BrandID(), fmt.Sprintf("no_change_%03d", i), c.DisplayInfo.Name, c.DisplayInfo.ImageURL, c.DisplayInfo.OriginalPrice})
 	}
 	cs := lines(t, `{"op":"update","product_coupon_id":"%s","brand_id":"%s","out_request_no":"%s","display_info":{"name":"%s","image_url":"%s","original_price":%d}}`, args)
-	startWorker(t, srv.Addr(), fake.Client(), 4)
+	startWorker(t, srv.URL(), fake.Client(), 4)
 	enqueue(t, rdb, cs, "nochange")
 	st := wait(t, rdb, "nochange", time.Minute)
 	if st.Succeeded != 20 {
@@ -136,7 +136,7 @@ func TestRetriedUpdateSendsSameBytes(t *testing.T) {
 		args = append(args, []any{id, fake.BrandID(), fmt.Sprintf("same_bytes_%03d", i), 1000 + i})
 	}
 	cs := lines(t, `{"op":"update","product_coupon_id":"%s","brand_id":"%s","out_request_no":"%s","display_info":{"name":"周末8折券","original_price":%d}}`, args)
-	startWorker(t, srv.Addr(), fake.Client(), 1)
+	startWorker(t, srv.URL(), fake.Client(), 1)
 	enqueue(t, rdb, cs, "samebytes")
 	st := wait(t, rdb, "samebytes", 2*time.Minute)
 	if st.Succeeded != 20 {
@@ -175,7 +175,7 @@ func TestZeroPricesArrive(t *testing.T) {
 	id := fake.SeedCoupons(fake.BrandID(), 1)[0]
 	cs := lines(t, `{"op":"update","product_coupon_id":"%s","brand_id":"%s","out_request_no":"zero_price_1","display_info":{"original_price":0,`+
 		`"combo_package_list":[{"name":"主食","pick_count":1,"choice_list":[{"name":"米饭","price":0,"count":1}]}]}}`, [][]any{{id, fake.BrandID()}})
-	startWorker(t, srv.Addr(), fake.Client(), 1)
+	startWorker(t, srv.URL(), fake.Client(), 1)
 	enqueue(t, rdb, cs, "zeroprice")
 	if st := wait(t, rdb, "zeroprice", time.Minute); st.Succeeded != 1 {
 		t.Fatalf("batch %+v", st)
