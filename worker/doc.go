@@ -48,12 +48,18 @@
 // display_info holds what we sent.
 //
 // Results reach a terminal status exactly once (the results store's Finish), and
-// batch counters move with it. Tasks asynq archives without calling the
+// batch counters move with it: Finish is a script on the result, then one
+// on the batch that applies the task's state idempotently. A worker that
+// dies between the two leaves the task to be re-delivered; Begin, finding
+// it terminal, applies the batch step before the re-delivery is
+// acknowledged. Tasks asynq archives without calling the
 // handler (lease expiry at the last retry) are recorded as failed with
 // error_code ARCHIVED by SweepArchived. Changes a producer accepted but
 // never handed to asynq (it was killed in between) are enqueued by Adopt
-// once older than Config.AdoptAfter, and the batch it left open is sealed
-// (tasks.Adopter; one worker at a time).
+// once older than Config.AdoptAfter, and the batch it left open is
+// repaired (recounted from its results) and sealed; a sealed batch whose
+// progress stands still between two looks five minutes apart is repaired
+// too (tasks.Adopter; one worker at a time).
 //
 // # Taking tasks only while they can be done
 //
