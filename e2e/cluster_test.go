@@ -18,8 +18,8 @@ import (
 
 // The scenarios of the single-server tests, on a Redis Cluster of three
 // masters started on loopback, and failovers mid-batch on a Sentinel group
-// and on a cluster with replicas. Every cluster test is skipped while
-// couponq refuses a cluster (results.CrossSlotScripts names a script).
+// and on a cluster with replicas. They fail, never skip, if a script
+// crosses hash slots again (Redis answers CROSSSLOT).
 
 func TestClusterFaultMix1000(t *testing.T) {
 	t.Parallel()

@@ -11,7 +11,6 @@ import (
 
 	"github.com/couponq/couponq/internal/redistest"
 	"github.com/couponq/couponq/internal/redisurl"
-	"github.com/couponq/couponq/internal/results"
 )
 
 // A scenario runs on the Redis a URL names: one server (redis://), a
@@ -40,24 +39,11 @@ func onSingle(t *testing.T, opts ...redistest.Option) *topo {
 }
 
 // onCluster starts a Redis Cluster of three masters (opts may add
-// replicas). couponq's worker and enqueue refuse a cluster while a result
-// script crosses hash slots (results.CrossSlotScripts): then the test is
-// skipped, saying which scripts.
+// replicas).
 func onCluster(t *testing.T, opts ...redistest.ClusterOption) *topo {
 	t.Helper()
-	requireClusterSupport(t)
 	c := redistest.StartCluster(t, opts...)
 	return newTopo(t, c.URL(), func(r *topo) { r.cluster = c })
-}
-
-// requireClusterSupport skips t while couponq refuses a Redis Cluster.
-// The message does not say "integration test skipped": CI runs these
-// tests once couponq supports a cluster, and must not fail until then.
-func requireClusterSupport(t *testing.T) {
-	t.Helper()
-	if s := results.CrossSlotScripts(); len(s) > 0 {
-		t.Skipf("couponq refuses a Redis Cluster while result scripts cross hash slots (%s)", strings.Join(s, ", "))
-	}
 }
 
 // onSentinel starts a primary, its replica and three sentinels.
