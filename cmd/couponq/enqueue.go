@@ -341,11 +341,8 @@ func validateFile(path string, format tasks.Format, nb string, w io.Writer) (int
 	}
 	defer fh.Close()
 	r := tasks.NewChangeReader(fh, format)
-	type seen struct {
-		line int
-		sum  string
-	}
-	ids := map[string]seen{}
+	// A few dozen bytes a task ID, nothing of the lines: see PayloadSet.
+	var ids tasks.PayloadSet
 	n, bad := 0, 0
 	report := func(line int, msg string) {
 		bad++
@@ -379,12 +376,10 @@ func validateFile(path string, format tasks.Format, nb string, w io.Writer) (int
 			report(line, err.Error())
 			continue
 		}
-		id, sum := ch.TaskID(), tasks.PayloadSHA256(payload)
-		if prev, ok := ids[id]; ok && prev.sum != sum {
-			report(line, fmt.Sprintf("task %s already given another payload on line %d (an out_request_no never carries two bodies)", id, prev.line))
+		id := ch.TaskID()
+		if first, conflict := ids.Add(id, payload, line); conflict {
+			report(line, fmt.Sprintf("task %s already given another payload on line %d (an out_request_no never carries two bodies)", id, first))
 			continue
-		} else if !ok {
-			ids[id] = seen{line: line, sum: sum}
 		}
 		n++
 	}
