@@ -36,10 +36,14 @@ var (
 )
 
 // couponqBinary builds cmd/couponq once per benchmark process (into a
-// directory removed at exit by TestMain's caller's temp cleanup) and
-// returns its path.
+// temporary directory TestMain removes) and returns its path; or returns
+// COUPONQ_BENCH_BIN when set (a couponq built from another commit, for a
+// before/after comparison).
 func couponqBinary(b *testing.B) string {
 	b.Helper()
+	if bin := os.Getenv("COUPONQ_BENCH_BIN"); bin != "" {
+		return bin
+	}
 	buildOnce.Do(func() {
 		dir, err := os.MkdirTemp("", "couponq-bench-bin-*")
 		if err != nil {

@@ -8,6 +8,7 @@ import (
 	"iter"
 	"os"
 	"runtime"
+	"runtime/debug"
 	"slices"
 	"strconv"
 	"strings"
@@ -18,6 +19,10 @@ import (
 
 	"github.com/couponq/couponq/tasks"
 )
+
+// enqueueMemoryLimit is couponq enqueue's soft memory limit (see
+// runEnqueue).
+const enqueueMemoryLimit = 96 << 20
 
 // maxReportedLines caps the bad lines printed; the count is always given.
 const maxReportedLines = 200
@@ -89,6 +94,14 @@ couponq retry command that runs it again.`,
 }
 
 func runEnqueue(ctx context.Context, e *env, c *enqueueConfig) error {
+	// What enqueue keeps grows slowly with the file (a PayloadSet entry,
+	// then a task ID, per line); its garbage, a line's decoding, does not.
+	// A soft limit makes the GC collect harder before the heap doubles past
+	// it, so a file of millions of lines peaks near what is kept (issue
+	// 14: 1 000 000 lines within 150 MiB). GOMEMLIMIT, when set, wins.
+	if e.getenv("GOMEMLIMIT") == "" {
+		defer debug.SetMemoryLimit(debug.SetMemoryLimit(enqueueMemoryLimit))
+	}
 	format, err := enqueueFormat(c)
 	if err != nil {
 		return err
