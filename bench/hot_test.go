@@ -113,6 +113,7 @@ func writeChangeFile(b *testing.B, dir string, n int) (string, []tasks.Change) {
 // childRun is one finished child process.
 type childRun struct {
 	secs   float64
+	cpu    float64 // seconds of CPU, user and system
 	maxRSS float64 // MiB (getrusage ru_maxrss of the child)
 	stdout string
 	stderr string
@@ -132,7 +133,11 @@ func runChild(b *testing.B, exe string, args, env []string, allowFail bool) chil
 	if err != nil && !allowFail {
 		b.Fatalf("%s %s: %v\n%s", exe, strings.Join(args, " "), err, stderr.String())
 	}
-	return childRun{secs: secs, maxRSS: maxRSSMiB(cmd.ProcessState), stdout: stdout.String(), stderr: stderr.String()}
+	var cpu float64
+	if cmd.ProcessState != nil {
+		cpu = (cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()).Seconds()
+	}
+	return childRun{secs: secs, cpu: cpu, maxRSS: maxRSSMiB(cmd.ProcessState), stdout: stdout.String(), stderr: stderr.String()}
 }
 
 // maxRSSMiB is a finished process's peak resident set, in MiB.
@@ -229,16 +234,20 @@ func BenchmarkEnqueueCommand(b *testing.B) {
 			rdb := srv.Client()
 			defer rdb.Close()
 			env := childEnv("COUPONQ_REDIS_URL=" + srv.URL())
-			var asynqSecs, cmdSecs, rss float64
+			var asynqSecs, cmdSecs, rss, asynqCPU, cmdCPU float64
 			for b.Loop() {
 				if err := rdb.FlushAll(context.Background()).Err(); err != nil {
 					b.Fatal(err)
 				}
+				before := cpuNow(b, rdb)
 				asynqSecs += asynqLoop(b, srv.URL(), changes, 32)
+				asynqCPU += cpuNow(b, rdb) - before
 				if err := rdb.FlushAll(context.Background()).Err(); err != nil {
 					b.Fatal(err)
 				}
+				redisBefore := redisCPU(b, rdb)
 				run := runChild(b, exe, []string{"enqueue", "--file", path}, env, false)
+				cmdCPU += run.cpu + redisCPU(b, rdb) - redisBefore
 				cmdSecs += run.secs
 				rss = max(rss, run.maxRSS)
 				if !strings.Contains(run.stderr, fmt.Sprintf(": %d enqueued,", n)) {
@@ -251,6 +260,12 @@ func BenchmarkEnqueueCommand(b *testing.B) {
 			b.ReportMetric(cmdRate, "enqueue_tasks/s")
 			b.ReportMetric(cmdRate/asynqRate, "ratio")
 			b.ReportMetric(rss, "enqueue_maxrss_MiB")
+			// CPU per task, the process (this one for the loop, the child
+			// for the command) and redis-server: on a shared host, steadier
+			// than the rates; cpu_ratio is the rate ratio of a CPU-bound host.
+			b.ReportMetric(asynqCPU/float64(n*b.N)*1e6, "asynq_cpu_µs/task")
+			b.ReportMetric(cmdCPU/float64(n*b.N)*1e6, "enqueue_cpu_µs/task")
+			b.ReportMetric(asynqCPU/cmdCPU, "cpu_ratio")
 			b.ReportMetric(0, "ns/op")
 		})
 	}
@@ -403,6 +418,10 @@ func BenchmarkWorkerRSS(b *testing.B) {
 			b.Errorf("worker did not stop on SIGTERM")
 		}
 		logf.Close()
+		if testing.Verbose() {
+			out, _ := os.ReadFile(logf.Name())
+			b.Logf("worker log, last lines:\n%s", tail(out, 3000))
+		}
 		rss = max(rss, maxRSSMiB(cmd.ProcessState))
 		fake.Close()
 	}
