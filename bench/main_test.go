@@ -1,9 +1,12 @@
 // Package bench holds couponq's end-to-end benchmarks: the whole pipeline
 // against direct signed calls (BenchmarkPipelineVsDirect) and the shared
 // rate limiter's share of WeChat Pay's quota with three worker processes
-// (BenchmarkQuota). They run only with -bench; plain `go test ./bench/`
-// runs no benchmark.
-// Figures and commands are in bench/pipeline.txt and bench/ratelimit.txt.
+// (BenchmarkQuota), and the hot path of issue 14: couponq enqueue as a
+// command against a plain asynq loop (BenchmarkEnqueueCommand) and the
+// peak memory of enqueue and of the worker (BenchmarkEnqueueMemory,
+// BenchmarkWorkerRSS). They run only with -bench; plain `go test ./bench/`
+// runs no benchmark. Figures and commands are in bench/hot.txt,
+// bench/profile.txt, bench/pipeline.txt and bench/ratelimit.txt.
 package bench
 
 import (
