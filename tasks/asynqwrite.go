@@ -143,8 +143,8 @@ type asynqWriter struct {
 	published sync.Map // queue → true once added to asynq:queues
 }
 
-// errAsynqNoScript is a pipeline's answer when Redis does not know a script
-// yet: the commands did not run.
+// isNoScript reports Redis' answer to EVALSHA of a script it does not know
+// yet: the command did not run.
 func isNoScript(err error) bool {
 	return err != nil && strings.HasPrefix(err.Error(), "NOSCRIPT")
 }

@@ -300,3 +300,37 @@ func TestAsynqServerRunsWrittenTasks(t *testing.T) {
 		t.Errorf("archived task: LastErr %q, MaxRetry %d, Timeout %v", info.LastErr, info.MaxRetry, info.Timeout)
 	}
 }
+
+// TestAsynqWriterOnCluster writes task records on a real Redis Cluster,
+// whose masters do not know asynq's scripts yet: the records of one queue
+// share asynq's hash tag, the pipeline goes to that slot's master, and
+// asynq's Inspector reads them.
+func TestAsynqWriterOnCluster(t *testing.T) {
+	t.Parallel()
+	c := redistest.StartCluster(t)
+	rdb := c.Client()
+	ctx := t.Context()
+	w := &asynqWriter{rdb: rdb, now: time.Now}
+	var recs []*asynqRecord
+	for i := range 100 {
+		id := fmt.Sprintf("get:120344:cluster_%03d", i)
+		recs = append(recs, &asynqRecord{taskType: TypeGet, payload: []byte(`{"n":` + fmt.Sprint(i) + `}`), taskID: id,
+			queue: DefaultQueue, timeout: DefaultTaskTimeout, headers: map[string]string{HeaderRun: "r"}})
+	}
+	created, errs := w.writeMany(ctx, recs)
+	for i := range recs {
+		if !created[i] || errs[i] != nil {
+			t.Fatalf("record %d: created %v, %v", i, created[i], errs[i])
+		}
+	}
+	info, err := asynq.NewInspectorFromRedisClient(rdb).GetQueueInfo(DefaultQueue)
+	if err != nil || info.Pending != len(recs) {
+		t.Fatalf("GetQueueInfo: %+v, %v; want %d pending", info, err, len(recs))
+	}
+	created, errs = w.writeMany(ctx, recs)
+	for i := range recs {
+		if created[i] || errs[i] != nil {
+			t.Fatalf("second write of record %d: created %v, %v; want the conflict", i, created[i], errs[i])
+		}
+	}
+}
