@@ -20,9 +20,12 @@ import (
 	"github.com/couponq/couponq/tasks"
 )
 
-// enqueueMemoryLimit is couponq enqueue's soft memory limit (see
-// runEnqueue).
-const enqueueMemoryLimit = 96 << 20
+// enqueueMemoryLimit is couponq enqueue's soft memory limit for a change
+// file of size bytes (see runEnqueue): 64 MiB and a third of the file, at least
+// 96 MiB.
+func enqueueMemoryLimit(size int64) int64 {
+	return max(96<<20, 64<<20+size/3)
+}
 
 // maxReportedLines caps the bad lines printed; the count is always given.
 const maxReportedLines = 200
@@ -94,14 +97,6 @@ couponq retry command that runs it again.`,
 }
 
 func runEnqueue(ctx context.Context, e *env, c *enqueueConfig) error {
-	// What enqueue keeps grows slowly with the file (a PayloadSet entry,
-	// then a task ID, per line); its garbage, a line's decoding, does not.
-	// A soft limit makes the GC collect harder before the heap doubles past
-	// it, so a file of millions of lines peaks near what is kept (issue
-	// 14: 1 000 000 lines within 150 MiB). GOMEMLIMIT, when set, wins.
-	if e.getenv("GOMEMLIMIT") == "" {
-		defer debug.SetMemoryLimit(debug.SetMemoryLimit(enqueueMemoryLimit))
-	}
 	format, err := enqueueFormat(c)
 	if err != nil {
 		return err
@@ -123,6 +118,18 @@ func runEnqueue(ctx context.Context, e *env, c *enqueueConfig) error {
 		return err
 	}
 	defer cleanup()
+	// What enqueue keeps grows slowly with the file (a PayloadSet entry,
+	// then a task ID, per line: a third to a half of the file's size); its
+	// garbage, a line's decoding, does not. A soft limit above what is kept
+	// makes the GC collect before garbage doubles the heap (issue 14:
+	// 1 000 000 lines within 150 MiB), and scaling it with the file keeps a
+	// file of many millions of lines from running the GC without pause.
+	// GOMEMLIMIT, when set, wins.
+	if e.getenv("GOMEMLIMIT") == "" {
+		if st, err := os.Stat(path); err == nil {
+			defer debug.SetMemoryLimit(debug.SetMemoryLimit(enqueueMemoryLimit(st.Size())))
+		}
+	}
 
 	// Pass 1: validate everything, holding only task IDs to find a file
 	// that gives one task ID two different payloads.
