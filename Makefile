@@ -38,6 +38,22 @@ bench: ## Run the benchmarks (real redis-server needed for the pipeline ones)
 bench-quota: ## Measure the limiter's share of the 20/s quota, 3 scenarios x 3 runs (~5-10 min; redis-server needed)
 	$(GO) test ./bench/ -run '^$$' -bench 'Quota' -benchtime=1x -count=3 -timeout 30m
 
+.PHONY: bench-hot
+bench-hot: ## Issue 14 figures, 5 runs each: pipeline/direct (cpu, 20ms), enqueue command vs asynq loop, memory (redis-server needed; ~10 min)
+	uptime
+	$(GO) test ./bench/ -run '^$$' -bench 'PipelineVsDirect' -benchtime=1x -count=5 -timeout 30m
+	uptime
+	$(GO) test ./bench/ -run '^$$' -bench 'EnqueueCommand' -benchtime=1x -count=5 -timeout 30m
+	uptime
+	$(GO) test ./bench/ -run '^$$' -bench 'EnqueueMemory|WorkerRSS' -benchtime=1x -count=1 -timeout 30m
+	uptime
+
+.PHONY: profile-worker
+profile-worker: ## CPU and allocation profiles of the pipeline side of PipelineVsDirect/cpu into bench/profiles/ (redis-server needed)
+	COUPONQ_BENCH_PROFILE=$(CURDIR)/bench/profiles $(GO) test ./bench/ -run '^$$' -bench 'PipelineVsDirect/cpu' -benchtime=1x -count=1 -timeout 30m -o bench/profiles/bench.test
+	$(GO) tool pprof -top -nodecount=40 bench/profiles/bench.test bench/profiles/cpu.pprof | head -50
+	$(GO) tool pprof -top -nodecount=40 -sample_index=alloc_space bench/profiles/bench.test bench/profiles/allocs.pprof | head -50
+
 .PHONY: lint
 lint: $(GOBIN)/staticcheck ## gofmt, go vet and staticcheck
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi

@@ -2,7 +2,12 @@ package bench
 
 import (
 	"context"
+	"io"
+	"log/slog"
 	"os"
+	"path/filepath"
+	"runtime"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
@@ -29,24 +34,33 @@ func envInt(name string, def int) int {
 
 // BenchmarkPipelineVsDirect measures, in one run, the same N signed calls
 // (N/3 each of update, deactivate, get; COUPONQ_BENCH_N, default 3000)
-// against a wechatpaytest server with no faults, no QPS ceiling and 20 ms
-// of latency per answer:
+// against a wechatpaytest server with no faults and no QPS ceiling, in two
+// sub-benchmarks: "cpu" (no latency: CPU-bound, every cost per task shows)
+// and "20ms" (20 ms of latency per answer, as a network adds):
 //
 //   - direct: made by 32 goroutines calling *wechatpay.Client (the baseline);
 //   - pipeline: enqueued with Producer.EnqueueBatch into a real redis-server
 //     and applied by one worker.Worker (Rate 0, concurrency
-//     COUPONQ_BENCH_CONCURRENCY, default 64) in this process, timed from
-//     the start of the enqueue until Reader.Wait reports the batch done.
+//     COUPONQ_BENCH_CONCURRENCY, default 32, logging JSON at info level as
+//     `couponq worker` does, to io.Discard) in this process, timed from the
+//     start of the enqueue until Reader.Wait reports the batch done.
 //
-// Run with -benchtime=1x; see bench/pipeline.txt.
+// Both sides use a fresh fake with the same options and seed sizes. Run
+// with -benchtime=1x; see bench/pipeline.txt and bench/hot.txt.
 func BenchmarkPipelineVsDirect(b *testing.B) {
+	for _, c := range []struct {
+		name    string
+		latency time.Duration
+	}{{"cpu", 0}, {"20ms", 20 * time.Millisecond}} {
+		b.Run(c.name, func(b *testing.B) { benchPipelineVsDirect(b, c.latency) })
+	}
+}
+
+func benchPipelineVsDirect(b *testing.B, latency time.Duration) {
 	srv := redistest.Start(b)
 	n := envInt("COUPONQ_BENCH_N", 3000)
-	concurrency := envInt("COUPONQ_BENCH_CONCURRENCY", 64)
-	const (
-		directWorkers = 32
-		latency       = 20 * time.Millisecond
-	)
+	concurrency := envInt("COUPONQ_BENCH_CONCURRENCY", 32)
+	const directWorkers = 32
 	conn, err := redisurl.Parse(srv.URL())
 	if err != nil {
 		b.Fatal(err)
@@ -54,27 +68,42 @@ func BenchmarkPipelineVsDirect(b *testing.B) {
 	rdb := conn.NewClient()
 	defer rdb.Close()
 
-	var directSecs, pipelineSecs, directCPU, pipelineCPU float64
+	var directSecs, pipelineSecs, directCPU, pipelineCPU, pipelineRedisCPU float64
+	var directCalls, pipelineCalls int
 	for b.Loop() {
 		if err := rdb.FlushAll(context.Background()).Err(); err != nil {
 			b.Fatal(err)
 		}
 		cpu := cpuNow(b, rdb)
-		directSecs += runDirect(b, n, directWorkers, latency)
+		secs, calls := runDirect(b, n, directWorkers, latency)
+		directSecs += secs
+		directCalls += calls
 		mid := cpuNow(b, rdb)
-		pipelineSecs += runPipeline(b, conn, n, concurrency, latency)
+		midRedis := redisCPU(b, rdb)
+		secs, calls = runPipeline(b, conn, n, concurrency, latency)
+		pipelineSecs += secs
+		pipelineCalls += calls
 		directCPU += mid - cpu
 		pipelineCPU += cpuNow(b, rdb) - mid
+		pipelineRedisCPU += redisCPU(b, rdb) - midRedis
 	}
-	direct := float64(n*b.N) / directSecs
-	pipeline := float64(n*b.N) / pipelineSecs
+	if directCalls != pipelineCalls {
+		b.Fatalf("direct made %d API calls, the pipeline %d: not the same work", directCalls, pipelineCalls)
+	}
+	// Per API call (an update is a GET and a PATCH on both sides).
+	direct := float64(directCalls) / directSecs
+	pipeline := float64(pipelineCalls) / pipelineSecs
 	b.ReportMetric(direct, "direct_calls/s")
-	b.ReportMetric(pipeline, "pipeline_tasks/s")
+	b.ReportMetric(pipeline, "pipeline_calls/s")
 	b.ReportMetric(pipeline/direct, "ratio")
 	// CPU (this process, which holds the fake too, + redis-server) per
-	// call: on 2 cores this, not the latency, bounds both rates.
-	b.ReportMetric(directCPU/float64(n*b.N)*1e6, "direct_cpu_µs/call")
-	b.ReportMetric(pipelineCPU/float64(n*b.N)*1e6, "pipeline_cpu_µs/task")
+	// API call: on 2 cores this bounds both rates.
+	b.ReportMetric(directCPU/float64(directCalls)*1e6, "direct_cpu_µs/call")
+	b.ReportMetric(pipelineCPU/float64(pipelineCalls)*1e6, "pipeline_cpu_µs/call")
+	b.ReportMetric(pipelineRedisCPU/float64(pipelineCalls)*1e6, "pipeline_redis_cpu_µs/call")
+	// The rate ratio of a CPU-bound host, steadier than the rates when
+	// other work shares the cores.
+	b.ReportMetric((directCPU/float64(directCalls))/(pipelineCPU/float64(pipelineCalls)), "cpu_ratio")
 	b.ReportMetric(0, "ns/op") // each op is two N-call runs; the rates say it
 }
 
@@ -85,11 +114,16 @@ func cpuNow(b *testing.B, rdb redis.UniversalClient) float64 {
 	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
 		b.Fatal(err)
 	}
-	total := time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
+	return time.Duration(ru.Utime.Nano()+ru.Stime.Nano()).Seconds() + redisCPU(b, rdb)
+}
+
+// redisCPU is the CPU time redis-server used so far, in seconds.
+func redisCPU(b *testing.B, rdb redis.UniversalClient) float64 {
 	info, err := rdb.Info(context.Background(), "cpu").Result()
 	if err != nil {
 		b.Fatal(err)
 	}
+	total := 0.0
 	for _, line := range strings.Split(info, "\r\n") {
 		if k, v, ok := strings.Cut(line, ":"); ok && (k == "used_cpu_sys" || k == "used_cpu_user") {
 			f, _ := strconv.ParseFloat(v, 64)
@@ -107,10 +141,53 @@ func newFake(b *testing.B, n int, opts ...wechatpaytest.Option) (fake *wechatpay
 	return fake, fake.SeedCoupons(fake.BrandID(), per), fake.SeedCoupons(fake.BrandID(), per)
 }
 
-// runDirect makes the n calls with workers goroutines and returns the
-// seconds taken.
-func runDirect(b *testing.B, n, workers int, latency time.Duration) float64 {
-	fake, upd, deact := newFake(b, n, wechatpaytest.WithLatency(latency))
+// startProfile, when COUPONQ_BENCH_PROFILE names a directory, profiles
+// the pipeline side alone (CPU, and every allocation's bytes) into
+// cpu.pprof and allocs.pprof there; stop writes them. The fake shares the
+// process: its share of the profile is under wechatpaytest.
+func startProfile(b *testing.B) (stop func()) {
+	dir := os.Getenv("COUPONQ_BENCH_PROFILE")
+	if dir == "" {
+		return func() {}
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		b.Fatal(err)
+	}
+	cpu, err := os.Create(filepath.Join(dir, "cpu.pprof"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	runtime.MemProfileRate = 4096
+	runtime.GC()
+	if err := pprof.StartCPUProfile(cpu); err != nil {
+		b.Fatal(err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		cpu.Close()
+		f, err := os.Create(filepath.Join(dir, "allocs.pprof"))
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer f.Close()
+		if err := pprof.Lookup("allocs").WriteTo(f, 0); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// fakeOpts are the fake's options of both sides: latency, if any.
+func fakeOpts(latency time.Duration) []wechatpaytest.Option {
+	if latency <= 0 {
+		return nil
+	}
+	return []wechatpaytest.Option{wechatpaytest.WithLatency(latency)}
+}
+
+// runDirect makes the n changes' calls with workers goroutines and
+// returns the seconds taken and the API calls made.
+func runDirect(b *testing.B, n, workers int, latency time.Duration) (float64, int) {
+	fake, upd, deact := newFake(b, n, fakeOpts(latency)...)
 	defer fake.Close()
 	client := fake.Client()
 	defer client.Close()
@@ -126,7 +203,9 @@ func runDirect(b *testing.B, n, workers int, latency time.Duration) float64 {
 		wg.Go(func() {
 			for c := range next {
 				if err := call(ctx, client, c); err != nil {
-					failed.Add(1)
+					if failed.Add(1) == 1 {
+						b.Logf("direct: first failure: %v", err)
+					}
 				}
 			}
 		})
@@ -138,20 +217,23 @@ func runDirect(b *testing.B, n, workers int, latency time.Duration) float64 {
 	wg.Wait()
 	secs := time.Since(start).Seconds()
 	if f := failed.Load(); f > 0 {
-		b.Fatalf("direct: %d of %d calls failed", f, n)
+		b.Fatalf("direct: %d of %d changes failed", f, n)
 	}
-	return secs
+	return secs, apiCalls(fake)
 }
 
 // runPipeline runs the n changes through the producer and a worker and
-// returns the seconds from the start of the enqueue to the batch done.
-func runPipeline(b *testing.B, conn *redisurl.Conn, n, concurrency int, latency time.Duration) float64 {
-	fake, upd, deact := newFake(b, n, wechatpaytest.WithLatency(latency))
+// returns the seconds from the start of the enqueue to the batch done, and
+// the API calls made.
+func runPipeline(b *testing.B, conn *redisurl.Conn, n, concurrency int, latency time.Duration) (float64, int) {
+	fake, upd, deact := newFake(b, n, fakeOpts(latency)...)
 	defer fake.Close()
 	client := fake.Client()
 	defer client.Close()
 
-	w, err := worker.New(worker.Config{Redis: conn, Concurrency: concurrency, Identity: client.Identity()}, client)
+	// As `couponq worker` logs when its output is not a terminal.
+	logger := slog.New(slog.NewJSONHandler(io.Discard, nil))
+	w, err := worker.New(worker.Config{Redis: conn, Concurrency: concurrency, Identity: client.Identity(), Logger: logger}, client)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -177,6 +259,17 @@ func runPipeline(b *testing.B, conn *redisurl.Conn, n, concurrency int, latency 
 	defer p.Close()
 	reader := tasks.NewReader(rdb)
 
+	// Timed from a serving worker, as with a worker deployed before the
+	// batch: its start (Redis checks, the credentials probe) is not a cost
+	// per call.
+	for ready := time.NewTicker(5 * time.Millisecond); w.Ready(ctx) != nil; {
+		select {
+		case <-ctx.Done():
+			b.Fatalf("worker not ready: %v", w.Ready(ctx))
+		case <-ready.C:
+		}
+	}
+	stopProfile := startProfile(b)
 	start := time.Now()
 	rep, err := p.EnqueueBatch(ctx, mixedChanges(fake.BrandID(), upd, deact, n), tasks.BatchOptions{})
 	if err != nil || rep.Total != n {
@@ -184,11 +277,12 @@ func runPipeline(b *testing.B, conn *redisurl.Conn, n, concurrency int, latency 
 	}
 	st, err := reader.Wait(ctx, rep.BatchID, 10*time.Millisecond, nil)
 	secs := time.Since(start).Seconds()
+	stopProfile()
 	if err != nil {
 		b.Fatalf("Wait: %v", err)
 	}
 	if st.Succeeded != n {
 		b.Fatalf("pipeline: %+v", st)
 	}
-	return secs
+	return secs, apiCalls(fake)
 }

@@ -389,12 +389,38 @@ func (b *batchRun) acceptGroup(jobs []job, out chan<- job) {
 	for i := range g.jobs {
 		g.jobs[i].g, g.jobs[i].pos = g, i
 	}
-	if err := b.accept(context.WithoutCancel(b.ctx), g); err != nil {
+	ctx := context.WithoutCancel(b.ctx)
+	if err := b.accept(ctx, g); err != nil {
 		b.markUnsure(g, -1, &unconfirmedError{err: err})
 		return
 	}
-	for _, j := range g.jobs {
-		out <- j
+	// The group's accepted changes get their asynq tasks in one round
+	// trip (asynqwrite.go); what that does not settle (a task ID asynq
+	// holds already, Redis not answering, a duplicate or conflict) goes
+	// the way of one change at a time.
+	var (
+		recs []*asynqRecord
+		pos  []int
+	)
+	for i, j := range g.jobs {
+		if k := j.out.Kind(); k == results.Accepted || k == results.Resumed {
+			recs = append(recs, b.p.record(j.pr, b.runID))
+			pos = append(pos, i)
+		}
+	}
+	created, _ := b.p.writer.writeMany(ctx, recs)
+	handed := make([]bool, len(g.jobs))
+	for k, i := range pos {
+		if created[k] {
+			handed[i] = true
+			j := g.jobs[i]
+			b.settle(j.index, &EnqueueResult{TaskID: j.pr.id.TaskID, Change: j.pr.c, Resumed: j.out.Kind() == results.Resumed}, nil)
+		}
+	}
+	for i, j := range g.jobs {
+		if !handed[i] {
+			out <- j
+		}
 	}
 }
 

@@ -3,6 +3,7 @@ package tasks
 import (
 	"bufio"
 	"bytes"
+	"crypto/sha256"
 	"encoding/csv"
 	"errors"
 	"fmt"
@@ -395,3 +396,46 @@ func invalidUTF8At(b []byte) int {
 	}
 	return -1
 }
+
+// PayloadSet remembers, for each task ID of a change file, the line that
+// gave it first and a hash of its payload, in a fixed few dozen bytes a
+// task whatever the lengths of IDs and payloads: what couponq enqueue's
+// validation pass keeps to find a file giving one task ID two payloads,
+// so that validating a file of millions of lines holds no line.
+//
+// Task IDs are kept as 128 bits of their SHA-256 and payloads as 64 bits
+// of theirs: two different task IDs taken for one has odds of about
+// n²/2¹²⁹ (10⁻²⁶ for a million lines), and a conflict missed here is one
+// Redis still refuses (the result store compares the whole SHA-256 when
+// the second change is accepted). The zero value is ready to use.
+type PayloadSet struct {
+	m map[[16]byte]payloadMark
+}
+
+type payloadMark struct {
+	line uint32
+	sum  [8]byte
+}
+
+// Add records the task ID's payload as given on line, unless the ID was
+// seen before. It returns the line the ID was first given on (0 if this
+// is the first) and whether that line gave another payload.
+func (s *PayloadSet) Add(taskID string, payload []byte, line int) (first int, conflict bool) {
+	if s.m == nil {
+		s.m = make(map[[16]byte]payloadMark)
+	}
+	idSum := sha256.Sum256([]byte(taskID))
+	var key [16]byte
+	copy(key[:], idSum[:16])
+	pSum := sha256.Sum256(payload)
+	var sum [8]byte
+	copy(sum[:], pSum[:8])
+	if prev, ok := s.m[key]; ok {
+		return int(prev.line), prev.sum != sum
+	}
+	s.m[key] = payloadMark{line: uint32(min(line, 1<<32-1)), sum: sum}
+	return 0, false
+}
+
+// Len is the number of task IDs recorded.
+func (s *PayloadSet) Len() int { return len(s.m) }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"runtime"
 	"strings"
 	"testing"
 	"testing/iotest"
@@ -326,5 +327,62 @@ func TestChangeReaderRefusesBadText(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+func TestPayloadSet(t *testing.T) {
+	t.Parallel()
+	var s PayloadSet
+	steps := []struct {
+		id, payload  string
+		line         int
+		wantFirst    int
+		wantConflict bool
+	}{
+		{"update:1:a", `{"x":1}`, 1, 0, false},
+		{"update:1:b", `{"x":1}`, 2, 0, false},
+		{"update:1:a", `{"x":1}`, 3, 1, false}, // a duplicate line
+		{"update:1:a", `{"x":2}`, 4, 1, true},  // another payload
+		{"deactivate:1:a", `{"x":2}`, 5, 0, false},
+	}
+	for _, st := range steps {
+		first, conflict := s.Add(st.id, []byte(st.payload), st.line)
+		if first != st.wantFirst || conflict != st.wantConflict {
+			t.Errorf("line %d: Add(%s, %s) = %d, %v; want %d, %v", st.line, st.id, st.payload, first, conflict, st.wantFirst, st.wantConflict)
+		}
+	}
+	if s.Len() != 3 {
+		t.Errorf("Len = %d, want 3", s.Len())
+	}
+}
+
+// TestPayloadSetMemory bounds what validation keeps per task ID, whatever
+// the lengths of IDs and payloads: couponq enqueue validating 1 000 000
+// lines must stay well under its 150 MiB goal (issue 14). The heap is
+// measured after a GC with the set alive; other tests run in parallel, so
+// the bound has room, but a set keeping lines or strings (~200 bytes a
+// task here) fails it.
+func TestPayloadSetMemory(t *testing.T) {
+	const n = 200_000
+	payload := []byte(strings.Repeat(`{"display_info":{"name":"满100减10"}}`, 4))
+	ids := make([]string, n)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("update:120344:a_rather_long_out_request_no_%08d", i)
+	}
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	var s PayloadSet
+	for i, id := range ids {
+		s.Add(id, payload, i+1)
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	runtime.KeepAlive(&s)
+	runtime.KeepAlive(ids)
+	perID := (float64(after.HeapAlloc) - float64(before.HeapAlloc)) / n
+	t.Logf("%.1f bytes of heap per task ID", perID)
+	if perID > 80 {
+		t.Errorf("PayloadSet keeps %.1f bytes a task ID, want ≤ 80", perID)
 	}
 }

@@ -107,6 +107,7 @@ type Producer struct {
 	rdb         redis.UniversalClient
 	pc          *pipelinedClient
 	enq         enqueuer
+	writer      *asynqWriter // a batch's asynq tasks, a group a round trip
 	store       *results.Store
 	batchStore  *results.Store // over rdb directly: groups are pipelined enough
 	queue       string
@@ -224,6 +225,7 @@ func NewProducer(rdb redis.UniversalClient, opts ...ProducerOption) (*Producer, 
 		}
 	}
 	p.pc = newPipelinedClient(rdb, 2, 256)
+	p.writer = &asynqWriter{rdb: rdb, now: time.Now}
 	p.enq = enqueuer{client: asynq.NewClientFromRedisClient(p.pc), inspector: asynq.NewInspectorFromRedisClient(rdb)}
 	p.store = results.NewStore(p.pc, results.WithResultTTL(p.ttl), results.WithClock(p.now))
 	p.batchStore = results.NewStore(rdb, results.WithResultTTL(p.ttl), results.WithClock(p.now))
@@ -333,6 +335,18 @@ func (p *Producer) enqueue(ctx context.Context, c Change, batch string) (*Enqueu
 		p.log.Debug("couponq: could not drop a confirmed task from the registry; the workers will", "task_id", pr.id.TaskID, "err", cerr)
 	}
 	return res, nil
+}
+
+// record is the asynq task record of an accepted change, as handedTask
+// and enqueueOwn would enqueue it through asynq.Client.
+func (p *Producer) record(pr *prepared, run string) *asynqRecord {
+	h := map[string]string{HeaderRun: run}
+	if pr.id.Batch != "" {
+		h[HeaderBatch] = pr.id.Batch
+	}
+	nb, _ := ParseNotBefore(pr.c.NotBefore) // the payload's not_before (validated)
+	return &asynqRecord{taskType: pr.c.Op.TaskType(), payload: pr.payload, headers: h, taskID: pr.id.TaskID,
+		queue: p.queue, timeout: p.timeout, processAt: nb}
 }
 
 // handoff is how this producer's run enqueues the tasks of accept call seq.

@@ -24,13 +24,28 @@ type run struct {
 	w          *Worker
 	c          *change
 	taskID     string
-	log        *slog.Logger
-	retried    int      // asynq retries so far
-	calls      int      // API calls made in this run
-	recorded   int      // of which already added to the result's attempts
-	priorCalls int      // API calls recorded by earlier runs, as Store.Begin read them
-	lastOp     tasks.Op // the endpoint of the last call, which a 429 slows down
-	batch      string   // the task's batch, as admit read it ("" = none)
+	log        *slog.Logger // built by logger on first use
+	retried    int          // asynq retries so far
+	calls      int          // API calls made in this run
+	recorded   int          // of which already added to the result's attempts
+	priorCalls int          // API calls recorded by earlier runs, as Store.Begin read them
+	lastOp     tasks.Op     // the endpoint of the last call, which a 429 slows down
+	batch      string       // the task's batch, as admit read it ("" = none)
+	// request is the body an earlier run fixed, as admit read it
+	// (requestRead: it was read; nil: none was fixed).
+	request     []byte
+	requestRead bool
+}
+
+// logger is the worker's logger with the task's attributes. It is built on
+// the first line the run logs: a task that logs nothing at the handler's
+// level (most, at info) pays nothing for it (slog's JSON handler encodes
+// With's attributes when With is called).
+func (r *run) logger() *slog.Logger {
+	if r.log == nil {
+		r.log = r.w.log.With("task_id", r.taskID, "op", string(r.c.op), "out_request_no", r.c.outRequestNo, "attempt", r.retried+1)
+	}
+	return r.log
 }
 
 // process is the asynq handler of all three task types.
@@ -60,7 +75,6 @@ func (w *Worker) process(ctx context.Context, t *asynq.Task) error {
 	}
 	r := &run{w: w, c: c, taskID: taskID}
 	r.retried, _ = w.retryCount(ctx)
-	r.log = w.log.With("task_id", taskID, "op", string(c.op), "out_request_no", c.outRequestNo, "attempt", r.retried+1)
 
 	// A canceled batch, or an earlier write to the coupon, keeps it from
 	// starting (order.go).
@@ -74,7 +88,7 @@ func (w *Worker) process(ctx context.Context, t *asynq.Task) error {
 	}
 	r.priorCalls = priorCalls
 	if st.Terminal() {
-		r.log.Info("task already finished; re-delivery skipped", "status", string(st))
+		r.logger().Info("task already finished; re-delivery skipped", "status", string(st))
 		r.released(ctx)
 		return nil
 	}
@@ -132,17 +146,17 @@ func (r *run) stay(ctx context.Context, v verdict) bool {
 		return false
 	}
 	if berr := detached(ctx, func(ctx context.Context) error { return r.w.limiter.Backoff(ctx, string(r.lastOp), v.after) }); berr != nil {
-		r.log.Warn("rate limiter backoff failed", "err", berr)
+		r.logger().Warn("rate limiter backoff failed", "err", berr)
 	}
 	a := v.attempt
 	a.Calls = r.calls - r.recorded
 	r.w.metrics.ObserveRetry(string(r.c.op), v.reason)
 	if err := detached(ctx, func(ctx context.Context) error { return r.w.store.Retrying(ctx, r.taskID, a) }); err != nil {
-		r.log.Warn("cannot record a 429 ridden out in the handler", "err", err)
+		r.logger().Warn("cannot record a 429 ridden out in the handler", "err", err)
 	} else {
 		r.recorded = r.calls
 	}
-	r.log.Debug("429: calling again on the next slot", "retry_after", v.after)
+	r.logger().Debug("429: calling again on the next slot", "retry_after", v.after)
 	return true
 }
 
@@ -173,7 +187,7 @@ func (r *run) act(ctx context.Context, v verdict, err error) error {
 			// WeChat Pay refused the call: slow every worker down a little.
 			berr := detached(ctx, func(ctx context.Context) error { return r.w.limiter.Backoff(ctx, string(r.lastOp), v.after) })
 			if berr != nil {
-				r.log.Warn("rate limiter backoff failed", "err", berr)
+				r.logger().Warn("rate limiter backoff failed", "err", berr)
 			}
 		}
 		var cb *comeBackError
@@ -238,7 +252,7 @@ func (r *run) call(ctx context.Context, op tasks.Op) (*wechatpay.ProductCoupon, 
 	if err != nil {
 		outcome, a := classify(err)
 		r.w.metrics.ObserveCall(string(op), outcome, a.ErrorCode, d)
-		r.log.Debug("call failed", "call", string(op), "err", err, "duration", d)
+		r.logger().Debug("call failed", "call", string(op), "err", err, "duration", d)
 		return nil, err
 	}
 	r.w.metrics.ObserveCall(string(op), outcomeSuccess, "", d)
@@ -265,13 +279,13 @@ func (r *run) retrying(ctx context.Context, v verdict, err error) error {
 	r.w.metrics.ObserveRetry(string(r.c.op), v.reason)
 	rerr := detached(ctx, func(ctx context.Context) error { return r.w.store.Retrying(ctx, r.taskID, a) })
 	if rerr != nil {
-		r.log.Error("cannot record retry", "err", rerr)
+		r.logger().Error("cannot record retry", "err", rerr)
 		if err == nil {
 			return rerr
 		}
 		return fmt.Errorf("%w (and %w)", err, rerr)
 	}
-	r.log.Info("will retry", "reason", v.reason, "action", v.action.String(), "error_code", a.ErrorCode, "request_id", a.RequestID)
+	r.logger().Info("will retry", "reason", v.reason, "action", v.action.String(), "error_code", a.ErrorCode, "request_id", a.RequestID)
 	return err
 }
 
@@ -286,7 +300,7 @@ func (r *run) finish(ctx context.Context, st tasks.Status, a results.Attempt, re
 		return err
 	})
 	if err != nil {
-		r.log.Error("cannot record outcome; the task will run again", "status", string(st), "err", err)
+		r.logger().Error("cannot record outcome; the task will run again", "status", string(st), "err", err)
 		return fmt.Errorf("worker: %w", err)
 	}
 	if done {
@@ -298,9 +312,11 @@ func (r *run) finish(ctx context.Context, st tasks.Status, a results.Attempt, re
 		attrs = append(attrs, "error_code", a.ErrorCode, "http_status", a.HTTPStatus, "request_id", a.RequestID)
 	}
 	if st == tasks.StatusSucceeded {
-		r.log.Info("task finished", attrs...)
+		// Debug: a line per success is a JSON encoding per task at the
+		// default level; the result hash and the metrics record it.
+		r.logger().Debug("task finished", attrs...)
 	} else {
-		r.log.Warn("task finished", attrs...)
+		r.logger().Warn("task finished", attrs...)
 	}
 	return ret
 }
@@ -333,7 +349,7 @@ func (r *run) reconcile(ctx context.Context, orig verdict, origErr error) error 
 			v.attempt = orig.attempt
 			return r.act(ctx, v, fmt.Errorf("worker: reconcile %w after: %w", err, origErr))
 		}
-		r.log.Warn("reconcile GET failed", "err", err)
+		r.logger().Warn("reconcile GET failed", "err", err)
 		return fail()
 	}
 	applied := false
@@ -343,7 +359,7 @@ func (r *run) reconcile(ctx context.Context, orig verdict, origErr error) error 
 	case tasks.OpUpdate:
 		applied = displayInfoApplied(r.c.update.DisplayInfo, got.DisplayInfo)
 	}
-	r.log.Info("reconciled a refused retry", "applied", applied, "error_code", orig.attempt.ErrorCode, "coupon_state", string(got.State))
+	r.logger().Info("reconciled a refused retry", "applied", applied, "error_code", orig.attempt.ErrorCode, "coupon_state", string(got.State))
 	if !applied {
 		return fail()
 	}

@@ -80,7 +80,9 @@ func (r *run) startState(ctx context.Context, headerBatch string, ordered bool) 
 	var canc *redis.BoolCmd
 	var turn func() (results.OrderCheck, error)
 	_, err := r.w.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		res = p.HMGet(ctx, results.ResultKey(r.taskID), results.FieldStatus, results.FieldBatch)
+		// The stored body (of an earlier run) comes along: prepareUpdate
+		// and prepareDeactivate need no round trip of their own for it.
+		res = p.HMGet(ctx, results.ResultKey(r.taskID), results.FieldStatus, results.FieldBatch, results.FieldRequest)
 		if headerBatch != "" {
 			canc = p.HExists(ctx, results.BatchKey(headerBatch), results.BatchFieldCanceledAt)
 		}
@@ -95,6 +97,10 @@ func (r *run) startState(ctx context.Context, headerBatch string, ordered bool) 
 	v := res.Val()
 	st, _ := v[0].(string)
 	r.batch, _ = v[1].(string)
+	if body, _ := v[2].(string); body != "" {
+		r.request = []byte(body)
+	}
+	r.requestRead = true
 	if canc != nil {
 		return results.Status(st), canc.Val(), turn, nil
 	}
@@ -128,7 +134,7 @@ func (r *run) awaitTurn(ctx context.Context, first func() (results.OrderCheck, e
 			if err := store.RegisterOrder(ctx, []results.OrderEntry{e}, false); err != nil {
 				return true, fmt.Errorf("worker: %w", err)
 			}
-			r.log.Warn("write had no place in its coupon's order; it takes the last one")
+			r.logger().Warn("write had no place in its coupon's order; it takes the last one")
 			continue
 		}
 		pred = chk.Pred
@@ -144,10 +150,10 @@ func (r *run) awaitTurn(ctx context.Context, first func() (results.OrderCheck, e
 		if _, err := store.DropFromOrder(ctx, e, pred, chk.PredPlace); err != nil {
 			return true, fmt.Errorf("worker: %w", err)
 		}
-		r.log.Info("dropped a change left in its coupon's order", "earlier_task_id", pred, "earlier_status", string(st))
+		r.logger().Info("dropped a change left in its coupon's order", "earlier_task_id", pred, "earlier_status", string(st))
 	}
 	r.w.metrics.ObserveRetry(string(r.c.op), reasonOrdered)
-	r.log.Debug("waiting for an earlier write to the coupon", "earlier_task_id", pred, "product_coupon_id", r.c.productCouponID)
+	r.logger().Debug("waiting for an earlier write to the coupon", "earlier_task_id", pred, "product_coupon_id", r.c.productCouponID)
 	return true, &comeBackError{reason: reasonOrdered, after: orderPoll,
 		err: fmt.Errorf("worker: coupon %s has an earlier write not finished: %s", r.c.productCouponID, pred)}
 }
@@ -159,7 +165,7 @@ func (r *run) released(ctx context.Context) {
 	if !r.ordered() {
 		return
 	}
-	r.w.release(ctx, []results.OrderEntry{r.orderEntry()}, r.log)
+	r.w.release(ctx, []results.OrderEntry{r.orderEntry()}, r.logger())
 }
 
 // release removes terminal changes from their coupons' order and wakes,
@@ -191,13 +197,13 @@ func (r *run) cancel(ctx context.Context, why string) error {
 		return err
 	})
 	if err != nil {
-		r.log.Error("cannot record the cancel; the task will come again", "err", err)
+		r.logger().Error("cannot record the cancel; the task will come again", "err", err)
 		return fmt.Errorf("worker: %w", err)
 	}
 	r.recorded = r.calls
 	if done {
 		r.w.metrics.ObserveTerminal(string(r.c.op), tasks.StatusCanceled)
-		r.log.Info("task canceled", "reason", why, "batch", r.batch)
+		r.logger().Info("task canceled", "reason", why, "batch", r.batch)
 	}
 	r.released(ctx)
 	return nil

@@ -15,6 +15,15 @@ import (
 // display_info that is not a JSON object).
 const CodeMergeFailed = "MERGE_FAILED"
 
+// storedRequest is the body an earlier run fixed, nil if none: as admit
+// read it with the task's start state, or read now.
+func (r *run) storedRequest(ctx context.Context) ([]byte, error) {
+	if r.requestRead {
+		return r.request, nil
+	}
+	return r.w.store.Request(ctx, r.taskID)
+}
+
 // prepareUpdate fixes the body of an update before its first PATCH, as
 // SPEC's "Updates are partial" says: the line names only the fields it
 // changes, WeChat Pay documents name and both images as required and does
@@ -27,7 +36,7 @@ const CodeMergeFailed = "MERGE_FAILED"
 //
 // done reports that the run is over; err is then the handler's answer.
 func (r *run) prepareUpdate(ctx context.Context) (done bool, err error) {
-	body, err := r.w.store.Request(ctx, r.taskID)
+	body, err := r.storedRequest(ctx)
 	if err != nil {
 		return true, fmt.Errorf("worker: %w", err)
 	}
@@ -45,7 +54,7 @@ func (r *run) prepareUpdate(ctx context.Context) (done bool, err error) {
 			if err := detached(ctx, func(ctx context.Context) error { return r.w.store.MarkUnchanged(ctx, r.taskID) }); err != nil {
 				return true, fmt.Errorf("worker: %w", err)
 			}
-			r.log.Info("update not sent: the coupon already matches it")
+			r.logger().Info("update not sent: the coupon already matches it")
 			return true, r.succeed(ctx, got)
 		}
 		enc, err := r.w.api.EncodeUpdate(r.c.update, merged)
@@ -72,7 +81,7 @@ func (r *run) prepareUpdate(ctx context.Context) (done bool, err error) {
 // and stores it in the result, as every write's is (SPEC: request), so a
 // retry or a re-delivery sends the stored bytes.
 func (r *run) prepareDeactivate(ctx context.Context) (done bool, err error) {
-	body, err := r.w.store.Request(ctx, r.taskID)
+	body, err := r.storedRequest(ctx)
 	if err != nil {
 		return true, fmt.Errorf("worker: %w", err)
 	}
