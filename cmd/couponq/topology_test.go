@@ -36,21 +36,7 @@ func TestTopologyLineSentinel(t *testing.T) {
 	}
 	want := "sentinel master " + redistest.SentinelMaster + " at " + primary.Addr()
 	f := b.writeFile(t, "changes.jsonl", changeLines(b, 3, "sent"))
-	r := b.run(t, "", "enqueue", "--file", f)
-	if r.code != 0 || !strings.Contains(r.stderr, "redis: "+want+"\n") {
-		t.Fatalf("enqueue: exit %d, stderr lacks %q:\n%s", r.code, "redis: "+want, r.stderr)
-	}
-	batch := strings.TrimSpace(r.stdout)
-	w := b.startProc(t, "worker", "--rate", "0", "--http", "", "--log-format", "text")
-	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
-	defer cancel()
-	r = runWith(ctx, b.getenv, "", "status", "--batch", batch, "--wait", "--interval", "100ms")
-	if r.code != 0 {
-		t.Errorf("status --wait: exit %d: %s", r.code, r.stderr)
-	}
-	if !strings.Contains(w.stderr.String(), "redis topology: "+want) {
-		t.Errorf("worker log lacks %q:\n%s", "redis topology: "+want, w.stderr.String())
-	}
+	enqueueAndFinish(t, b, f, want)
 }
 
 func TestTopologyLineSingle(t *testing.T) {
@@ -92,8 +78,15 @@ func TestClusterAtStart(t *testing.T) {
 		t.Errorf("%d keys written on the cluster", n)
 	}
 
-	const want = "cluster with 3 masters"
-	r = b.run(t, "", "enqueue", "--file", f)
+	enqueueAndFinish(t, b, f, "cluster with 3 masters")
+}
+
+// enqueueAndFinish enqueues file f, which must print the topology line
+// want, then runs a worker until status --wait sees the batch done, and
+// checks that the worker logged the same topology.
+func enqueueAndFinish(t *testing.T, b *bundle, f, want string) {
+	t.Helper()
+	r := b.run(t, "", "enqueue", "--file", f)
 	if r.code != 0 || !strings.Contains(r.stderr, "redis: "+want+"\n") {
 		t.Fatalf("enqueue: exit %d, stderr lacks %q:\n%s", r.code, "redis: "+want, r.stderr)
 	}
