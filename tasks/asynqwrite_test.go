@@ -124,9 +124,6 @@ func dumpQueue(t *testing.T, ctx context.Context, rdb *redis.Client, queue, task
 // Inspector.GetTaskInfo shows the two alike.
 func TestAsynqRecordsLikeClient(t *testing.T) {
 	t.Parallel()
-	if testing.Short() {
-		t.Skip("integration test: -short")
-	}
 	srv := redistest.Start(t)
 	rdb := srv.Client()
 	t.Cleanup(func() { rdb.Close() })
@@ -219,9 +216,6 @@ func TestAsynqRecordsLikeClient(t *testing.T) {
 // enqueued by asynq.Client are.
 func TestAsynqServerRunsWrittenTasks(t *testing.T) {
 	t.Parallel()
-	if testing.Short() {
-		t.Skip("integration test: -short")
-	}
 	srv := redistest.Start(t)
 	rdb := srv.Client()
 	t.Cleanup(func() { rdb.Close() })
