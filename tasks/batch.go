@@ -383,7 +383,8 @@ func (b *batchRun) registerOrder(group []job) error {
 
 // acceptGroup registers a group's changes as unconfirmed and records their
 // result hashes (AcceptMany: the results' scripts pipelined, then the
-// batch's step), then passes each change on to be enqueued. If Redis does not answer, the group waits for retryUnsure.
+// batch's step), then hands the group's asynq tasks over. If Redis does
+// not answer, the group waits for retryUnsure.
 func (b *batchRun) acceptGroup(jobs []job, out chan<- job) {
 	g := &group{seq: int(b.seq.Add(1)), jobs: jobs}
 	for i := range g.jobs {
