@@ -6,6 +6,8 @@ import (
 	"strings"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/couponq/couponq/internal/luabundle"
 )
 
 // A batch's counters are kept apart from its results: on Redis Cluster the
@@ -88,8 +90,23 @@ if string.find(flags, 'z', 1, true) then
 elseif redis.call('EXISTS', KEYS[2]) == 0 and tonumber(redis.call('HGET', KEYS[1], 'total') or '0') > 0 then
   return {-2, 0}
 end
+-- The counted states are read in one HMGET and written back in one HSET
+-- and one HDEL, the counters moved in one HINCRBY each: a call of many
+-- tasks costs Redis a handful of commands, not three a task. final keeps
+-- each touched task's state (false: gone), so a task given twice sees its
+-- first entry.
+local ids = {}
+for i = 8, #ARGV, 3 do ids[#ids + 1] = ARGV[i] end
+local got = {}
+for i = 1, #ids, 1000 do
+  local part = redis.call('HMGET', KEYS[2], unpack(ids, i, math.min(i + 999, #ids)))
+  for j = 1, #part do got[i + j - 1] = part[j] end
+end
+local final, touched, delta = {}, {}, {}
+local function move(f, v) delta[f] = (delta[f] or 0) + v end
 local added, changed, requeued = 0, 0, false
-for i = 8, #ARGV, 3 do
+for k = 1, #ids do
+  local i = 8 + (k - 1) * 3
   local t, runs, st = ARGV[i], tonumber(ARGV[i + 1]) or 1, ARGV[i + 2]
   local ev = ''
   if string.sub(st, 1, 4) == 'gone' then
@@ -98,33 +115,56 @@ for i = 8, #ARGV, 3 do
   elseif not terminal(st) then
     st = 'queued'
   end
-  local cur = redis.call('HGET', KEYS[2], t)
+  local cur = final[t]
+  if cur == nil then cur = got[k] end
+  if cur == false then cur = nil end
   local cruns, cst = 0, ''
   if cur then
     local r, s = string.match(cur, '^(%d+):(%a+)$')
     cruns, cst = tonumber(r) or 0, s or ''
   end
   local want = runs .. ':' .. st
+  local to = nil
   if st == 'gone' then
     if cur then
-      redis.call('HDEL', KEYS[2], t)
-      redis.call('HINCRBY', KEYS[1], 'total', -1)
-      if terminal(cst) then redis.call('HINCRBY', KEYS[1], cst, -1) end
-      if ev ~= '' then redis.call('HINCRBY', KEYS[1], ev, 1) end
-      changed = changed + 1
+      to = false
+      move('total', -1)
+      if terminal(cst) then move(cst, -1) end
+      if ev ~= '' then move(ev, 1) end
     end
   elseif cur ~= want and runs >= cruns and not (runs == cruns and terminal(cst) and not terminal(st)) then
     if not cur then
-      redis.call('HINCRBY', KEYS[1], 'total', 1)
+      move('total', 1)
       added = added + 1
     elseif terminal(cst) then
-      redis.call('HINCRBY', KEYS[1], cst, -1)
+      move(cst, -1)
       if not terminal(st) then requeued = true end
     end
-    if terminal(st) then redis.call('HINCRBY', KEYS[1], st, 1) end
-    redis.call('HSET', KEYS[2], t, want)
+    if terminal(st) then move(st, 1) end
+    to = want
+  end
+  if to ~= nil then
+    if final[t] == nil then touched[#touched + 1] = t end
+    final[t] = to
     changed = changed + 1
   end
+end
+local sets, dels = {}, {}
+for _, t in ipairs(touched) do
+  if final[t] then
+    sets[#sets + 1] = t
+    sets[#sets + 1] = final[t]
+  else
+    dels[#dels + 1] = t
+  end
+end
+for i = 1, #sets, 1000 do redis.call('HSET', KEYS[2], unpack(sets, i, math.min(i + 999, #sets))) end
+for i = 1, #dels, 1000 do redis.call('HDEL', KEYS[2], unpack(dels, i, math.min(i + 999, #dels))) end
+local fields = {}
+for f in pairs(delta) do fields[#fields + 1] = f end
+table.sort(fields)
+for _, f in ipairs(fields) do
+  if delta[f] ~= 0 then redis.call('HINCRBY', KEYS[1], f, delta[f]) end
 end
 local n = tonumber(ARGV[5]) + tonumber(ARGV[6]) + tonumber(ARGV[7])
 if n > 0 and (ARGV[3] == '' or redis.call('SADD', KEYS[3], ARGV[3]) == 1) then
@@ -155,7 +195,7 @@ return {added, changed}
 // ARGV[1] -> TTL in milliseconds, ARGV[2..] -> task IDs
 var addTasksScript = newScript("AddTasks", `
 local n = 0
-for i = 2, #ARGV do n = n + redis.call('SADD', KEYS[1], ARGV[i]) end
+for i = 2, #ARGV, 1000 do n = n + redis.call('SADD', KEYS[1], unpack(ARGV, i, math.min(i + 999, #ARGV))) end
 if n > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
 return n
 `)
@@ -507,5 +547,6 @@ func newScript(name, src string) *redis.Script {
 	}
 	sc := redis.NewScript(src)
 	scriptNames[name] = sc
+	bundles[sc] = luabundle.Of(src)
 	return sc
 }

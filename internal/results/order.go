@@ -66,20 +66,23 @@ func (e OrderEntry) keys() []string { return OrderKeys(e.BrandID, e.ProductCoupo
 // ARGV[1] -> now (Unix ms), ARGV[2] -> TTL in milliseconds, ARGV[3] -> mode
 // ARGV[4..] -> per change: kind ("w" or "g"), task_id
 var registerOrderScript = newScript("RegisterOrder", `
-local n = 0
+local n, used = 0, {[3] = true}
 for i = 4, #ARGV, 2 do
-  local set = KEYS[1]
-  if ARGV[i] == 'g' then set = KEYS[2] end
+  local k = 1
+  if ARGV[i] == 'g' then k = 2 end
+  used[k] = true
   local id = ARGV[i + 1]
-  if ARGV[3] == 'end' or not redis.call('ZSCORE', set, id) then
+  if ARGV[3] == 'end' or not redis.call('ZSCORE', KEYS[k], id) then
     local seq = redis.call('HINCRBY', KEYS[3], 'seq', 1)
-    redis.call('ZADD', set, seq, id)
+    redis.call('ZADD', KEYS[k], seq, id)
     redis.call('HSET', KEYS[3], 'at:' .. id, ARGV[1])
     n = n + 1
   end
 end
+-- the keys this call registered in live on (PEXPIRE leaves a key that
+-- does not exist alone)
 for k = 1, 3 do
-  if redis.call('EXISTS', KEYS[k]) == 1 then redis.call('PEXPIRE', KEYS[k], ARGV[2]) end
+  if used[k] then redis.call('PEXPIRE', KEYS[k], ARGV[2]) end
 end
 return n
 `)
@@ -287,6 +290,9 @@ func runPipelined(ctx context.Context, rdb redis.UniversalClient, script *redis.
 			return nil, err
 		}
 		return []*redis.Cmd{cmd}, nil
+	}
+	if bundle, ok := bundled(rdb, script); ok {
+		return runBundled(ctx, rdb, bundle, calls)
 	}
 	out := make([]*redis.Cmd, 0, len(calls))
 	for len(calls) > 0 {
