@@ -12,6 +12,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"google.golang.org/protobuf/encoding/protowire"
 
+	"github.com/couponq/couponq/internal/luabundle"
 	"github.com/couponq/couponq/internal/results"
 )
 
@@ -48,7 +49,9 @@ func asynqScheduledKey(queue string) string { return "asynq:{" + queue + "}:sche
 // ARGV[1] -> task message data
 // ARGV[2] -> task ID
 // ARGV[3] -> current unix time in nsec
-var asynqEnqueueScript = redis.NewScript(`
+var asynqEnqueueScript = redis.NewScript(asynqEnqueueSource)
+
+const asynqEnqueueSource = `
 if redis.call("EXISTS", KEYS[1]) == 1 then
 	return 0
 end
@@ -58,7 +61,7 @@ redis.call("HSET", KEYS[1],
            "pending_since", ARGV[3])
 redis.call("LPUSH", KEYS[2], ARGV[2])
 return 1
-`)
+`
 
 // asynqScheduleScript is asynq v0.26's scheduleCmd, verbatim.
 //
@@ -67,7 +70,9 @@ return 1
 // ARGV[1] -> task message data
 // ARGV[2] -> process_at time in Unix time
 // ARGV[3] -> task ID
-var asynqScheduleScript = redis.NewScript(`
+var asynqScheduleScript = redis.NewScript(asynqScheduleSource)
+
+const asynqScheduleSource = `
 if redis.call("EXISTS", KEYS[1]) == 1 then
 	return 0
 end
@@ -76,7 +81,13 @@ redis.call("HSET", KEYS[1],
            "state", "scheduled")
 redis.call("ZADD", KEYS[2], ARGV[2], ARGV[3])
 return 1
-`)
+`
+
+// The scripts' bundles: many records a call (package luabundle).
+var (
+	asynqEnqueueBundle  = luabundle.Of(asynqEnqueueSource)
+	asynqScheduleBundle = luabundle.Of(asynqScheduleSource)
+)
 
 // asynqRecord is one task to write as asynq.Client would enqueue it.
 type asynqRecord struct {
@@ -173,23 +184,50 @@ func (w *asynqWriter) writeMany(ctx context.Context, recs []*asynqRecord) (creat
 		w.published.Store(r.queue, true)
 	}
 	now := w.now()
-	cmds := make([]*redis.Cmd, len(recs))
+	// The records go as bundles (package luabundle) of one queue and one
+	// script each: a queue's keys share asynq's hash tag, so a bundle is
+	// one slot's even on a cluster. A ring spreads them: one call each.
+	type part struct {
+		script, bundle *redis.Script
+		idx            []int
+		calls          []luabundle.Call
+		cmd            *redis.Cmd
+	}
+	var parts []*part
+	open := map[string]*part{}
+	_, ring := w.rdb.(*redis.Ring)
+	for i, r := range recs {
+		script, bundle, keys, args := asynqEnqueueScript, asynqEnqueueBundle, []string{asynqTaskKey(r.queue, r.taskID), asynqPendingKey(r.queue)},
+			[]any{encodeTaskMessage(r), r.taskID, now.UnixNano()}
+		if r.processAt.After(now) {
+			script, bundle, keys, args = asynqScheduleScript, asynqScheduleBundle, []string{asynqTaskKey(r.queue, r.taskID), asynqScheduledKey(r.queue)},
+				[]any{encodeTaskMessage(r), r.processAt.Unix(), r.taskID}
+		}
+		k := r.queue + "\x00" + keys[1]
+		pt := open[k]
+		if pt == nil || ring || len(pt.idx) == luabundle.Size {
+			pt = &part{script: script, bundle: bundle}
+			parts = append(parts, pt)
+			open[k] = pt
+		}
+		pt.idx = append(pt.idx, i)
+		pt.calls = append(pt.calls, luabundle.Call{Keys: keys, Args: args})
+	}
 	run := func(eval bool) error {
 		_, err := w.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-			for i, r := range recs {
-				if errs[i] == nil && cmds[i] != nil && !isNoScript(cmds[i].Err()) {
+			for _, pt := range parts {
+				if pt.cmd != nil && !isNoScript(pt.cmd.Err()) {
 					continue // answered by the first pipeline
 				}
-				script, keys, args := asynqEnqueueScript, []string{asynqTaskKey(r.queue, r.taskID), asynqPendingKey(r.queue)},
-					[]any{encodeTaskMessage(r), r.taskID, now.UnixNano()}
-				if r.processAt.After(now) {
-					script, keys, args = asynqScheduleScript, []string{asynqTaskKey(r.queue, r.taskID), asynqScheduledKey(r.queue)},
-						[]any{encodeTaskMessage(r), r.processAt.Unix(), r.taskID}
+				script, keys, args := pt.script, pt.calls[0].Keys, pt.calls[0].Args
+				if len(pt.calls) > 1 {
+					script = pt.bundle
+					keys, args = luabundle.Args(pt.calls)
 				}
 				if eval {
-					cmds[i] = script.Eval(ctx, p, keys, args...)
+					pt.cmd = script.Eval(ctx, p, keys, args...)
 				} else {
-					cmds[i] = script.EvalSha(ctx, p, keys, args...)
+					pt.cmd = script.EvalSha(ctx, p, keys, args...)
 				}
 			}
 			return nil
@@ -198,13 +236,30 @@ func (w *asynqWriter) writeMany(ctx context.Context, recs []*asynqRecord) (creat
 	}
 	err := run(false)
 	noScript := false
-	for _, c := range cmds {
-		noScript = noScript || isNoScript(c.Err())
+	for _, pt := range parts {
+		noScript = noScript || isNoScript(pt.cmd.Err())
 	}
 	if noScript {
 		// Redis did not know the scripts (a fresh server): those commands
 		// did not run; send them with their source.
 		err = run(true)
+	}
+	cmds := make([]*redis.Cmd, len(recs))
+	for _, pt := range parts {
+		each := []*redis.Cmd{pt.cmd}
+		if len(pt.calls) > 1 {
+			var uerr error
+			if each, uerr = luabundle.Unpack(ctx, pt.cmd, len(pt.calls)); uerr != nil {
+				each = make([]*redis.Cmd, len(pt.calls))
+				for j := range each {
+					each[j] = redis.NewCmd(ctx)
+					each[j].SetErr(uerr)
+				}
+			}
+		}
+		for j, i := range pt.idx {
+			cmds[i] = each[j]
+		}
 	}
 	for i, c := range cmds {
 		n, cerr := c.Int()

@@ -583,7 +583,7 @@ func (b *batchRun) verify(ctx context.Context) {
 	b.mu.Lock()
 	handed, settled := b.handed, b.settled
 	b.mu.Unlock()
-	fix, err := b.p.enq.ensure(ctx, b.p.batchStore, handed)
+	fix, err := b.p.enq.ensure(ctx, b.p.batchStore, b.p.queue, handed)
 	if err != nil {
 		b.p.log.Warn("couponq: could not verify the batch's tasks in asynq; the workers will", "batch", b.id, "err", err)
 		return

@@ -234,7 +234,7 @@ func (p *Producer) retryHeads(ctx context.Context, heads []taskHead, code string
 		}
 	}
 	rep.Retried = append(rep.Retried, requeued...)
-	fix, err := p.enq.ensure(ctx, p.batchStore, requeued)
+	fix, err := p.enq.ensure(ctx, p.batchStore, "", requeued)
 	if err != nil {
 		for _, id := range requeued {
 			rep.NotEnqueued[id] = err

@@ -122,13 +122,37 @@ type repair struct {
 // and timeout their result keeps. It is what the producer runs before
 // sealing a batch and what the Adopter runs on orphans. Three pipelined
 // reads a chunk: status and queue, the asynq task's existence, and the
-// whole hand-off of the (rare) missing ones only.
-func (e *enqueuer) ensure(ctx context.Context, store *results.Store, ids []string) (*repair, error) {
+// whole hand-off of the (rare) missing ones only. A caller that knows the
+// queue the tasks were enqueued in names it: the tasks found there (all,
+// as a rule) are settled by one read each.
+func (e *enqueuer) ensure(ctx context.Context, store *results.Store, queue string, ids []string) (*repair, error) {
 	rep := &repair{failed: map[string]error{}, unusable: map[string]error{}}
 	rdb := store.Redis()
 	for len(ids) > 0 {
 		chunk := ids[:min(len(ids), 500)]
 		ids = ids[len(chunk):]
+		if queue != "" {
+			there := make([]*redis.IntCmd, len(chunk))
+			if _, err := rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+				for i, id := range chunk {
+					there[i] = p.Exists(ctx, asynqTaskKey(queue, id))
+				}
+				return nil
+			}); err != nil {
+				return rep, fmt.Errorf("couponq: look up %d tasks in asynq: %w", len(chunk), err)
+			}
+			rest := chunk[:0:0]
+			for i, id := range chunk {
+				if there[i].Val() == 1 {
+					rep.settled = append(rep.settled, id)
+				} else {
+					rest = append(rest, id)
+				}
+			}
+			if chunk = rest; len(chunk) == 0 {
+				continue
+			}
+		}
 		heads := make([]*redis.SliceCmd, len(chunk))
 		if _, err := rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 			for i, id := range chunk {
@@ -295,7 +319,7 @@ func (a *Adopter) Sweep(ctx context.Context, queues []string, grace time.Duratio
 		if err := a.store.Settle(ctx, ids); err != nil {
 			errs = append(errs, err)
 		}
-		r, err := a.ensure(ctx, a.store, ids)
+		r, err := a.ensure(ctx, a.store, "", ids)
 		if err != nil {
 			errs = append(errs, err)
 		}

@@ -44,7 +44,7 @@ func TestNotBeforeSchedulesTheTask(t *testing.T) {
 	if err := b.inspector.DeleteTask(DefaultQueue, later.TaskID()); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := b.p.enq.ensure(ctx, b.p.batchStore, []string{later.TaskID()}); err != nil {
+	if _, err := b.p.enq.ensure(ctx, b.p.batchStore, "", []string{later.TaskID()}); err != nil {
 		t.Fatal(err)
 	}
 	if info, err := b.inspector.GetTaskInfo(DefaultQueue, later.TaskID()); err != nil || info.State != asynq.TaskStateScheduled {
