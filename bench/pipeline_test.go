@@ -39,6 +39,10 @@ func envInt(name string, def int) int {
 // and "20ms" (20 ms of latency per answer, as a network adds):
 //
 //   - direct: made by 32 goroutines calling *wechatpay.Client (the baseline);
+//   - asynq alone: the floor under any worker on asynq's server: 32
+//     goroutines calling asynq.Client.Enqueue and one asynq.Server of the
+//     same concurrency whose handler makes the calls, none of couponq's
+//     work (runAsynqAlone);
 //   - pipeline: enqueued with Producer.EnqueueBatch into a real redis-server
 //     and applied by one worker.Worker (Rate 0, concurrency
 //     COUPONQ_BENCH_CONCURRENCY, default 32, logging JSON at info level as
@@ -68,8 +72,8 @@ func benchPipelineVsDirect(b *testing.B, latency time.Duration) {
 	rdb := conn.NewClient()
 	defer rdb.Close()
 
-	var directSecs, pipelineSecs, directCPU, pipelineCPU, pipelineRedisCPU float64
-	var directCalls, pipelineCalls int
+	var directSecs, pipelineSecs, asynqSecs, directCPU, pipelineCPU, pipelineRedisCPU, asynqCPU float64
+	var directCalls, pipelineCalls, asynqCalls int
 	for b.Loop() {
 		if err := rdb.FlushAll(context.Background()).Err(); err != nil {
 			b.Fatal(err)
@@ -86,9 +90,18 @@ func benchPipelineVsDirect(b *testing.B, latency time.Duration) {
 		directCPU += mid - cpu
 		pipelineCPU += cpuNow(b, rdb) - mid
 		pipelineRedisCPU += redisCPU(b, rdb) - midRedis
+
+		if err := rdb.FlushAll(context.Background()).Err(); err != nil {
+			b.Fatal(err)
+		}
+		before := cpuNow(b, rdb)
+		secs, calls = runAsynqAlone(b, conn, n, concurrency, latency)
+		asynqSecs += secs
+		asynqCalls += calls
+		asynqCPU += cpuNow(b, rdb) - before
 	}
-	if directCalls != pipelineCalls {
-		b.Fatalf("direct made %d API calls, the pipeline %d: not the same work", directCalls, pipelineCalls)
+	if directCalls != pipelineCalls || directCalls != asynqCalls {
+		b.Fatalf("direct made %d API calls, the pipeline %d, asynq alone %d: not the same work", directCalls, pipelineCalls, asynqCalls)
 	}
 	// Per API call (an update is a GET and a PATCH on both sides).
 	direct := float64(directCalls) / directSecs
@@ -104,7 +117,13 @@ func benchPipelineVsDirect(b *testing.B, latency time.Duration) {
 	// The rate ratio of a CPU-bound host, steadier than the rates when
 	// other work shares the cores.
 	b.ReportMetric((directCPU/float64(directCalls))/(pipelineCPU/float64(pipelineCalls)), "cpu_ratio")
-	b.ReportMetric(0, "ns/op") // each op is two N-call runs; the rates say it
+	// asynq alone against direct: what the queue itself costs, the bound
+	// of any worker on asynq's server (see bench/hot.txt).
+	asynqRate := float64(asynqCalls) / asynqSecs
+	b.ReportMetric(asynqRate/direct, "asynq_ratio")
+	b.ReportMetric(pipeline/asynqRate, "pipeline/asynq")
+	b.ReportMetric(asynqCPU/float64(asynqCalls)*1e6, "asynq_cpu_µs/call")
+	b.ReportMetric(0, "ns/op") // each op is three N-call runs; the rates say it
 }
 
 // cpuNow is the CPU time used so far by this process and by redis-server,
