@@ -12,6 +12,7 @@ import (
 
 	"github.com/couponq/couponq/internal/redisurl"
 	"github.com/couponq/couponq/tasks"
+	"github.com/couponq/couponq/worker"
 )
 
 // runAsynqAlone makes the n changes' calls through asynq alone: 32
@@ -49,6 +50,9 @@ func runAsynqAlone(b *testing.B, conn *redisurl.Conn, n, concurrency int, latenc
 	defer srvRDB.Close()
 	srv := asynq.NewServerFromRedisClient(srvRDB, asynq.Config{
 		Concurrency: concurrency, Queues: map[string]int{"bench": 1}, LogLevel: asynq.FatalLevel,
+		// As couponq's worker polls an empty queue: asynq's default (1 s)
+		// would make asynq alone wait up to a second for the first tasks.
+		TaskCheckInterval: worker.DefaultTaskCheckInterval,
 	})
 	if err := srv.Start(mux); err != nil {
 		b.Fatal(err)

@@ -181,9 +181,8 @@ if added > 0 and string.find(flags, 'r', 1, true) then
   redis.call('HDEL', KEYS[1], 'finished_at')
 end
 if not string.find(flags, 'q', 1, true) then finish_batch_if_done(KEYS[1], ARGV[1]) end
-for k = 1, 3 do
-  if redis.call('EXISTS', KEYS[k]) == 1 then redis.call('PEXPIRE', KEYS[k], ARGV[2]) end
-end
+-- PEXPIRE leaves a key that does not exist alone
+for k = 1, 3 do redis.call('PEXPIRE', KEYS[k], ARGV[2]) end
 return {added, changed}
 `)
 
