@@ -72,7 +72,7 @@ func benchPipelineVsDirect(b *testing.B, latency time.Duration) {
 	rdb := conn.NewClient()
 	defer rdb.Close()
 
-	var directSecs, pipelineSecs, asynqSecs, directCPU, pipelineCPU, pipelineRedisCPU, asynqCPU float64
+	var directSecs, pipelineSecs, asynqSecs, directCPU, pipelineCPU, pipelineRedisCPU, asynqCPU, pipelineReads, asynqReads float64
 	var directCalls, pipelineCalls, asynqCalls int
 	for b.Loop() {
 		if err := rdb.FlushAll(context.Background()).Err(); err != nil {
@@ -83,22 +83,24 @@ func benchPipelineVsDirect(b *testing.B, latency time.Duration) {
 		directSecs += secs
 		directCalls += calls
 		mid := cpuNow(b, rdb)
-		midRedis := redisCPU(b, rdb)
+		midRedis, midReads := redisCPU(b, rdb), redisReads(b, rdb)
 		secs, calls = runPipeline(b, conn, n, concurrency, latency)
 		pipelineSecs += secs
 		pipelineCalls += calls
 		directCPU += mid - cpu
 		pipelineCPU += cpuNow(b, rdb) - mid
 		pipelineRedisCPU += redisCPU(b, rdb) - midRedis
+		pipelineReads += redisReads(b, rdb) - midReads
 
 		if err := rdb.FlushAll(context.Background()).Err(); err != nil {
 			b.Fatal(err)
 		}
-		before := cpuNow(b, rdb)
+		before, beforeReads := cpuNow(b, rdb), redisReads(b, rdb)
 		secs, calls = runAsynqAlone(b, conn, n, concurrency, latency)
 		asynqSecs += secs
 		asynqCalls += calls
 		asynqCPU += cpuNow(b, rdb) - before
+		asynqReads += redisReads(b, rdb) - beforeReads
 	}
 	if directCalls != pipelineCalls || directCalls != asynqCalls {
 		b.Fatalf("direct made %d API calls, the pipeline %d, asynq alone %d: not the same work", directCalls, pipelineCalls, asynqCalls)
@@ -123,6 +125,10 @@ func benchPipelineVsDirect(b *testing.B, latency time.Duration) {
 	b.ReportMetric(asynqRate/direct, "asynq_ratio")
 	b.ReportMetric(pipeline/asynqRate, "pipeline/asynq")
 	b.ReportMetric(asynqCPU/float64(asynqCalls)*1e6, "asynq_cpu_µs/call")
+	// Socket reads redis-server made per task (INFO total_reads_processed):
+	// the round trips, steady where the host's speed is not.
+	b.ReportMetric(pipelineReads/float64(n*b.N), "pipeline_redis_reads/task")
+	b.ReportMetric(asynqReads/float64(n*b.N), "asynq_redis_reads/task")
 	b.ReportMetric(0, "ns/op") // each op is three N-call runs; the rates say it
 }
 
@@ -134,6 +140,22 @@ func cpuNow(b *testing.B, rdb redis.UniversalClient) float64 {
 		b.Fatal(err)
 	}
 	return time.Duration(ru.Utime.Nano()+ru.Stime.Nano()).Seconds() + redisCPU(b, rdb)
+}
+
+// redisReads is the number of socket reads redis-server made so far.
+func redisReads(b *testing.B, rdb redis.UniversalClient) float64 {
+	info, err := rdb.Info(context.Background(), "stats").Result()
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, line := range strings.Split(info, "\r\n") {
+		if v, ok := strings.CutPrefix(line, "total_reads_processed:"); ok {
+			f, _ := strconv.ParseFloat(v, 64)
+			return f
+		}
+	}
+	b.Fatal("INFO stats has no total_reads_processed")
+	return 0
 }
 
 // redisCPU is the CPU time redis-server used so far, in seconds.

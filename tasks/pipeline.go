@@ -13,13 +13,16 @@ import (
 var errPipelineClosed = errors.New("couponq: producer closed")
 
 // pipelinedClient is the redis.UniversalClient the producer hands to asynq
-// and to its results.Store. Every other command goes straight to the wrapped
-// client, but script calls (EVALSHA, EVAL: asynq's enqueue and the results.Store's
-// Accept, one of each per task) made by many goroutines at once are written
-// to Redis together as one pipeline and their replies read back together.
-// This is automatic pipelining: a caller still waits for its own reply, so
-// the order "Accept, then enqueue" of each task holds, but 32 goroutines
-// cost Redis a handful of socket reads and writes instead of 64.
+// and to its results.Store, and the worker to its results.Store. Script
+// calls (EVALSHA, EVAL: asynq's enqueue and the Store's scripts, a few per
+// task) and Pipelined calls made by many goroutines at once are written to
+// Redis together as one pipeline and their replies read back together;
+// every other command goes straight to the wrapped client. This is
+// automatic pipelining: a caller still waits for its own reply, so the
+// order of each task's steps holds ("Accept, then enqueue"; a Pipelined
+// call's commands stay together and in order), but 32 goroutines cost
+// Redis and the client a handful of socket reads and writes instead of one
+// pair each.
 //
 // asynq v0.26 has no batch enqueue; this gives the
 // producer its throughput without touching asynq's task encoding.
@@ -27,7 +30,7 @@ var errPipelineClosed = errors.New("couponq: producer closed")
 // go-redis re-sends a whole pipeline after a read timeout (a Redis stall),
 // so any command in it may run twice, the first run's reply lost: every
 // script sent through here must be idempotent (asynq's enqueue is; the
-// Store's accept is made so; see handoff.go).
+// Store's scripts are made so: see handoff.go and batchstate.go).
 type pipelinedClient struct {
 	redis.UniversalClient
 	reqs     chan *pipeReq
@@ -38,9 +41,12 @@ type pipelinedClient struct {
 	maxBatch int
 }
 
+// pipeReq is one caller's commands: a script call, or the commands of a
+// Pipelined call, which stay together and in order in one pipeline.
 type pipeReq struct {
-	cmd  *redis.Cmd
-	done chan struct{}
+	cmds  []redis.Cmder
+	group bool // from Pipelined
+	done  chan struct{}
 }
 
 // newPipelinedClient starts flushers goroutines, each sending up to
@@ -94,30 +100,63 @@ func scriptArgs(name, script string, keys []string, args []any) []any {
 
 func (c *pipelinedClient) do(ctx context.Context, args []any) *redis.Cmd {
 	cmd := redis.NewCmd(ctx, args...)
-	req := &pipeReq{cmd: cmd, done: make(chan struct{})}
+	if err := c.send(ctx, &pipeReq{cmds: []redis.Cmder{cmd}, done: make(chan struct{})}); err != nil {
+		// Not sent, or the caller gave up: the command may still run, its
+		// reply going to cmd, which the caller no longer sees.
+		fresh := redis.NewCmd(ctx, args...)
+		fresh.SetErr(err)
+		return fresh
+	}
+	return cmd
+}
+
+// Pipelined runs fn's commands in the next pipeline, together with the
+// other callers' commands and in their own order, and answers as go-redis'
+// Pipelined does: the commands, and the first error among them.
+func (c *pipelinedClient) Pipelined(ctx context.Context, fn func(redis.Pipeliner) error) ([]redis.Cmder, error) {
+	p := c.UniversalClient.Pipeline()
+	if err := fn(p); err != nil {
+		return nil, err
+	}
+	cmds := p.Cmds()
+	if len(cmds) == 0 {
+		return cmds, nil
+	}
+	if err := c.send(ctx, &pipeReq{cmds: cmds, group: true, done: make(chan struct{})}); err != nil {
+		for _, cmd := range cmds {
+			if cmd.Err() == nil {
+				cmd.SetErr(err)
+			}
+		}
+		return cmds, err
+	}
+	for _, cmd := range cmds {
+		if err := cmd.Err(); err != nil {
+			return cmds, err
+		}
+	}
+	return cmds, nil
+}
+
+// send queues req for the flushers and waits for it to run, or for ctx.
+func (c *pipelinedClient) send(ctx context.Context, req *pipeReq) error {
 	c.mu.RLock()
 	if c.isClosed {
 		c.mu.RUnlock()
-		cmd.SetErr(errPipelineClosed)
-		return cmd
+		return errPipelineClosed
 	}
 	select {
 	case c.reqs <- req:
 		c.mu.RUnlock()
 	case <-ctx.Done():
 		c.mu.RUnlock()
-		cmd.SetErr(ctx.Err())
-		return cmd
+		return ctx.Err()
 	}
 	select {
 	case <-req.done:
-		return cmd
+		return nil
 	case <-ctx.Done():
-		// The command may still run; its reply goes to cmd, which the
-		// caller no longer sees.
-		fresh := redis.NewCmd(ctx, args...)
-		fresh.SetErr(ctx.Err())
-		return fresh
+		return ctx.Err()
 	}
 }
 
@@ -171,20 +210,52 @@ func (c *pipelinedClient) exec(batch []*pipeReq) {
 	ctx := context.Background()
 	pipe := c.UniversalClient.Pipeline()
 	for _, r := range batch {
-		_ = pipe.Process(ctx, r.cmd)
+		for _, cmd := range r.cmds {
+			_ = pipe.Process(ctx, cmd)
+		}
 	}
 	// Each command carries its own reply or error, except when the pipeline
 	// failed as a whole (a refused AUTH, a timeout after retries): go-redis
 	// then leaves the commands it did not reach without either, and a caller
-	// would take "no error" for success. Give those the pipeline's error.
+	// would take "no error" for success. Give those the pipeline's error: a
+	// script call that answered nothing; a Pipelined command without an
+	// error when no command carries Exec's error (Exec's error is then the
+	// pipeline's, not the first command's own).
 	if _, err := pipe.Exec(ctx); err != nil {
+		failed := true
 		for _, r := range batch {
-			if r.cmd.Err() == nil && r.cmd.Val() == nil {
-				r.cmd.SetErr(err)
+			for _, cmd := range r.cmds {
+				failed = failed && !errors.Is(cmd.Err(), err)
+			}
+		}
+		for _, r := range batch {
+			for _, cmd := range r.cmds {
+				if cmd.Err() != nil {
+					continue
+				}
+				if sc, ok := cmd.(*redis.Cmd); ok && !r.group {
+					if sc.Val() == nil {
+						sc.SetErr(err)
+					}
+				} else if failed {
+					cmd.SetErr(err)
+				}
 			}
 		}
 	}
 	for _, r := range batch {
 		close(r.done)
 	}
+}
+
+// AutoPipelined wraps rdb so that the script calls (EVALSHA, EVAL) and the
+// Pipelined calls of many goroutines go to Redis together, a pipeline a
+// round trip (see pipelinedClient); every other command goes straight to
+// rdb. The worker hands it to its results.Store and reads each task's start
+// state through it: a handler's Begin, Finish, batch step and order
+// scripts then share round trips with the other handlers'. Every script
+// sent through it must be idempotent. close stops it (not rdb).
+func AutoPipelined(rdb redis.UniversalClient) (wrapped redis.UniversalClient, close func() error) {
+	pc := newPipelinedClient(rdb, 2, 256)
+	return pc, pc.Close
 }

@@ -79,7 +79,7 @@ func (r *run) startState(ctx context.Context, headerBatch string, ordered bool) 
 	var res *redis.SliceCmd
 	var canc *redis.BoolCmd
 	var turn func() (results.OrderCheck, error)
-	_, err := r.w.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+	_, err := r.w.store.Redis().Pipelined(ctx, func(p redis.Pipeliner) error {
 		// The stored body (of an earlier run) comes along: prepareUpdate
 		// and prepareDeactivate need no round trip of their own for it.
 		res = p.HMGet(ctx, results.ResultKey(r.taskID), results.FieldStatus, results.FieldBatch, results.FieldRequest)

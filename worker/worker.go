@@ -18,17 +18,19 @@ import (
 // Worker is couponq's asynq server: it applies coupon changes through the
 // API and records every outcome in the result hashes of package tasks.
 type Worker struct {
-	cfg     Config
-	api     API
-	rdb     redis.UniversalClient
-	store   *results.Store
-	log     *slog.Logger
-	limiter rateLimiter
-	metrics metricsSink
-	policy  RetryPolicy
-	mux     *asynq.ServeMux
-	adopter *tasks.Adopter
-	waker   *tasks.Waker // wakes the changes a finished one lets start
+	cfg   Config
+	api   API
+	rdb   redis.UniversalClient
+	store *results.Store // on rdb through tasks.AutoPipelined
+	// closeStore stops the store's automatic pipelining.
+	closeStore func() error
+	log        *slog.Logger
+	limiter    rateLimiter
+	metrics    metricsSink
+	policy     RetryPolicy
+	mux        *asynq.ServeMux
+	adopter    *tasks.Adopter
+	waker      *tasks.Waker // wakes the changes a finished one lets start
 
 	// asynq's view of the task being handled; replaced in tests, where
 	// ProcessTask runs without asynq's context.
@@ -61,11 +63,13 @@ func New(cfg Config, api API) (*Worker, error) {
 	if !ok {
 		return nil, fmt.Errorf("worker: Config.Redis (%T) does not make a go-redis v9 client", cfg.Redis)
 	}
+	storeRDB, closeStore := tasks.AutoPipelined(rdb)
 	w := &Worker{
 		cfg:           cfg,
 		api:           api,
 		rdb:           rdb,
-		store:         results.NewStore(rdb, results.WithResultTTL(cfg.ResultTTL)),
+		closeStore:    closeStore,
+		store:         results.NewStore(storeRDB, results.WithResultTTL(cfg.ResultTTL)),
 		log:           cfg.Logger,
 		limiter:       cfg.Limiter,
 		metrics:       cfg.Metrics,
@@ -98,7 +102,7 @@ func (w *Worker) Config() Config { return w.cfg }
 // Close releases the worker's Redis client. Call it after Run returns.
 func (w *Worker) Close() error {
 	var err error
-	w.closeOnce.Do(func() { err = w.rdb.Close() })
+	w.closeOnce.Do(func() { err = errors.Join(w.closeStore(), w.rdb.Close()) })
 	return err
 }
 
