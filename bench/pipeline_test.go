@@ -72,7 +72,7 @@ func benchPipelineVsDirect(b *testing.B, latency time.Duration) {
 	rdb := conn.NewClient()
 	defer rdb.Close()
 
-	var directSecs, pipelineSecs, asynqSecs, directCPU, pipelineCPU, pipelineRedisCPU, asynqCPU, pipelineReads, asynqReads float64
+	var directSecs, pipelineSecs, asynqSecs, directCPU, pipelineCPU, pipelineRedisCPU, asynqCPU, pipelineReads, asynqReads, asynqRedisCPU float64
 	var directCalls, pipelineCalls, asynqCalls int
 	for b.Loop() {
 		if err := rdb.FlushAll(context.Background()).Err(); err != nil {
@@ -95,12 +95,13 @@ func benchPipelineVsDirect(b *testing.B, latency time.Duration) {
 		if err := rdb.FlushAll(context.Background()).Err(); err != nil {
 			b.Fatal(err)
 		}
-		before, beforeReads := cpuNow(b, rdb), redisReads(b, rdb)
+		before, beforeReads, beforeRedis := cpuNow(b, rdb), redisReads(b, rdb), redisCPU(b, rdb)
 		secs, calls = runAsynqAlone(b, conn, n, concurrency, latency)
 		asynqSecs += secs
 		asynqCalls += calls
 		asynqCPU += cpuNow(b, rdb) - before
 		asynqReads += redisReads(b, rdb) - beforeReads
+		asynqRedisCPU += redisCPU(b, rdb) - beforeRedis
 	}
 	if directCalls != pipelineCalls || directCalls != asynqCalls {
 		b.Fatalf("direct made %d API calls, the pipeline %d, asynq alone %d: not the same work", directCalls, pipelineCalls, asynqCalls)
@@ -125,6 +126,7 @@ func benchPipelineVsDirect(b *testing.B, latency time.Duration) {
 	b.ReportMetric(asynqRate/direct, "asynq_ratio")
 	b.ReportMetric(pipeline/asynqRate, "pipeline/asynq")
 	b.ReportMetric(asynqCPU/float64(asynqCalls)*1e6, "asynq_cpu_µs/call")
+	b.ReportMetric(asynqRedisCPU/float64(asynqCalls)*1e6, "asynq_redis_cpu_µs/call")
 	// Socket reads redis-server made per task (INFO total_reads_processed):
 	// the round trips, steady where the host's speed is not.
 	b.ReportMetric(pipelineReads/float64(n*b.N), "pipeline_redis_reads/task")
