@@ -2,10 +2,13 @@ package worker
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"time"
 
 	"github.com/hibiken/asynq"
@@ -35,6 +38,20 @@ type run struct {
 	// (requestRead: it was read; nil: none was fixed).
 	request     []byte
 	requestRead bool
+	nonce       string // names this run in its retry records (retryToken)
+	records     int    // retry records made by this run
+}
+
+// retryToken names the next retry record of this run: the store adds a
+// record's calls once, however often the record is sent.
+func (r *run) retryToken() string {
+	if r.nonce == "" {
+		var b [8]byte
+		_, _ = rand.Read(b[:])
+		r.nonce = hex.EncodeToString(b[:])
+	}
+	r.records++
+	return r.nonce + "/" + strconv.Itoa(r.records)
 }
 
 // logger is the worker's logger with the task's attributes. It is built on
@@ -151,6 +168,7 @@ func (r *run) stay(ctx context.Context, v verdict) bool {
 	a := v.attempt
 	a.Calls = r.calls - r.recorded
 	r.w.metrics.ObserveRetry(string(r.c.op), v.reason)
+	a.Token = r.retryToken()
 	if err := detached(ctx, func(ctx context.Context) error { return r.w.store.Retrying(ctx, r.taskID, a) }); err != nil {
 		r.logger().Warn("cannot record a 429 ridden out in the handler", "err", err)
 	} else {
@@ -277,6 +295,7 @@ func (r *run) retrying(ctx context.Context, v verdict, err error) error {
 	a := v.attempt
 	a.Calls = r.calls - r.recorded
 	r.w.metrics.ObserveRetry(string(r.c.op), v.reason)
+	a.Token = r.retryToken()
 	rerr := detached(ctx, func(ctx context.Context) error { return r.w.store.Retrying(ctx, r.taskID, a) })
 	if rerr != nil {
 		r.logger().Error("cannot record retry", "err", rerr)

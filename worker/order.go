@@ -226,6 +226,7 @@ func (r *run) canceledMeanwhile(ctx context.Context) bool {
 func (r *run) cancelInsteadOfRetry(ctx context.Context, v verdict) error {
 	a := v.attempt
 	a.Calls = r.calls - r.recorded
+	a.Token = r.retryToken()
 	if err := detached(ctx, func(ctx context.Context) error { return r.w.store.Retrying(ctx, r.taskID, a) }); err != nil {
 		return fmt.Errorf("worker: %w", err)
 	}

@@ -406,3 +406,37 @@ func TestRebuildInParts(t *testing.T) {
 	}
 	b.check(t, ids, counters{Total: len(ids), Canceled: maxApply + 5, Sealed: true, InTaskSet: true})
 }
+
+// A Retrying record sent twice with its token (go-redis re-sends a
+// pipeline after a read timeout) adds its calls once; another token, or
+// none, adds them again.
+func TestRetryingTokenCountsOnce(t *testing.T) {
+	b := setupState(t)
+	ctx := t.Context()
+	id := b.accept(t, Handoff{Run: "r", Seq: 1}, "retry_once")[0]
+	attempts := func() string {
+		t.Helper()
+		v, err := b.rdb.HGet(ctx, ResultKey(id), "attempts").Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	for range 2 {
+		if err := b.s.Retrying(ctx, id, Attempt{Calls: 2, HTTPStatus: 500, Token: "run/1"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := attempts(); got != "2" {
+		t.Fatalf("attempts after one record sent twice = %s, want 2", got)
+	}
+	if err := b.s.Retrying(ctx, id, Attempt{Calls: 1, HTTPStatus: 500, Token: "run/2"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.s.Retrying(ctx, id, Attempt{Calls: 1, HTTPStatus: 500}); err != nil {
+		t.Fatal(err)
+	}
+	if got := attempts(); got != "4" {
+		t.Fatalf("attempts after two more records = %s, want 4", got)
+	}
+}

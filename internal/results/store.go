@@ -600,6 +600,10 @@ type Attempt struct {
 	RequestID    string
 	Coupon       []byte // on success: the ProductCoupon JSON as received
 	CouponState  string // on success
+	// Token names a Retrying record ("" = none): a call re-sent with the
+	// same token (go-redis sends a pipeline again after a read timeout;
+	// the worker's store pipelines) adds its calls to attempts once.
+	Token string
 }
 
 func (a *Attempt) args() []any {
@@ -617,9 +621,13 @@ func (a *Attempt) args() []any {
 // ARGV[2] -> TTL in milliseconds
 // ARGV[3] -> API calls made in this run
 // ARGV[4..7] -> http_status, error_code, error_message, request_id
+// ARGV[8] -> the record's token ("" = none), kept in retry_token
 var retryingScript = newScript("Retrying", `
-local st = redis.call('HGET', KEYS[1], 'status')
+local cur = redis.call('HMGET', KEYS[1], 'status', 'retry_token')
+local st = cur[1]
 if st == 'succeeded' or st == 'failed' or st == 'canceled' then return 0 end
+if ARGV[8] ~= '' and cur[2] == ARGV[8] then return 1 end
+if ARGV[8] ~= '' then redis.call('HSET', KEYS[1], 'retry_token', ARGV[8]) end
 redis.call('HINCRBY', KEYS[1], 'attempts', ARGV[3])
 redis.call('HSET', KEYS[1], 'status', 'retrying', 'updated_at', ARGV[1], 'http_status', ARGV[4],
   'error_code', ARGV[5], 'error_message', ARGV[6], 'request_id', ARGV[7])
@@ -631,6 +639,7 @@ return 1
 // to a terminal result.
 func (s *Store) Retrying(ctx context.Context, taskID string, a Attempt) error {
 	args := append([]any{s.stamp(), s.ttlMillis()}, a.args()...)
+	args = append(args, a.Token)
 	if err := retryingScript.Run(ctx, s.rdb, []string{ResultKey(taskID)}, args...).Err(); err != nil {
 		return fmt.Errorf("couponq: record retry of %s: %w", taskID, err)
 	}
