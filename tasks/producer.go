@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/couponq/couponq/internal/autopipe"
 	"github.com/couponq/couponq/internal/results"
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
@@ -105,7 +106,7 @@ func (e *ChangeError) Unwrap() error { return e.Err }
 // for concurrent use.
 type Producer struct {
 	rdb         redis.UniversalClient
-	pc          *pipelinedClient
+	pc          *autopipe.Client
 	enq         enqueuer
 	writer      *asynqWriter // a batch's asynq tasks, a group a round trip
 	store       *results.Store
@@ -224,7 +225,7 @@ func NewProducer(rdb redis.UniversalClient, opts ...ProducerOption) (*Producer, 
 			return nil, fmt.Errorf("couponq: producer option %w", err)
 		}
 	}
-	p.pc = newPipelinedClient(rdb, 2, 256)
+	p.pc = autopipe.New(rdb, 2, 256)
 	p.writer = &asynqWriter{rdb: rdb, now: time.Now}
 	p.enq = enqueuer{client: asynq.NewClientFromRedisClient(p.pc), inspector: asynq.NewInspectorFromRedisClient(rdb)}
 	p.store = results.NewStore(p.pc, results.WithResultTTL(p.ttl), results.WithClock(p.now))

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
+	"github.com/couponq/couponq/internal/autopipe"
 	"github.com/couponq/couponq/internal/results"
 	"github.com/couponq/couponq/internal/testutil"
 	"github.com/couponq/couponq/wechatpay"
@@ -594,7 +595,7 @@ func TestProducerClosed(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	_ = b.p.Close()
-	if _, err := b.p.Enqueue(t.Context(), getChange("")); !errors.Is(err, errPipelineClosed) {
+	if _, err := b.p.Enqueue(t.Context(), getChange("")); !errors.Is(err, autopipe.ErrClosed) {
 		t.Errorf("Enqueue after Close: %v", err)
 	}
 }

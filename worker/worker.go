@@ -11,6 +11,7 @@ import (
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/couponq/couponq/internal/autopipe"
 	"github.com/couponq/couponq/internal/results"
 	"github.com/couponq/couponq/tasks"
 )
@@ -21,7 +22,7 @@ type Worker struct {
 	cfg   Config
 	api   API
 	rdb   redis.UniversalClient
-	store *results.Store // on rdb through tasks.AutoPipelined
+	store *results.Store // on rdb through autopipe
 	// closeStore stops the store's automatic pipelining.
 	closeStore func() error
 	log        *slog.Logger
@@ -63,12 +64,13 @@ func New(cfg Config, api API) (*Worker, error) {
 	if !ok {
 		return nil, fmt.Errorf("worker: Config.Redis (%T) does not make a go-redis v9 client", cfg.Redis)
 	}
-	storeRDB, closeStore := tasks.AutoPipelined(rdb)
+	// The handlers' store calls share round trips (package autopipe).
+	storeRDB := autopipe.New(rdb, 2, 256)
 	w := &Worker{
 		cfg:           cfg,
 		api:           api,
 		rdb:           rdb,
-		closeStore:    closeStore,
+		closeStore:    storeRDB.Close,
 		store:         results.NewStore(storeRDB, results.WithResultTTL(cfg.ResultTTL)),
 		log:           cfg.Logger,
 		limiter:       cfg.Limiter,

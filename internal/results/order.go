@@ -281,7 +281,7 @@ const pipelineChunk = 256
 // pipelined). It returns the commands in the order of calls.
 //
 // A single call is sent with script.Run instead: through the producer's
-// automatic pipelining (tasks.pipelinedClient), which coalesces the
+// automatic pipelining (package autopipe), which coalesces the
 // one-task calls of many goroutines.
 func runPipelined(ctx context.Context, rdb redis.UniversalClient, script *redis.Script, calls []scriptCall) ([]*redis.Cmd, error) {
 	if len(calls) == 1 {

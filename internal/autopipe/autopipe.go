@@ -1,4 +1,8 @@
-package tasks
+// Package autopipe is automatic pipelining for go-redis: the script calls
+// and Pipelined calls of many goroutines go to Redis together, a pipeline a
+// round trip. The producer hands it to asynq's client and to its
+// results.Store, the worker to its results.Store.
+package autopipe
 
 import (
 	"context"
@@ -8,11 +12,10 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// errPipelineClosed is the error of a script call made after the producer
-// was closed.
-var errPipelineClosed = errors.New("couponq: producer closed")
+// ErrClosed is the error of a call made after the Client was closed.
+var ErrClosed = errors.New("couponq: pipelined Redis client closed")
 
-// pipelinedClient is the redis.UniversalClient the producer hands to asynq
+// Client is the redis.UniversalClient the producer hands to asynq
 // and to its results.Store, and the worker to its results.Store. Script
 // calls (EVALSHA, EVAL: asynq's enqueue and the Store's scripts, a few per
 // task) and Pipelined calls made by many goroutines at once are written to
@@ -30,8 +33,9 @@ var errPipelineClosed = errors.New("couponq: producer closed")
 // go-redis re-sends a whole pipeline after a read timeout (a Redis stall),
 // so any command in it may run twice, the first run's reply lost: every
 // script sent through here must be idempotent (asynq's enqueue is; the
-// Store's scripts are made so: see handoff.go and batchstate.go).
-type pipelinedClient struct {
+// Store's scripts are made so: see tasks/handoff.go, and for the batch step
+// and Retrying's token internal/results).
+type Client struct {
 	redis.UniversalClient
 	reqs     chan *pipeReq
 	closed   chan struct{}
@@ -49,10 +53,10 @@ type pipeReq struct {
 	done  chan struct{}
 }
 
-// newPipelinedClient starts flushers goroutines, each sending up to
-// maxBatch queued script calls per round trip.
-func newPipelinedClient(rdb redis.UniversalClient, flushers, maxBatch int) *pipelinedClient {
-	c := &pipelinedClient{
+// New wraps rdb and starts flushers goroutines, each sending up to maxBatch
+// queued calls per round trip. Close stops them; it does not close rdb.
+func New(rdb redis.UniversalClient, flushers, maxBatch int) *Client {
+	c := &Client{
 		UniversalClient: rdb,
 		reqs:            make(chan *pipeReq, maxBatch*flushers),
 		closed:          make(chan struct{}),
@@ -66,19 +70,19 @@ func newPipelinedClient(rdb redis.UniversalClient, flushers, maxBatch int) *pipe
 }
 
 // EvalSha queues EVALSHA for the next pipeline.
-func (c *pipelinedClient) EvalSha(ctx context.Context, sha1 string, keys []string, args ...any) *redis.Cmd {
+func (c *Client) EvalSha(ctx context.Context, sha1 string, keys []string, args ...any) *redis.Cmd {
 	return c.do(ctx, scriptArgs("evalsha", sha1, keys, args))
 }
 
 // Eval queues EVAL for the next pipeline (go-redis falls back to it when
 // Redis does not know a script yet).
-func (c *pipelinedClient) Eval(ctx context.Context, script string, keys []string, args ...any) *redis.Cmd {
+func (c *Client) Eval(ctx context.Context, script string, keys []string, args ...any) *redis.Cmd {
 	return c.do(ctx, scriptArgs("eval", script, keys, args))
 }
 
 // Close stops the flushers. It does not close the wrapped client, which
 // belongs to the caller.
-func (c *pipelinedClient) Close() error {
+func (c *Client) Close() error {
 	c.mu.Lock()
 	if !c.isClosed {
 		c.isClosed = true
@@ -98,7 +102,7 @@ func scriptArgs(name, script string, keys []string, args []any) []any {
 	return append(a, args...)
 }
 
-func (c *pipelinedClient) do(ctx context.Context, args []any) *redis.Cmd {
+func (c *Client) do(ctx context.Context, args []any) *redis.Cmd {
 	cmd := redis.NewCmd(ctx, args...)
 	if err := c.send(ctx, &pipeReq{cmds: []redis.Cmder{cmd}, done: make(chan struct{})}); err != nil {
 		// Not sent, or the caller gave up: the command may still run, its
@@ -113,7 +117,7 @@ func (c *pipelinedClient) do(ctx context.Context, args []any) *redis.Cmd {
 // Pipelined runs fn's commands in the next pipeline, together with the
 // other callers' commands and in their own order, and answers as go-redis'
 // Pipelined does: the commands, and the first error among them.
-func (c *pipelinedClient) Pipelined(ctx context.Context, fn func(redis.Pipeliner) error) ([]redis.Cmder, error) {
+func (c *Client) Pipelined(ctx context.Context, fn func(redis.Pipeliner) error) ([]redis.Cmder, error) {
 	p := c.UniversalClient.Pipeline()
 	if err := fn(p); err != nil {
 		return nil, err
@@ -139,11 +143,11 @@ func (c *pipelinedClient) Pipelined(ctx context.Context, fn func(redis.Pipeliner
 }
 
 // send queues req for the flushers and waits for it to run, or for ctx.
-func (c *pipelinedClient) send(ctx context.Context, req *pipeReq) error {
+func (c *Client) send(ctx context.Context, req *pipeReq) error {
 	c.mu.RLock()
 	if c.isClosed {
 		c.mu.RUnlock()
-		return errPipelineClosed
+		return ErrClosed
 	}
 	select {
 	case c.reqs <- req:
@@ -160,7 +164,7 @@ func (c *pipelinedClient) send(ctx context.Context, req *pipeReq) error {
 	}
 }
 
-func (c *pipelinedClient) flush() {
+func (c *Client) flush() {
 	defer c.wg.Done()
 	batch := make([]*pipeReq, 0, c.maxBatch)
 	for {
@@ -185,7 +189,7 @@ func (c *pipelinedClient) flush() {
 }
 
 // drain runs the calls still queued at Close.
-func (c *pipelinedClient) drain() {
+func (c *Client) drain() {
 	for {
 		batch := make([]*pipeReq, 0, c.maxBatch)
 	fill:
@@ -204,7 +208,7 @@ func (c *pipelinedClient) drain() {
 	}
 }
 
-func (c *pipelinedClient) exec(batch []*pipeReq) {
+func (c *Client) exec(batch []*pipeReq) {
 	// The batch runs on its own context: one caller giving up must not
 	// cancel the others' commands. go-redis' timeouts still apply.
 	ctx := context.Background()
@@ -246,16 +250,4 @@ func (c *pipelinedClient) exec(batch []*pipeReq) {
 	for _, r := range batch {
 		close(r.done)
 	}
-}
-
-// AutoPipelined wraps rdb so that the script calls (EVALSHA, EVAL) and the
-// Pipelined calls of many goroutines go to Redis together, a pipeline a
-// round trip (see pipelinedClient); every other command goes straight to
-// rdb. The worker hands it to its results.Store and reads each task's start
-// state through it: a handler's Begin, Finish, batch step and order
-// scripts then share round trips with the other handlers'. Every script
-// sent through it must be idempotent. close stops it (not rdb).
-func AutoPipelined(rdb redis.UniversalClient) (wrapped redis.UniversalClient, close func() error) {
-	pc := newPipelinedClient(rdb, 2, 256)
-	return pc, pc.Close
 }
