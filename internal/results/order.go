@@ -20,7 +20,7 @@ import (
 //
 //	couponq:order:{B:C}:writes  ZSET: the coupon's writes not yet released, scored by their place
 //	couponq:order:{B:C}:gets    ZSET: its gets not yet released, same places
-//	couponq:order:{B:C}         HASH: seq (the last place given) and at:<task_id> (when registered, Unix ms)
+//	couponq:order:{B:C}         HASH: seq (the last place given) and at:<task_id> (when a write was registered, Unix ms)
 //
 // A change is registered before it is accepted, in the order of its input,
 // and released when it is terminal. What a crash or a refused accept leaves
@@ -75,7 +75,8 @@ for i = 4, #ARGV, 2 do
   if ARGV[3] == 'end' or not redis.call('ZSCORE', KEYS[k], id) then
     local seq = redis.call('HINCRBY', KEYS[3], 'seq', 1)
     redis.call('ZADD', KEYS[k], seq, id)
-    redis.call('HSET', KEYS[3], 'at:' .. id, ARGV[1])
+    -- only a write is ever a waiter's predecessor (CheckOrder's head)
+    if k == 1 then redis.call('HSET', KEYS[3], 'at:' .. id, ARGV[1]) end
     n = n + 1
   end
 end
