@@ -528,19 +528,21 @@ func (s *Store) Handoffs(ctx context.Context, taskIDs []string) ([]Handed, error
 // ARGV[2] -> TTL in milliseconds
 // ARGV[3..7] -> task_id, op, brand_id, product_coupon_id, out_request_no
 var beginScript = newScript("Begin", `
-local st = redis.call('HGET', KEYS[1], 'status')
+local cur = redis.call('HMGET', KEYS[1], 'status', 'attempts', 'batch', 'runs')
+local st = cur[1]
 if st == 'succeeded' or st == 'failed' or st == 'canceled' then
-  local cur = redis.call('HMGET', KEYS[1], 'attempts', 'batch', 'runs')
-  return {st, cur[1] or '0', cur[2] or '', cur[3] or '1'}
+  return {st, cur[2] or '0', cur[3] or '', cur[4] or '1'}
 end
+local attempts = cur[2] or '0'
 if not st then
   redis.call('HSET', KEYS[1], 'task_id', ARGV[3], 'op', ARGV[4], 'brand_id', ARGV[5],
     'product_coupon_id', ARGV[6], 'out_request_no', ARGV[7], 'batch', '',
     'attempts', '0', 'enqueued_at', ARGV[1])
+  attempts = '0'
 end
 redis.call('HSET', KEYS[1], 'status', 'running', 'updated_at', ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return {'running', redis.call('HGET', KEYS[1], 'attempts') or '0'}
+return {'running', attempts}
 `)
 
 // Begin marks a task running as a worker picks it up and returns the status
