@@ -625,14 +625,14 @@ func (a *Attempt) args() []any {
 // ARGV[4..7] -> http_status, error_code, error_message, request_id
 // ARGV[8] -> the record's token ("" = none), kept in retry_token
 var retryingScript = newScript("Retrying", `
-local cur = redis.call('HMGET', KEYS[1], 'status', 'retry_token')
+local cur = redis.call('HMGET', KEYS[1], 'status', 'retry_token', 'attempts')
 local st = cur[1]
 if st == 'succeeded' or st == 'failed' or st == 'canceled' then return 0 end
 if ARGV[8] ~= '' and cur[2] == ARGV[8] then return 1 end
-if ARGV[8] ~= '' then redis.call('HSET', KEYS[1], 'retry_token', ARGV[8]) end
-redis.call('HINCRBY', KEYS[1], 'attempts', ARGV[3])
+-- attempts += the run's calls, and the token, in the same HSET
 redis.call('HSET', KEYS[1], 'status', 'retrying', 'updated_at', ARGV[1], 'http_status', ARGV[4],
-  'error_code', ARGV[5], 'error_message', ARGV[6], 'request_id', ARGV[7])
+  'error_code', ARGV[5], 'error_message', ARGV[6], 'request_id', ARGV[7],
+  'attempts', tostring((tonumber(cur[3]) or 0) + (tonumber(ARGV[3]) or 0)), 'retry_token', ARGV[8])
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1
 `)
@@ -664,18 +664,19 @@ func (s *Store) Retrying(ctx context.Context, taskID string, a Attempt) error {
 // ARGV[9] -> coupon JSON, ARGV[10] -> coupon_state
 // ARGV[11] -> "unstarted": only a task queued or retrying (not in a call)
 var finishScript = newScript("Finish", luaTerminal+`
-local cur = redis.call('HMGET', KEYS[1], 'status', 'batch', 'runs')
+local cur = redis.call('HMGET', KEYS[1], 'status', 'batch', 'runs', 'attempts')
 local st, batch, runs = cur[1], cur[2] or '', cur[3] or '1'
 if terminal(st) then return {0, batch, runs, st} end
 if ARGV[11] == 'unstarted' and st ~= 'queued' and st ~= 'retrying' then return {-1, batch, runs, st or ''} end
-redis.call('HINCRBY', KEYS[1], 'attempts', ARGV[3])
+-- attempts += the run's calls, in the same HSET
+local attempts = tostring((tonumber(cur[4]) or 0) + (tonumber(ARGV[3]) or 0))
 if ARGV[8] == 'canceled' then
   redis.call('HSET', KEYS[1], 'status', ARGV[8], 'updated_at', ARGV[1], 'finished_at', ARGV[1],
-    'error_code', ARGV[5], 'error_message', ARGV[6])
+    'error_code', ARGV[5], 'error_message', ARGV[6], 'attempts', attempts)
 else
   redis.call('HSET', KEYS[1], 'status', ARGV[8], 'updated_at', ARGV[1], 'finished_at', ARGV[1],
     'http_status', ARGV[4], 'error_code', ARGV[5], 'error_message', ARGV[6], 'request_id', ARGV[7],
-    'coupon', ARGV[9], 'coupon_state', ARGV[10])
+    'coupon', ARGV[9], 'coupon_state', ARGV[10], 'attempts', attempts)
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return {1, batch, runs, ARGV[8]}
