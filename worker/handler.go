@@ -313,9 +313,17 @@ func (r *run) retrying(ctx context.Context, v verdict, err error) error {
 // retried instead, so the outcome is never lost.
 func (r *run) finish(ctx context.Context, st tasks.Status, a results.Attempt, ret error) error {
 	a.Calls = r.calls - r.recorded
-	var done bool
+	var (
+		done    bool
+		wake    []string
+		release []results.OrderEntry
+	)
+	if r.ordered() {
+		// Released from its coupon's order in the batch step's round trip.
+		release = []results.OrderEntry{r.orderEntry()}
+	}
 	err := detached(ctx, func(ctx context.Context) (err error) {
-		done, err = r.w.store.Finish(ctx, r.taskID, st, a)
+		done, wake, err = r.w.store.FinishAndRelease(ctx, r.taskID, st, a, release)
 		return err
 	})
 	if err != nil {
@@ -325,7 +333,7 @@ func (r *run) finish(ctx context.Context, st tasks.Status, a results.Attempt, re
 	if done {
 		r.w.metrics.ObserveTerminal(string(r.c.op), st)
 	}
-	r.released(ctx)
+	r.w.wakeSoon(ctx, wake)
 	attrs := []any{"status", string(st), "calls", r.calls}
 	if a.ErrorCode != "" {
 		attrs = append(attrs, "error_code", a.ErrorCode, "http_status", a.HTTPStatus, "request_id", a.RequestID)

@@ -180,6 +180,12 @@ func (w *Worker) release(ctx context.Context, entries []results.OrderEntry, log 
 		log.Warn("cannot release a finished change from its coupon's order; the next one will", "err", err)
 		return
 	}
+	w.wakeSoon(ctx, wake)
+}
+
+// wakeSoon wakes, on a goroutine of its own, the changes a release says
+// may start now.
+func (w *Worker) wakeSoon(ctx context.Context, wake []string) {
 	if len(wake) == 0 {
 		return
 	}

@@ -239,6 +239,12 @@ type applied struct {
 // master of its slot. Every command is idempotent: go-redis may send the
 // pipeline again after a read timeout.
 func (s *Store) applyBatches(ctx context.Context, applies []batchApply) ([]applied, error) {
+	return s.applyBatchesWith(ctx, applies, nil)
+}
+
+// applyBatchesWith is applyBatches with more commands in its pipeline:
+// extra adds them (its scripts listed in extraScripts, for NOSCRIPT).
+func (s *Store) applyBatchesWith(ctx context.Context, applies []batchApply, extra func(redis.Pipeliner), extraScripts ...*redis.Script) ([]applied, error) {
 	out := make([]applied, len(applies))
 	type sent struct {
 		i   int
@@ -293,7 +299,10 @@ func (s *Store) applyBatches(ctx context.Context, applies []batchApply) ([]appli
 				p.SRem(ctx, BatchTasksKey(a.batch), members...)
 			}
 		}
-	}, applyBatchScript, addTasksScript)
+		if extra != nil {
+			extra(p)
+		}
+	}, append([]*redis.Script{applyBatchScript, addTasksScript}, extraScripts...)...)
 	if err != nil {
 		return nil, err
 	}

@@ -1,6 +1,7 @@
 package results
 
 import (
+	"slices"
 	"strconv"
 	"testing"
 	"time"
@@ -439,4 +440,36 @@ func TestRetryingTokenCountsOnce(t *testing.T) {
 	if got := attempts(); got != "4" {
 		t.Fatalf("attempts after two more records = %s, want 4", got)
 	}
+}
+
+// FinishAndRelease finishes a write, counts it in its batch and releases
+// it from its coupon's order in the batch step's round trip: the next
+// write of the coupon is woken and may go.
+func TestFinishAndRelease(t *testing.T) {
+	b := setupState(t)
+	ctx := t.Context()
+	ids := b.accept(t, Handoff{Run: "r", Seq: 1}, "fr_1", "fr_2")
+	entry := func(id string) OrderEntry {
+		return OrderEntry{TaskID: id, Op: "update", BrandID: "120344", ProductCouponID: "1000000013"}
+	}
+	if err := b.s.RegisterOrder(ctx, []OrderEntry{entry(ids[0]), entry(ids[1])}, false); err != nil {
+		t.Fatal(err)
+	}
+	if chk, err := b.s.CheckOrder(ctx, entry(ids[1])); err != nil || chk.Go || chk.Pred != ids[0] {
+		t.Fatalf("CheckOrder of the second write before = %+v, %v; want it to wait for the first", chk, err)
+	}
+	done, wake, err := b.s.FinishAndRelease(ctx, ids[0], StatusSucceeded, Attempt{Calls: 1, HTTPStatus: 200}, []OrderEntry{entry(ids[0])})
+	if err != nil || !done || !slices.Equal(wake, []string{ids[1]}) {
+		t.Fatalf("FinishAndRelease = %v, %v, %v; want true, [%s]", done, wake, err, ids[1])
+	}
+	if chk, err := b.s.CheckOrder(ctx, entry(ids[1])); err != nil || !chk.Go {
+		t.Fatalf("CheckOrder of the second write after = %+v, %v; want go", chk, err)
+	}
+	b.check(t, ids, counters{Total: 2, Succeeded: 1, InTaskSet: true})
+	// Again (a re-delivery): nothing more is counted, nobody woken.
+	done, wake, err = b.s.FinishAndRelease(ctx, ids[0], StatusSucceeded, Attempt{Calls: 1, HTTPStatus: 200}, []OrderEntry{entry(ids[0])})
+	if err != nil || done || len(wake) != 0 {
+		t.Fatalf("FinishAndRelease again = %v, %v, %v; want false, none", done, wake, err)
+	}
+	b.check(t, ids, counters{Total: 2, Succeeded: 1, InTaskSet: true})
 }

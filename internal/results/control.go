@@ -139,7 +139,8 @@ func (s *Store) CancelUnstarted(ctx context.Context, taskIDs []string) ([]int, e
 	if len(taskIDs) == 0 {
 		return nil, nil
 	}
-	return s.finish(ctx, taskIDs, StatusCanceled, cancelAttempt(0), "unstarted")
+	out, _, err := s.finish(ctx, taskIDs, StatusCanceled, cancelAttempt(0), "unstarted", nil)
+	return out, err
 }
 
 // CancelTask cancels one task whatever its non-terminal status: the worker
@@ -147,7 +148,7 @@ func (s *Store) CancelUnstarted(ctx context.Context, taskIDs []string) ([]int, e
 // are the API calls of this run not recorded yet. It reports whether it
 // canceled the task (false: already terminal).
 func (s *Store) CancelTask(ctx context.Context, taskID string, calls int) (bool, error) {
-	n, err := s.finish(ctx, []string{taskID}, StatusCanceled, cancelAttempt(calls), "")
+	n, _, err := s.finish(ctx, []string{taskID}, StatusCanceled, cancelAttempt(calls), "", nil)
 	if err != nil {
 		return false, err
 	}

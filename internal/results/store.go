@@ -694,23 +694,37 @@ return {1, batch, runs, ARGV[8]}
 // RepairBatch: the batch step is applied again whether or not this call
 // changed the result.
 func (s *Store) Finish(ctx context.Context, taskID string, status Status, a Attempt) (bool, error) {
-	n, err := s.finish(ctx, []string{taskID}, status, a, "")
+	n, _, err := s.finish(ctx, []string{taskID}, status, a, "", nil)
 	if err != nil {
 		return false, err
 	}
 	return n[0] == 1, nil
 }
 
+// FinishAndRelease is Finish, then ReleaseOrder(release) in the same round
+// trip as Finish's batch step: a worker's finished change leaves its
+// coupon's order one round trip sooner. wake is what the release says may
+// start now. An error of either step is err: the caller runs the task
+// again, and both steps are idempotent.
+func (s *Store) FinishAndRelease(ctx context.Context, taskID string, status Status, a Attempt, release []OrderEntry) (done bool, wake []string, err error) {
+	n, wake, err := s.finish(ctx, []string{taskID}, status, a, "", release)
+	if err != nil {
+		return false, nil, err
+	}
+	return n[0] == 1, wake, nil
+}
+
 // finish runs the result step of Finish for each task (pipelined), then
-// the batch steps of their batches in one pipeline. It returns each
-// task's answer (see finishScript).
-func (s *Store) finish(ctx context.Context, taskIDs []string, status Status, a Attempt, only string) ([]int, error) {
+// the batch steps of their batches in one pipeline, with the order
+// releases of release. It returns each task's answer (see finishScript)
+// and the task IDs the releases wake.
+func (s *Store) finish(ctx context.Context, taskIDs []string, status Status, a Attempt, only string, release []OrderEntry) ([]int, []string, error) {
 	what := "finish " + strconv.Itoa(len(taskIDs)) + " tasks"
 	if len(taskIDs) == 1 {
 		what = "finish " + taskIDs[0]
 	}
 	if !status.Terminal() {
-		return nil, fmt.Errorf("couponq: %s: status %q is not terminal", what, status)
+		return nil, nil, fmt.Errorf("couponq: %s: status %q is not terminal", what, status)
 	}
 	args := append([]any{s.stamp(), s.ttlMillis()}, a.args()...)
 	args = append(args, string(status), string(a.Coupon), a.CouponState, only)
@@ -720,14 +734,14 @@ func (s *Store) finish(ctx context.Context, taskIDs []string, status Status, a A
 	}
 	cmds, err := runPipelined(ctx, s.rdb, finishScript, calls)
 	if err != nil {
-		return nil, fmt.Errorf("couponq: %s: %w", what, err)
+		return nil, nil, fmt.Errorf("couponq: %s: %w", what, err)
 	}
 	out := make([]int, len(cmds))
 	batches, states := make([]string, len(cmds)), make([]taskState, len(cmds))
 	for i, c := range cmds {
 		res, err := c.Slice()
 		if err != nil || len(res) != 4 {
-			return nil, fmt.Errorf("couponq: %s: answer %v for %s: %w", what, c.Val(), taskIDs[i], err)
+			return nil, nil, fmt.Errorf("couponq: %s: answer %v for %s: %w", what, c.Val(), taskIDs[i], err)
 		}
 		n, _ := res[0].(int64)
 		out[i] = int(n)
@@ -738,8 +752,19 @@ func (s *Store) finish(ctx context.Context, taskIDs []string, status Status, a A
 			batches[i], states[i] = b, taskState{taskID: taskIDs[i], runs: runsOf(runs), status: st}
 		}
 	}
-	if _, err := s.applyBatches(ctx, stateApplies(batches, states)); err != nil {
-		return nil, fmt.Errorf("couponq: %s: count in the batch: %w", what, err)
+	var rel []*redis.Cmd
+	extra := func(p redis.Pipeliner) {
+		for _, e := range release {
+			rel = append(rel, releaseOrderScript.EvalSha(ctx, p, e.keys(), e.kind(), e.TaskID, maxWake))
+		}
 	}
-	return out, nil
+	if _, err := s.applyBatchesWith(ctx, stateApplies(batches, states), extra, releaseOrderScript); err != nil {
+		return nil, nil, fmt.Errorf("couponq: %s: count in the batch and release the order: %w", what, err)
+	}
+	var wake []string
+	for _, c := range rel {
+		ids, _ := c.StringSlice()
+		wake = append(wake, ids...)
+	}
+	return out, wake, nil
 }
