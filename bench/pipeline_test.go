@@ -9,7 +9,6 @@ import (
 	"runtime"
 	"runtime/pprof"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -146,34 +145,22 @@ func cpuNow(b *testing.B, rdb redis.UniversalClient) float64 {
 
 // redisReads is the number of socket reads redis-server made so far.
 func redisReads(b *testing.B, rdb redis.UniversalClient) float64 {
-	info, err := rdb.Info(context.Background(), "stats").Result()
-	if err != nil {
-		b.Fatal(err)
-	}
-	for _, line := range strings.Split(info, "\r\n") {
-		if v, ok := strings.CutPrefix(line, "total_reads_processed:"); ok {
-			f, _ := strconv.ParseFloat(v, 64)
-			return f
-		}
-	}
-	b.Fatal("INFO stats has no total_reads_processed")
-	return 0
+	return infoFloat(redisInfo(b, rdb, "stats"), "total_reads_processed")
 }
 
 // redisCPU is the CPU time redis-server used so far, in seconds.
 func redisCPU(b *testing.B, rdb redis.UniversalClient) float64 {
-	info, err := rdb.Info(context.Background(), "cpu").Result()
+	info := redisInfo(b, rdb, "cpu")
+	return infoFloat(info, "used_cpu_sys") + infoFloat(info, "used_cpu_user")
+}
+
+// redisInfo is one section of rdb's INFO answer.
+func redisInfo(b *testing.B, rdb redis.UniversalClient, section string) string {
+	info, err := rdb.Info(context.Background(), section).Result()
 	if err != nil {
 		b.Fatal(err)
 	}
-	total := 0.0
-	for _, line := range strings.Split(info, "\r\n") {
-		if k, v, ok := strings.Cut(line, ":"); ok && (k == "used_cpu_sys" || k == "used_cpu_user") {
-			f, _ := strconv.ParseFloat(v, 64)
-			total += f
-		}
-	}
-	return total
+	return info
 }
 
 // newFake starts a fake with the given latency and n/3 coupons for each of

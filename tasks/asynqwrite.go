@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
@@ -154,12 +153,6 @@ type asynqWriter struct {
 	published sync.Map // queue → true once added to asynq:queues
 }
 
-// isNoScript reports Redis' answer to EVALSHA of a script it does not know
-// yet: the command did not run.
-func isNoScript(err error) bool {
-	return err != nil && strings.HasPrefix(err.Error(), "NOSCRIPT")
-}
-
 // writeMany writes recs' task records in one pipeline, as asynq's Enqueue
 // (or Schedule, for a task processed later) would each. created[i] is true
 // when the task was written, false when its key existed (asynq's
@@ -216,7 +209,7 @@ func (w *asynqWriter) writeMany(ctx context.Context, recs []*asynqRecord) (creat
 	run := func(eval bool) error {
 		_, err := w.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 			for _, pt := range parts {
-				if pt.cmd != nil && !isNoScript(pt.cmd.Err()) {
+				if pt.cmd != nil && !redis.HasErrorPrefix(pt.cmd.Err(), "NOSCRIPT") {
 					continue // answered by the first pipeline
 				}
 				script, keys, args := pt.script, pt.calls[0].Keys, pt.calls[0].Args
@@ -237,7 +230,7 @@ func (w *asynqWriter) writeMany(ctx context.Context, recs []*asynqRecord) (creat
 	err := run(false)
 	noScript := false
 	for _, pt := range parts {
-		noScript = noScript || isNoScript(pt.cmd.Err())
+		noScript = noScript || redis.HasErrorPrefix(pt.cmd.Err(), "NOSCRIPT")
 	}
 	if noScript {
 		// Redis did not know the scripts (a fresh server): those commands

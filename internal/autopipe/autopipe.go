@@ -175,37 +175,33 @@ func (c *Client) flush() {
 			c.drain()
 			return
 		}
-	fill:
-		for len(batch) < c.maxBatch {
-			select {
-			case r := <-c.reqs:
-				batch = append(batch, r)
-			default:
-				break fill
-			}
-		}
-		c.exec(batch)
+		c.exec(c.fill(batch))
 	}
 }
 
 // drain runs the calls still queued at Close.
 func (c *Client) drain() {
 	for {
-		batch := make([]*pipeReq, 0, c.maxBatch)
-	fill:
-		for len(batch) < c.maxBatch {
-			select {
-			case r := <-c.reqs:
-				batch = append(batch, r)
-			default:
-				break fill
-			}
-		}
+		batch := c.fill(make([]*pipeReq, 0, c.maxBatch))
 		if len(batch) == 0 {
 			return
 		}
 		c.exec(batch)
 	}
+}
+
+// fill adds to batch the calls queued now, up to maxBatch, without
+// waiting for more.
+func (c *Client) fill(batch []*pipeReq) []*pipeReq {
+	for len(batch) < c.maxBatch {
+		select {
+		case r := <-c.reqs:
+			batch = append(batch, r)
+		default:
+			return batch
+		}
+	}
+	return batch
 }
 
 func (c *Client) exec(batch []*pipeReq) {
