@@ -26,6 +26,38 @@ func enqueueMemoryLimit(size int64) int64 {
 	return max(96<<20, 64<<20+size/3)
 }
 
+// enqueueGCPercent is couponq enqueue's GOGC under its memory limit.
+const enqueueGCPercent = 400
+
+// tuneEnqueueGC sets the GC for couponq enqueue of a change file of size
+// bytes, unless the environment (getenv) sets GOMEMLIMIT or GOGC, and
+// returns what puts the settings back.
+//
+// What enqueue keeps grows slowly with the file (a PayloadSet entry, then
+// a task ID, per line: a third to a half of the file's size); its garbage,
+// a line's decoding, does not. A soft limit above what is kept makes the
+// GC collect before garbage doubles the heap (issue 14: 1 000 000 lines
+// within 150 MiB), and scaling it with the file keeps a file of many
+// millions of lines from running the GC without pause. Under that limit
+// the GC need not also run at every doubling of a small heap: at GOGC's
+// 100 it took a quarter of the command's CPU (bench/hot.txt).
+func tuneEnqueueGC(getenv func(string) string, size int64) (restore func()) {
+	if getenv("GOMEMLIMIT") != "" {
+		return func() {}
+	}
+	limit := debug.SetMemoryLimit(enqueueMemoryLimit(size))
+	percent := -2 // not set
+	if getenv("GOGC") == "" {
+		percent = debug.SetGCPercent(enqueueGCPercent)
+	}
+	return func() {
+		debug.SetMemoryLimit(limit)
+		if percent != -2 {
+			debug.SetGCPercent(percent)
+		}
+	}
+}
+
 // maxReportedLines caps the bad lines printed; the count is always given.
 const maxReportedLines = 200
 
@@ -117,17 +149,8 @@ func runEnqueue(ctx context.Context, e *env, c *enqueueConfig) error {
 		return err
 	}
 	defer cleanup()
-	// What enqueue keeps grows slowly with the file (a PayloadSet entry,
-	// then a task ID, per line: a third to a half of the file's size); its
-	// garbage, a line's decoding, does not. A soft limit above what is kept
-	// makes the GC collect before garbage doubles the heap (issue 14:
-	// 1 000 000 lines within 150 MiB), and scaling it with the file keeps a
-	// file of many millions of lines from running the GC without pause.
-	// GOMEMLIMIT, when set, wins.
-	if e.getenv("GOMEMLIMIT") == "" {
-		if st, err := os.Stat(path); err == nil {
-			defer debug.SetMemoryLimit(debug.SetMemoryLimit(enqueueMemoryLimit(st.Size())))
-		}
+	if st, err := os.Stat(path); err == nil {
+		defer tuneEnqueueGC(e.getenv, st.Size())()
 	}
 
 	// Pass 1: validate everything, holding only task IDs to find a file

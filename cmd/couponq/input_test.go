@@ -1,6 +1,8 @@
 package main
 
 import (
+	"math"
+	"runtime/debug"
 	"strings"
 	"testing"
 )
@@ -53,6 +55,54 @@ func TestEnqueueRefusesBadText(t *testing.T) {
 			}
 			if keys := b.mr.Keys(); len(keys) != 0 {
 				t.Errorf("Redis holds %v after an invalid file", keys)
+			}
+		})
+	}
+}
+
+// couponq enqueue runs its GC at enqueueGCPercent under a memory limit
+// that grows with the file, unless the environment sets GOGC or
+// GOMEMLIMIT; the settings are put back after.
+func TestTuneEnqueueGC(t *testing.T) {
+	percent := debug.SetGCPercent(100)
+	limit := debug.SetMemoryLimit(math.MaxInt64)
+	defer func() { debug.SetGCPercent(percent); debug.SetMemoryLimit(limit) }()
+	env := func(kv ...string) func(string) string {
+		return func(k string) string {
+			for i := 0; i+1 < len(kv); i += 2 {
+				if kv[i] == k {
+					return kv[i+1]
+				}
+			}
+			return ""
+		}
+	}
+	for _, tc := range []struct {
+		name         string
+		getenv       func(string) string
+		wantPercent  int
+		wantLimitSet bool
+	}{
+		{"defaults", env(), enqueueGCPercent, true},
+		{"GOGC set", env("GOGC", "100"), 100, true},
+		{"GOMEMLIMIT set", env("GOMEMLIMIT", "1GiB"), 100, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			restore := tuneEnqueueGC(tc.getenv, 300<<20)
+			gotPercent := debug.SetGCPercent(-1)
+			debug.SetGCPercent(gotPercent)
+			gotLimit := debug.SetMemoryLimit(-1)
+			restore()
+			if gotPercent != tc.wantPercent {
+				t.Errorf("GOGC during the run = %d, want %d", gotPercent, tc.wantPercent)
+			}
+			if want := enqueueMemoryLimit(300 << 20); (gotLimit == want) != tc.wantLimitSet {
+				t.Errorf("memory limit during the run = %d (the file's: %d), want it set: %v", gotLimit, want, tc.wantLimitSet)
+			}
+			if p, l := debug.SetGCPercent(-1), debug.SetMemoryLimit(-1); p != 100 || l != math.MaxInt64 {
+				t.Errorf("after: GOGC %d, limit %d; want them back", p, l)
+			} else {
+				debug.SetGCPercent(p)
 			}
 		})
 	}
