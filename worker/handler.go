@@ -95,19 +95,21 @@ func (w *Worker) process(ctx context.Context, t *asynq.Task) error {
 
 	// A canceled batch, or an earlier write to the coupon, keeps it from
 	// starting (order.go).
-	if done, err := r.admit(ctx, t, decErr == nil); done {
+	done, begun, err := r.admit(ctx, t, decErr == nil)
+	if done {
 		return err
 	}
-	st, priorCalls, err := w.store.Begin(ctx, results.Identity{TaskID: taskID, Op: string(c.op), BrandID: c.brandID,
-		ProductCouponID: c.productCouponID, OutRequestNo: c.outRequestNo})
-	if err != nil {
-		return fmt.Errorf("worker: %w", err)
-	}
-	r.priorCalls = priorCalls
-	if st.Terminal() {
-		r.logger().Info("task already finished; re-delivery skipped", "status", string(st))
-		r.released(ctx)
-		return nil
+	if !begun {
+		st, priorCalls, err := w.store.Begin(ctx, r.identity())
+		if err != nil {
+			return fmt.Errorf("worker: %w", err)
+		}
+		r.priorCalls = priorCalls
+		if st.Terminal() {
+			r.logger().Info("task already finished; re-delivery skipped", "status", string(st))
+			r.released(ctx)
+			return nil
+		}
 	}
 	if decErr != nil {
 		a := results.Attempt{ErrorCode: CodeInvalidPayload, ErrorMessage: clip(decErr.Error())}
@@ -323,7 +325,7 @@ func (r *run) finish(ctx context.Context, st tasks.Status, a results.Attempt, re
 		release = []results.OrderEntry{r.orderEntry()}
 	}
 	err := detached(ctx, func(ctx context.Context) (err error) {
-		done, wake, err = r.w.store.FinishAndRelease(ctx, r.taskID, st, a, release)
+		done, wake, err = r.w.store.FinishAndRelease(ctx, r.taskID, r.batch, st, a, release)
 		return err
 	})
 	if err != nil {

@@ -38,6 +38,12 @@ const orderPoll = 2 * time.Second
 // back.
 const orderHops = 8
 
+// identity is the task's identity, as Store.Begin writes it.
+func (r *run) identity() results.Identity {
+	return results.Identity{TaskID: r.taskID, Op: string(r.c.op), BrandID: r.c.brandID,
+		ProductCouponID: r.c.productCouponID, OutRequestNo: r.c.outRequestNo}
+}
+
 // orderEntry is the task's entry in its coupon's order.
 func (r *run) orderEntry() results.OrderEntry {
 	return results.OrderEntry{TaskID: r.taskID, Op: string(r.c.op), BrandID: r.c.brandID, ProductCouponID: r.c.productCouponID}
@@ -53,13 +59,48 @@ func (r *run) ordered() bool {
 // batch's cancel mark in one round trip; a task of a canceled batch is
 // canceled here, and a task its coupon's order holds back comes back
 // later. done means the handler returns err now; otherwise the task
-// starts. r.batch is set.
-func (r *run) admit(ctx context.Context, t *asynq.Task, decodable bool) (done bool, err error) {
+// starts. r.batch is set. begun: on a single server, where nothing held
+// the task back, the same round trip began it (Store.Start), and
+// r.priorCalls is set; otherwise the caller calls Store.Begin.
+func (r *run) admit(ctx context.Context, t *asynq.Task, decodable bool) (done, begun bool, err error) {
 	ordered := decodable && r.ordered()
-	st, canceled, turn, err := r.startState(ctx, t.Headers()[tasks.HeaderBatch], ordered)
-	if err != nil {
-		return true, fmt.Errorf("worker: %w", err)
+	headerBatch := t.Headers()[tasks.HeaderBatch]
+	var entry *results.OrderEntry
+	if ordered {
+		e := r.orderEntry()
+		entry = &e
 	}
+	var (
+		st       results.Status
+		canceled bool
+		turn     func() (results.OrderCheck, error)
+	)
+	s, err := r.w.store.Start(ctx, r.identity(), headerBatch, entry)
+	switch {
+	case err != nil:
+		return true, false, fmt.Errorf("worker: %w", err)
+	case s != nil && s.Begun:
+		r.batch, r.request, r.requestRead, r.priorCalls = s.Batch, s.Request, true, s.Attempts
+		return false, true, nil
+	case s != nil:
+		r.batch, r.request, r.requestRead = s.Batch, s.Request, true
+		st, canceled = s.Status, s.Canceled
+		turn = func() (results.OrderCheck, error) { return s.Order, s.OrderErr }
+	default:
+		st, canceled, turn, err = r.startState(ctx, headerBatch, ordered)
+		if err != nil {
+			return true, false, fmt.Errorf("worker: %w", err)
+		}
+	}
+	done, err = r.hold(ctx, st, canceled, ordered, turn)
+	return done, false, err
+}
+
+// hold decides, from the start state, whether the task starts: a terminal
+// one goes on to Begin (which says so; the order is released there), a
+// task of a canceled batch is canceled, and one its coupon's order holds
+// back comes back later (done).
+func (r *run) hold(ctx context.Context, st results.Status, canceled, ordered bool, turn func() (results.OrderCheck, error)) (done bool, err error) {
 	if st.Terminal() {
 		return false, nil // Begin says so; the order is released there
 	}

@@ -69,6 +69,10 @@ func New(rdb redis.UniversalClient, flushers, maxBatch int) *Client {
 	return c
 }
 
+// Unwrap returns the client c sends through: a caller that must know the
+// kind of server behind c (one server, a cluster) asks it.
+func (c *Client) Unwrap() redis.UniversalClient { return c.UniversalClient }
+
 // EvalSha queues EVALSHA for the next pipeline.
 func (c *Client) EvalSha(ctx context.Context, sha1 string, keys []string, args ...any) *redis.Cmd {
 	return c.do(ctx, scriptArgs("evalsha", sha1, keys, args))

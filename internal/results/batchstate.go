@@ -555,6 +555,17 @@ func newScript(name, src string) *redis.Script {
 	}
 	sc := redis.NewScript(src)
 	scriptNames[name] = sc
+	scriptSources[sc] = src
 	bundles[sc] = luabundle.Of(src)
 	return sc
+}
+
+// scriptSources keeps each script's source, for the scripts made of
+// several (finishOneScript).
+var scriptSources = map[*redis.Script]string{}
+
+// luaStep wraps script's source as the Lua function name(KEYS, ARGV), for
+// a script that runs several in turn on one server.
+func luaStep(name string, script *redis.Script) string {
+	return "local function " + name + "(KEYS, ARGV)\n" + scriptSources[script] + "\nend\n"
 }

@@ -8,6 +8,8 @@ import (
 
 	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
+
+	"github.com/couponq/couponq/internal/autopipe"
 )
 
 // counters are a batch's counters, as its hash says or as a recount of
@@ -445,31 +447,160 @@ func TestRetryingTokenCountsOnce(t *testing.T) {
 // FinishAndRelease finishes a write, counts it in its batch and releases
 // it from its coupon's order in the batch step's round trip: the next
 // write of the coupon is woken and may go.
+// TestFinishAndRelease runs FinishAndRelease on its three paths: one
+// script with the batch the caller read (a single server), two steps
+// when the caller knows no batch, and one script whose result names
+// another batch than the caller's, whose step follows as Finish's.
 func TestFinishAndRelease(t *testing.T) {
+	for _, tc := range []struct{ name, hint string }{
+		{"one script", testBatch},
+		{"two steps", ""},
+		{"another batch than read", "b2"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b := setupState(t)
+			ctx := t.Context()
+			ids := b.accept(t, Handoff{Run: "r", Seq: 1}, "fr_1", "fr_2")
+			entry := func(id string) OrderEntry {
+				return OrderEntry{TaskID: id, Op: "update", BrandID: "120344", ProductCouponID: "1000000013"}
+			}
+			if err := b.s.RegisterOrder(ctx, []OrderEntry{entry(ids[0]), entry(ids[1])}, false); err != nil {
+				t.Fatal(err)
+			}
+			if chk, err := b.s.CheckOrder(ctx, entry(ids[1])); err != nil || chk.Go || chk.Pred != ids[0] {
+				t.Fatalf("CheckOrder of the second write before = %+v, %v; want it to wait for the first", chk, err)
+			}
+			// The task set lost the task (its batch step came back): the
+			// finish puts it back.
+			if err := b.rdb.SRem(ctx, BatchTasksKey(testBatch), ids[0]).Err(); err != nil {
+				t.Fatal(err)
+			}
+			hook := &ranScripts{ran: map[string]bool{}}
+			b.rdb.AddHook(hook)
+			done, wake, err := b.s.FinishAndRelease(ctx, ids[0], tc.hint, StatusSucceeded, Attempt{Calls: 1, HTTPStatus: 200}, []OrderEntry{entry(ids[0])})
+			if err != nil || !done || !slices.Equal(wake, []string{ids[1]}) {
+				t.Fatalf("FinishAndRelease = %v, %v, %v; want true, [%s]", done, wake, err, ids[1])
+			}
+			if one, two := hook.ran[finishOneScript.Hash()], hook.ran[applyBatchScript.Hash()]; one != (tc.hint != "") || two != (tc.hint != testBatch) {
+				t.Errorf("ran the one script: %v, the batch step on its own: %v", one, two)
+			}
+			if chk, err := b.s.CheckOrder(ctx, entry(ids[1])); err != nil || !chk.Go {
+				t.Fatalf("CheckOrder of the second write after = %+v, %v; want go", chk, err)
+			}
+			b.check(t, ids, counters{Total: 2, Succeeded: 1, InTaskSet: true})
+			if st, err := b.rdb.HGet(ctx, ResultKey(ids[0]), "status").Result(); err != nil || st != "succeeded" {
+				t.Fatalf("status = %q, %v; want succeeded", st, err)
+			}
+			// Again (a re-delivery): nothing more is counted, nobody woken.
+			done, wake, err = b.s.FinishAndRelease(ctx, ids[0], tc.hint, StatusSucceeded, Attempt{Calls: 1, HTTPStatus: 200}, []OrderEntry{entry(ids[0])})
+			if err != nil || done || len(wake) != 0 {
+				t.Fatalf("FinishAndRelease again = %v, %v, %v; want false, none", done, wake, err)
+			}
+			b.check(t, ids, counters{Total: 2, Succeeded: 1, InTaskSet: true})
+			// The last one finishes the sealed batch.
+			if err := b.s.SealBatch(ctx, testBatch); err != nil {
+				t.Fatal(err)
+			}
+			if _, _, err := b.s.FinishAndRelease(ctx, ids[1], tc.hint, StatusFailed, Attempt{Calls: 1, HTTPStatus: 400, ErrorCode: "PARAM_ERROR"}, []OrderEntry{entry(ids[1])}); err != nil {
+				t.Fatal(err)
+			}
+			b.check(t, ids, counters{Total: 2, Succeeded: 1, Failed: 1, Sealed: true, Finished: true, InTaskSet: true})
+		})
+	}
+}
+
+// TestSingleServer tells the clients whose scripts may touch any key.
+func TestSingleServer(t *testing.T) {
+	mr := miniredis.RunT(t)
+	single := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	defer single.Close()
+	wrapped := autopipe.New(single, 1, 8)
+	defer wrapped.Close()
+	cluster := redis.NewClusterClient(&redis.ClusterOptions{Addrs: []string{mr.Addr()}})
+	defer cluster.Close()
+	for _, tc := range []struct {
+		name string
+		rdb  redis.UniversalClient
+		want bool
+	}{{"*redis.Client", single, true}, {"autopipe of one", wrapped, true}, {"cluster", cluster, false}} {
+		if got := singleServer(tc.rdb); got != tc.want {
+			t.Errorf("singleServer(%s) = %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}
+
+// TestStart: on a single server Start begins a task nothing holds back in
+// the round trip of its reads, and only such a task; elsewhere it answers
+// nil and leaves the task to Begin.
+func TestStart(t *testing.T) {
 	b := setupState(t)
 	ctx := t.Context()
-	ids := b.accept(t, Handoff{Run: "r", Seq: 1}, "fr_1", "fr_2")
-	entry := func(id string) OrderEntry {
-		return OrderEntry{TaskID: id, Op: "update", BrandID: "120344", ProductCouponID: "1000000013"}
+	ids := b.accept(t, Handoff{Run: "r", Seq: 1}, "st_1", "st_2", "st_3")
+	entry := func(id string, op string) *OrderEntry {
+		return &OrderEntry{TaskID: id, Op: op, BrandID: "120344", ProductCouponID: "1000000013"}
 	}
-	if err := b.s.RegisterOrder(ctx, []OrderEntry{entry(ids[0]), entry(ids[1])}, false); err != nil {
+	id := func(i int) Identity { return testID(ids[i][len("get:120344:"):]) }
+	// The first write goes; the second waits for it.
+	if err := b.s.RegisterOrder(ctx, []OrderEntry{*entry(ids[0], "update"), *entry(ids[1], "update")}, false); err != nil {
 		t.Fatal(err)
 	}
-	if chk, err := b.s.CheckOrder(ctx, entry(ids[1])); err != nil || chk.Go || chk.Pred != ids[0] {
-		t.Fatalf("CheckOrder of the second write before = %+v, %v; want it to wait for the first", chk, err)
+	status := func(i int) string {
+		t.Helper()
+		st, err := b.rdb.HGet(ctx, ResultKey(ids[i]), "status").Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st
 	}
-	done, wake, err := b.s.FinishAndRelease(ctx, ids[0], StatusSucceeded, Attempt{Calls: 1, HTTPStatus: 200}, []OrderEntry{entry(ids[0])})
-	if err != nil || !done || !slices.Equal(wake, []string{ids[1]}) {
-		t.Fatalf("FinishAndRelease = %v, %v, %v; want true, [%s]", done, wake, err, ids[1])
+
+	s, err := b.s.Start(ctx, id(1), testBatch, entry(ids[1], "update"))
+	if err != nil || s == nil || s.Begun || s.Order.Pred != ids[0] || s.Status != StatusQueued || s.Batch != testBatch {
+		t.Fatalf("Start of a write behind another = %+v, %v; want not begun, waiting for %s", s, err, ids[0])
 	}
-	if chk, err := b.s.CheckOrder(ctx, entry(ids[1])); err != nil || !chk.Go {
-		t.Fatalf("CheckOrder of the second write after = %+v, %v; want go", chk, err)
+	if st := status(1); st != "queued" {
+		t.Errorf("a write held back is %s, want queued", st)
 	}
-	b.check(t, ids, counters{Total: 2, Succeeded: 1, InTaskSet: true})
-	// Again (a re-delivery): nothing more is counted, nobody woken.
-	done, wake, err = b.s.FinishAndRelease(ctx, ids[0], StatusSucceeded, Attempt{Calls: 1, HTTPStatus: 200}, []OrderEntry{entry(ids[0])})
-	if err != nil || done || len(wake) != 0 {
-		t.Fatalf("FinishAndRelease again = %v, %v, %v; want false, none", done, wake, err)
+	s, err = b.s.Start(ctx, id(0), testBatch, entry(ids[0], "update"))
+	if err != nil || s == nil || !s.Begun || !s.Order.Go || s.Attempts != 0 || s.Status != StatusQueued {
+		t.Fatalf("Start of the first write = %+v, %v; want begun", s, err)
 	}
-	b.check(t, ids, counters{Total: 2, Succeeded: 1, InTaskSet: true})
+	if st := status(0); st != "running" {
+		t.Errorf("a write begun is %s, want running", st)
+	}
+	// Unordered, and a fixed request comes along.
+	if err := b.rdb.HSet(ctx, ResultKey(ids[2]), "request", `{"x":1}`).Err(); err != nil {
+		t.Fatal(err)
+	}
+	s, err = b.s.Start(ctx, id(2), testBatch, nil)
+	if err != nil || s == nil || !s.Begun || string(s.Request) != `{"x":1}` {
+		t.Fatalf("Start unordered = %+v, %v; want begun with the request", s, err)
+	}
+	// A terminal task is Begin's to say so.
+	if _, err := b.s.Finish(ctx, ids[2], StatusSucceeded, Attempt{Calls: 1}); err != nil {
+		t.Fatal(err)
+	}
+	s, err = b.s.Start(ctx, id(2), testBatch, nil)
+	if err != nil || s == nil || s.Begun || s.Status != StatusSucceeded {
+		t.Fatalf("Start of a finished task = %+v, %v; want not begun, succeeded", s, err)
+	}
+	// A canceled batch's task is not begun.
+	if _, err := b.s.CancelBatch(ctx, testBatch); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.rdb.HSet(ctx, ResultKey(ids[1]), "status", "queued").Err(); err != nil {
+		t.Fatal(err)
+	}
+	s, err = b.s.Start(ctx, id(1), testBatch, nil)
+	if err != nil || s == nil || s.Begun || !s.Canceled {
+		t.Fatalf("Start in a canceled batch = %+v, %v; want not begun, canceled", s, err)
+	}
+	// No batch header, or a client of many servers: the caller's to do.
+	if s, err := b.s.Start(ctx, id(1), "", nil); s != nil || err != nil {
+		t.Errorf("Start without a batch = %+v, %v; want nil", s, err)
+	}
+	ring := redis.NewRing(&redis.RingOptions{Addrs: map[string]string{"one": b.mr.Addr()}})
+	defer ring.Close()
+	if s, err := NewStore(ring).Start(ctx, id(1), testBatch, nil); s != nil || err != nil {
+		t.Errorf("Start on a ring = %+v, %v; want nil", s, err)
+	}
 }

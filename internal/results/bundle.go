@@ -16,11 +16,27 @@ var bundles = map[*redis.Script]*redis.Script{}
 
 // bundled answers script's bundle when its calls on rdb may go as bundles.
 func bundled(rdb redis.UniversalClient, script *redis.Script) (*redis.Script, bool) {
-	if _, single := rdb.(*redis.Client); !single {
+	if !singleServer(rdb) {
 		return nil, false
 	}
 	b, ok := bundles[script]
 	return b, ok
+}
+
+// singleServer reports whether rdb talks to one Redis server, where one
+// script may touch keys of any slot: a *redis.Client (which a sentinel URL
+// also makes), or a client wrapping one (Unwrap: package autopipe's).
+func singleServer(rdb redis.UniversalClient) bool {
+	for {
+		switch c := rdb.(type) {
+		case *redis.Client:
+			return true
+		case interface{ Unwrap() redis.UniversalClient }:
+			rdb = c.Unwrap()
+		default:
+			return false
+		}
+	}
 }
 
 // runBundled is runPipelined on a single server: the calls go as bundles

@@ -173,6 +173,11 @@ func (s *Store) CheckOrderIn(ctx context.Context, pipe redis.Pipeliner, e OrderE
 
 func parseOrderCheck(e OrderEntry, cmd *redis.Cmd) (OrderCheck, error) {
 	res, err := cmd.StringSlice()
+	return parseOrderAnswer(e, res, err)
+}
+
+// parseOrderAnswer reads checkOrderScript's answer res (err: its error).
+func parseOrderAnswer(e OrderEntry, res []string, err error) (OrderCheck, error) {
 	if err != nil {
 		return OrderCheck{}, fmt.Errorf("couponq: check the order of %s: %w", e.TaskID, err)
 	}

@@ -574,6 +574,107 @@ func (s *Store) Begin(ctx context.Context, id Identity) (status Status, attempts
 	return Status(res[0]), n, nil
 }
 
+// Started is what Start read as a worker took a task, and whether it
+// began the task.
+type Started struct {
+	Status   Status // the task's status before Start ("" = no result)
+	Batch    string // the batch its result names
+	Request  []byte // the body an earlier run fixed (nil = none)
+	Canceled bool   // the batch its header names is canceled
+	// Order is the task's order check (when Start was given an entry),
+	// OrderErr the check's error.
+	Order    OrderCheck
+	OrderErr error
+	// Begun: the task was not terminal, its batch not canceled and its
+	// order let it go, and Start did what Begin does (it is running).
+	// Attempts is then what Begin answers.
+	Begun    bool
+	Attempts int
+}
+
+// startScript is, on a single server, the reads a worker makes before a
+// task starts (its status, batch and fixed request; its header batch's
+// cancel mark; its order check, checkOrderScript's body) and, when they
+// let it start, Begin (beginScript's body): one round trip, not two.
+//
+// KEYS[1] -> couponq:result:<task_id>, KEYS[2] -> couponq:batch:<header batch>
+// KEYS[3..5] -> the coupon's order keys (ordered tasks only)
+// ARGV[1..7] -> beginScript's arguments
+// ARGV[8] -> the task's kind in the order ("" = not ordered)
+//
+// Returns {status, batch, request, canceled (0/1), the order check or nil,
+// Begin's answer or nil}.
+var startScript = redis.NewScript(luaTerminal + luaStep("check_step", checkOrderScript) +
+	luaStep("begin_step", beginScript) + `
+local cur = redis.call('HMGET', KEYS[1], 'status', 'batch', 'request')
+local canceled = redis.call('HEXISTS', KEYS[2], 'canceled_at')
+local chk = false
+local go = true
+if ARGV[8] ~= '' then
+  chk = check_step({KEYS[3], KEYS[4], KEYS[5]}, {ARGV[8], ARGV[3]})
+  go = chk[1] == 'go' or (chk[1] == 'unregistered' and ARGV[8] == 'g')
+end
+local begun = false
+if go and canceled == 0 and not terminal(cur[1]) then
+  begun = begin_step({KEYS[1]}, {ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]})
+end
+return {cur[1], cur[2], cur[3], canceled, chk, begun}
+`)
+
+// Start reads, as a worker takes task id from its queue, what decides
+// whether it may start (see Started), and begins it (Begin) when nothing
+// holds it back: one round trip on a single server. batch is the batch
+// the task's header names, order its entry in its coupon's order (nil =
+// not ordered). It answers nil, and does nothing, where it cannot: a
+// cluster (the keys lie in several slots), or no batch header; the
+// caller then reads and begins as before.
+func (s *Store) Start(ctx context.Context, id Identity, batch string, order *OrderEntry) (*Started, error) {
+	if batch == "" || !singleServer(s.rdb) {
+		return nil, nil
+	}
+	keys := []string{ResultKey(id.TaskID), BatchKey(batch)}
+	kind := ""
+	if order != nil {
+		keys = append(keys, order.keys()...)
+		kind = order.kind()
+	}
+	cmd := startScript.Run(ctx, s.rdb, keys, s.stamp(), s.ttlMillis(),
+		id.TaskID, id.Op, id.BrandID, id.ProductCouponID, id.OutRequestNo, kind)
+	res, err := cmd.Slice()
+	if err == nil && len(res) != 6 {
+		err = fmt.Errorf("%d values from the script", len(res))
+	}
+	if err != nil {
+		return nil, fmt.Errorf("couponq: read the start state of %s: %w", id.TaskID, err)
+	}
+	str := func(v any) string { s, _ := v.(string); return s }
+	st := &Started{Status: Status(str(res[0])), Batch: str(res[1])}
+	if body := str(res[2]); body != "" {
+		st.Request = []byte(body)
+	}
+	n, _ := res[3].(int64)
+	st.Canceled = n == 1
+	if order != nil {
+		chk, _ := res[4].([]any)
+		ans := make([]string, len(chk))
+		for i, v := range chk {
+			ans[i] = str(v)
+		}
+		st.Order, st.OrderErr = parseOrderAnswer(*order, ans, nil)
+	}
+	if begun, ok := res[5].([]any); ok {
+		if len(begun) != 2 || str(begun[0]) != string(StatusRunning) {
+			return nil, fmt.Errorf("couponq: begin %s: answer %v", id.TaskID, begun)
+		}
+		a, err := strconv.Atoi(str(begun[1]))
+		if err != nil {
+			return nil, fmt.Errorf("couponq: begin %s: attempts %q: %w", id.TaskID, str(begun[1]), err)
+		}
+		st.Begun, st.Attempts = true, a
+	}
+	return st, nil
+}
+
 // Statuses returns the status of each task in taskIDs, in one round trip;
 // "" for a task without a result hash (expired, or never couponq's).
 func (s *Store) Statuses(ctx context.Context, taskIDs []string) ([]Status, error) {
@@ -706,12 +807,110 @@ func (s *Store) Finish(ctx context.Context, taskID string, status Status, a Atte
 // coupon's order one round trip sooner. wake is what the release says may
 // start now. An error of either step is err: the caller runs the task
 // again, and both steps are idempotent.
-func (s *Store) FinishAndRelease(ctx context.Context, taskID string, status Status, a Attempt, release []OrderEntry) (done bool, wake []string, err error) {
+//
+// batch is the batch the caller read from the task's result ("" = not
+// known). On a single server, where one script may touch every key, the
+// result step, that batch's step and the release are then one script
+// (finishOneScript): one round trip, not two. Should the result name
+// another batch, its step follows as Finish's does.
+func (s *Store) FinishAndRelease(ctx context.Context, taskID, batch string, status Status, a Attempt, release []OrderEntry) (done bool, wake []string, err error) {
+	if batch != "" && hashTagSafe(batch) && status.Terminal() && singleServer(s.rdb) {
+		return s.finishOne(ctx, taskID, batch, status, a, release)
+	}
 	n, wake, err := s.finish(ctx, []string{taskID}, status, a, "", release)
 	if err != nil {
 		return false, nil, err
 	}
 	return n[0] == 1, wake, nil
+}
+
+// finishOneScript runs Finish's result step (finishScript), then, when the
+// result names the expected batch, its batch step (applyBatchScript and
+// addTasksScript, as stateApplies makes it), then the releases
+// (releaseOrderScript): each script's own body, in the order the
+// two-step path sends them, in one call. Only on a single server: its
+// keys lie in several slots.
+//
+// KEYS[1] -> couponq:result:<task_id>
+// KEYS[2..4] -> the expected batch's script keys (batchScriptKeys)
+// KEYS[5] -> its task set
+// KEYS[6..] -> per release: the coupon's order keys
+// ARGV[1..11] -> finishScript's arguments
+// ARGV[12] -> the expected batch, ARGV[13] -> task_id, ARGV[14] -> maxWake
+// ARGV[15..] -> per release: kind, task_id
+//
+// Returns {finishScript's answer, applyBatchScript's answer or nil when
+// the batch step did not run, the task IDs the releases wake}.
+var finishOneScript = redis.NewScript(luaTerminal + luaStep("finish_step", finishScript) +
+	luaStep("apply_step", applyBatchScript) + luaStep("add_tasks", addTasksScript) +
+	luaStep("release_step", releaseOrderScript) + `
+local r = finish_step({KEYS[1]}, {unpack(ARGV, 1, 11)})
+local applied = false
+if r[2] == ARGV[12] and terminal(r[4]) then
+  applied = apply_step({KEYS[2], KEYS[3], KEYS[4]}, {ARGV[1], ARGV[2], '', '', '0', '0', '0', ARGV[13], r[3], r[4]})
+  add_tasks({KEYS[5]}, {ARGV[2], ARGV[13]})
+end
+local wake = {}
+for i = 15, #ARGV, 2 do
+  local k = 6 + (i - 15) / 2 * 3
+  for _, id in ipairs(release_step({KEYS[k], KEYS[k + 1], KEYS[k + 2]}, {ARGV[i], ARGV[i + 1], ARGV[14]})) do
+    wake[#wake + 1] = id
+  end
+end
+return {r, applied, wake}
+`)
+
+// finishOne is FinishAndRelease on a single server (finishOneScript).
+func (s *Store) finishOne(ctx context.Context, taskID, batch string, status Status, a Attempt, release []OrderEntry) (bool, []string, error) {
+	keys := make([]string, 0, 5+3*len(release))
+	keys = append(append(append(keys, ResultKey(taskID)), batchScriptKeys(batch)...), BatchTasksKey(batch))
+	args := make([]any, 0, 14+2*len(release))
+	args = append(append(args, s.stamp(), s.ttlMillis()), a.args()...)
+	args = append(args, string(status), string(a.Coupon), a.CouponState, "", batch, taskID, maxWake)
+	for _, e := range release {
+		keys = append(keys, e.keys()...)
+		args = append(args, e.kind(), e.TaskID)
+	}
+	cmd := finishOneScript.Run(ctx, s.rdb, keys, args...)
+	res, err := cmd.Slice()
+	var fin []any
+	if err == nil && len(res) == 3 {
+		fin, _ = res[0].([]any)
+	}
+	if len(fin) != 4 {
+		return false, nil, fmt.Errorf("couponq: finish %s: answer %v: %w", taskID, cmd.Val(), err)
+	}
+	n, _ := fin[0].(int64)
+	b, _ := fin[1].(string)
+	runs, _ := fin[2].(string)
+	st, _ := fin[3].(string)
+	var wake []string
+	if ids, ok := res[2].([]any); ok {
+		for _, id := range ids {
+			if id, ok := id.(string); ok {
+				wake = append(wake, id)
+			}
+		}
+	}
+	// The batch step did not run (the result names another batch), or
+	// found a batch of an older couponq (-2, rebuilt first): as Finish.
+	applied, _ := res[1].([]any)
+	if rc, _ := firstInt(applied); (applied == nil && Status(st).Terminal()) || rc == -2 {
+		states := []taskState{{taskID: taskID, runs: runsOf(runs), status: st}}
+		if _, err := s.applyBatches(ctx, stateApplies([]string{b}, states)); err != nil {
+			return false, nil, fmt.Errorf("couponq: finish %s: count in the batch: %w", taskID, err)
+		}
+	}
+	return n == 1, wake, nil
+}
+
+// firstInt is the first element of a script's answer as an integer.
+func firstInt(v []any) (int64, bool) {
+	if len(v) == 0 {
+		return 0, false
+	}
+	n, ok := v[0].(int64)
+	return n, ok
 }
 
 // finish runs the result step of Finish for each task (pipelined), then
