@@ -75,7 +75,12 @@ func (r *run) admit(ctx context.Context, t *asynq.Task, decodable bool) (done, b
 		canceled bool
 		turn     func() (results.OrderCheck, error)
 	)
-	s, err := r.w.store.Start(ctx, r.identity(), headerBatch, entry)
+	// A deactivation's body is known now: fixed in the same round trip.
+	var fix []byte
+	if decodable && r.c.op == tasks.OpDeactivate {
+		fix, _ = r.w.api.EncodeDeactivate(r.c.deactivate) // an error fails the task in prepareDeactivate
+	}
+	s, err := r.w.store.Start(ctx, r.identity(), headerBatch, entry, fix)
 	switch {
 	case err != nil:
 		return true, false, fmt.Errorf("worker: %w", err)

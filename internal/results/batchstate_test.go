@@ -553,25 +553,31 @@ func TestStart(t *testing.T) {
 		return st
 	}
 
-	s, err := b.s.Start(ctx, id(1), testBatch, entry(ids[1], "update"))
+	s, err := b.s.Start(ctx, id(1), testBatch, entry(ids[1], "update"), []byte(`{"b":1}`))
 	if err != nil || s == nil || s.Begun || s.Order.Pred != ids[0] || s.Status != StatusQueued || s.Batch != testBatch {
 		t.Fatalf("Start of a write behind another = %+v, %v; want not begun, waiting for %s", s, err, ids[0])
 	}
 	if st := status(1); st != "queued" {
 		t.Errorf("a write held back is %s, want queued", st)
 	}
-	s, err = b.s.Start(ctx, id(0), testBatch, entry(ids[0], "update"))
+	if req, _ := b.rdb.HGet(ctx, ResultKey(ids[1]), "request").Result(); req != "" {
+		t.Errorf("a write held back had its request fixed: %s", req)
+	}
+	s, err = b.s.Start(ctx, id(0), testBatch, entry(ids[0], "update"), []byte(`{"b":0}`))
 	if err != nil || s == nil || !s.Begun || !s.Order.Go || s.Attempts != 0 || s.Status != StatusQueued {
 		t.Fatalf("Start of the first write = %+v, %v; want begun", s, err)
 	}
 	if st := status(0); st != "running" {
 		t.Errorf("a write begun is %s, want running", st)
 	}
-	// Unordered, and a fixed request comes along.
+	if req, _ := b.rdb.HGet(ctx, ResultKey(ids[0]), "request").Result(); req != `{"b":0}` || string(s.Request) != req {
+		t.Errorf("a write begun has request %s (answered %s), want its body fixed", req, s.Request)
+	}
+	// Unordered, and a request fixed earlier wins over the one given.
 	if err := b.rdb.HSet(ctx, ResultKey(ids[2]), "request", `{"x":1}`).Err(); err != nil {
 		t.Fatal(err)
 	}
-	s, err = b.s.Start(ctx, id(2), testBatch, nil)
+	s, err = b.s.Start(ctx, id(2), testBatch, nil, []byte(`{"b":2}`))
 	if err != nil || s == nil || !s.Begun || string(s.Request) != `{"x":1}` {
 		t.Fatalf("Start unordered = %+v, %v; want begun with the request", s, err)
 	}
@@ -579,7 +585,7 @@ func TestStart(t *testing.T) {
 	if _, err := b.s.Finish(ctx, ids[2], StatusSucceeded, Attempt{Calls: 1}); err != nil {
 		t.Fatal(err)
 	}
-	s, err = b.s.Start(ctx, id(2), testBatch, nil)
+	s, err = b.s.Start(ctx, id(2), testBatch, nil, []byte(`{"b":2}`))
 	if err != nil || s == nil || s.Begun || s.Status != StatusSucceeded {
 		t.Fatalf("Start of a finished task = %+v, %v; want not begun, succeeded", s, err)
 	}
@@ -590,17 +596,17 @@ func TestStart(t *testing.T) {
 	if err := b.rdb.HSet(ctx, ResultKey(ids[1]), "status", "queued").Err(); err != nil {
 		t.Fatal(err)
 	}
-	s, err = b.s.Start(ctx, id(1), testBatch, nil)
+	s, err = b.s.Start(ctx, id(1), testBatch, nil, nil)
 	if err != nil || s == nil || s.Begun || !s.Canceled {
 		t.Fatalf("Start in a canceled batch = %+v, %v; want not begun, canceled", s, err)
 	}
 	// No batch header, or a client of many servers: the caller's to do.
-	if s, err := b.s.Start(ctx, id(1), "", nil); s != nil || err != nil {
+	if s, err := b.s.Start(ctx, id(1), "", nil, nil); s != nil || err != nil {
 		t.Errorf("Start without a batch = %+v, %v; want nil", s, err)
 	}
 	ring := redis.NewRing(&redis.RingOptions{Addrs: map[string]string{"one": b.mr.Addr()}})
 	defer ring.Close()
-	if s, err := NewStore(ring).Start(ctx, id(1), testBatch, nil); s != nil || err != nil {
+	if s, err := NewStore(ring).Start(ctx, id(1), testBatch, nil, nil); s != nil || err != nil {
 		t.Errorf("Start on a ring = %+v, %v; want nil", s, err)
 	}
 }

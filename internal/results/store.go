@@ -587,7 +587,8 @@ type Started struct {
 	OrderErr error
 	// Begun: the task was not terminal, its batch not canceled and its
 	// order let it go, and Start did what Begin does (it is running).
-	// Attempts is then what Begin answers.
+	// Attempts is then what Begin answers, and Request the body stored
+	// by FixRequest's rule when Start was given one to fix.
 	Begun    bool
 	Attempts int
 }
@@ -595,17 +596,20 @@ type Started struct {
 // startScript is, on a single server, the reads a worker makes before a
 // task starts (its status, batch and fixed request; its header batch's
 // cancel mark; its order check, checkOrderScript's body) and, when they
-// let it start, Begin (beginScript's body): one round trip, not two.
+// let it start, Begin (beginScript's body) and FixRequest of a body known
+// before the task starts (fixRequestScript's): one round trip, not two or
+// three.
 //
 // KEYS[1] -> couponq:result:<task_id>, KEYS[2] -> couponq:batch:<header batch>
 // KEYS[3..5] -> the coupon's order keys (ordered tasks only)
 // ARGV[1..7] -> beginScript's arguments
 // ARGV[8] -> the task's kind in the order ("" = not ordered)
+// ARGV[9] -> the body to fix once begun ("" = none)
 //
-// Returns {status, batch, request, canceled (0/1), the order check or nil,
-// Begin's answer or nil}.
+// Returns {status, batch, request (as fixed, when begun with a body),
+// canceled (0/1), the order check or nil, Begin's answer or nil}.
 var startScript = redis.NewScript(luaTerminal + luaStep("check_step", checkOrderScript) +
-	luaStep("begin_step", beginScript) + `
+	luaStep("begin_step", beginScript) + luaStep("fix_step", fixRequestScript) + `
 local cur = redis.call('HMGET', KEYS[1], 'status', 'batch', 'request')
 local canceled = redis.call('HEXISTS', KEYS[2], 'canceled_at')
 local chk = false
@@ -617,6 +621,7 @@ end
 local begun = false
 if go and canceled == 0 and not terminal(cur[1]) then
   begun = begin_step({KEYS[1]}, {ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]})
+  if ARGV[9] ~= '' then cur[3] = fix_step({KEYS[1]}, {ARGV[9]}) end
 end
 return {cur[1], cur[2], cur[3], canceled, chk, begun}
 `)
@@ -625,10 +630,12 @@ return {cur[1], cur[2], cur[3], canceled, chk, begun}
 // whether it may start (see Started), and begins it (Begin) when nothing
 // holds it back: one round trip on a single server. batch is the batch
 // the task's header names, order its entry in its coupon's order (nil =
-// not ordered). It answers nil, and does nothing, where it cannot: a
-// cluster (the keys lie in several slots), or no batch header; the
-// caller then reads and begins as before.
-func (s *Store) Start(ctx context.Context, id Identity, batch string, order *OrderEntry) (*Started, error) {
+// not ordered). fix, when not empty, is a write's body known before the
+// task starts: once begun, Start fixes it as FixRequest does. It answers
+// nil, and does nothing, where it cannot: a cluster (the keys lie in
+// several slots), or no batch header; the caller then reads, begins and
+// fixes as before.
+func (s *Store) Start(ctx context.Context, id Identity, batch string, order *OrderEntry, fix []byte) (*Started, error) {
 	if batch == "" || !singleServer(s.rdb) {
 		return nil, nil
 	}
@@ -639,7 +646,7 @@ func (s *Store) Start(ctx context.Context, id Identity, batch string, order *Ord
 		kind = order.kind()
 	}
 	cmd := startScript.Run(ctx, s.rdb, keys, s.stamp(), s.ttlMillis(),
-		id.TaskID, id.Op, id.BrandID, id.ProductCouponID, id.OutRequestNo, kind)
+		id.TaskID, id.Op, id.BrandID, id.ProductCouponID, id.OutRequestNo, kind, fix)
 	res, err := cmd.Slice()
 	if err == nil && len(res) != 6 {
 		err = fmt.Errorf("%d values from the script", len(res))
