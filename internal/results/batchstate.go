@@ -84,11 +84,10 @@ local function terminal(s) return s == 'succeeded' or s == 'failed' or s == 'can
 var applyBatchScript = newScript("ApplyBatch", luaFinishBatchIfDone+luaTerminal+`
 if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, 0} end
 local flags = ARGV[4]
-if string.find(flags, 'z', 1, true) then
+local rebuild = string.find(flags, 'z', 1, true)
+if rebuild then
   redis.call('HSET', KEYS[1], 'total', '0', 'succeeded', '0', 'failed', '0', 'canceled', '0')
   redis.call('DEL', KEYS[2])
-elseif redis.call('EXISTS', KEYS[2]) == 0 and tonumber(redis.call('HGET', KEYS[1], 'total') or '0') > 0 then
-  return {-2, 0}
 end
 -- The counted states are read in one HMGET and written back in one HSET
 -- and one HDEL, the counters moved in one HINCRBY each: a call of many
@@ -97,10 +96,19 @@ end
 -- first entry.
 local ids = {}
 for i = 8, #ARGV, 3 do ids[#ids + 1] = ARGV[i] end
-local got = {}
+local got, counted = {}, false
 for i = 1, #ids, 1000 do
   local part = redis.call('HMGET', KEYS[2], unpack(ids, i, math.min(i + 999, #ids)))
-  for j = 1, #part do got[i + j - 1] = part[j] end
+  for j = 1, #part do
+    got[i + j - 1] = part[j]
+    if part[j] then counted = true end
+  end
+end
+-- A state found says the counted hash exists; only when none is found
+-- does it take a look of its own.
+if not rebuild and not counted and redis.call('EXISTS', KEYS[2]) == 0
+  and tonumber(redis.call('HGET', KEYS[1], 'total') or '0') > 0 then
+  return {-2, 0}
 end
 local final, touched, delta = {}, {}, {}
 local function move(f, v) delta[f] = (delta[f] or 0) + v end

@@ -351,9 +351,18 @@ func TestHashTagKeys(t *testing.T) {
 
 // A batch an older couponq wrote (counters by increments, no counted
 // states) is rebuilt from its results at its first batch step, not
-// counted twice: here its second task finishes, after its first did.
+// counted twice: here its second task finishes, after its first did,
+// through Finish and through the worker's one-script FinishAndRelease.
 func TestLegacyBatchRebuilt(t *testing.T) {
 	t.Parallel()
+	for _, oneScript := range []bool{false, true} {
+		t.Run(map[bool]string{false: "Finish", true: "FinishAndRelease"}[oneScript], func(t *testing.T) {
+			testLegacyBatchRebuilt(t, oneScript)
+		})
+	}
+}
+
+func testLegacyBatchRebuilt(t *testing.T, oneScript bool) {
 	b := setupState(t)
 	ctx := t.Context()
 	ids := b.accept(t, Handoff{Run: "r"}, "t1", "t2", "t3")
@@ -366,7 +375,13 @@ func TestLegacyBatchRebuilt(t *testing.T) {
 	// As the older couponq left it: the same counters, no counted states.
 	b.mr.Del(batchCountedKey(testBatch))
 	b.check(t, ids, counters{Total: 3, Succeeded: 1, Sealed: true, InTaskSet: true})
-	if _, err := b.s.Finish(ctx, ids[1], StatusFailed, Attempt{}); err != nil {
+	var err error
+	if oneScript {
+		_, _, err = b.s.FinishAndRelease(ctx, ids[1], testBatch, StatusFailed, Attempt{}, nil)
+	} else {
+		_, err = b.s.Finish(ctx, ids[1], StatusFailed, Attempt{})
+	}
+	if err != nil {
 		t.Fatal(err)
 	}
 	b.check(t, ids, counters{Total: 3, Succeeded: 1, Failed: 1, Sealed: true, InTaskSet: true})

@@ -232,8 +232,10 @@ var releaseOrderScript = newScript("ReleaseOrder", `
 local set = KEYS[1]
 if ARGV[1] == 'g' then set = KEYS[2] end
 local removed = redis.call('ZREM', set, ARGV[2])
+-- only a write has an at: field (RegisterOrder)
+if ARGV[1] == 'g' then return {} end
 redis.call('HDEL', KEYS[3], 'at:' .. ARGV[2])
-if ARGV[1] == 'g' or removed == 0 then return {} end
+if removed == 0 then return {} end
 local wake = {}
 local head = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 local upto = '+inf'
