@@ -10,6 +10,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/couponq/couponq/internal/autopipe"
+	"github.com/couponq/couponq/internal/redistest"
 )
 
 // counters are a batch's counters, as its hash says or as a recount of
@@ -72,18 +73,38 @@ func recount(t *testing.T, rdb redis.UniversalClient, batch string, taskIDs ...s
 }
 
 type stateBundle struct {
-	mr  *miniredis.Miniredis
-	rdb *redis.Client
-	s   *Store
+	mr   *miniredis.Miniredis // nil on a redis-server
+	addr string
+	rdb  *redis.Client
+	s    *Store
 }
 
 func setupState(t *testing.T) *stateBundle {
 	t.Helper()
 	mr := miniredis.RunT(t)
-	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	b := stateOn(t, mr.Addr())
+	b.mr = mr
+	return b
+}
+
+// setupStateRedis is setupState on a redis-server of its own: the scripts
+// run on Redis's own Lua, not miniredis's (skipped without redis-server).
+func setupStateRedis(t *testing.T) *stateBundle {
+	t.Helper()
+	return stateOn(t, redistest.Start(t).Addr())
+}
+
+func stateOn(t *testing.T, addr string) *stateBundle {
+	rdb := redis.NewClient(&redis.Options{Addr: addr})
 	t.Cleanup(func() { _ = rdb.Close() })
 	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
-	return &stateBundle{mr: mr, rdb: rdb, s: NewStore(rdb, WithClock(func() time.Time { return now }))}
+	return &stateBundle{addr: addr, rdb: rdb, s: NewStore(rdb, WithClock(func() time.Time { return now }))}
+}
+
+// onBoth runs test on miniredis and on a redis-server.
+func onBoth(t *testing.T, test func(t *testing.T, b *stateBundle)) {
+	t.Run("miniredis", func(t *testing.T) { test(t, setupState(t)) })
+	t.Run("redis-server", func(t *testing.T) { test(t, setupStateRedis(t)) })
 }
 
 const testBatch = "b1"
@@ -357,13 +378,12 @@ func TestLegacyBatchRebuilt(t *testing.T) {
 	t.Parallel()
 	for _, oneScript := range []bool{false, true} {
 		t.Run(map[bool]string{false: "Finish", true: "FinishAndRelease"}[oneScript], func(t *testing.T) {
-			testLegacyBatchRebuilt(t, oneScript)
+			onBoth(t, func(t *testing.T, b *stateBundle) { testLegacyBatchRebuilt(t, b, oneScript) })
 		})
 	}
 }
 
-func testLegacyBatchRebuilt(t *testing.T, oneScript bool) {
-	b := setupState(t)
+func testLegacyBatchRebuilt(t *testing.T, b *stateBundle, oneScript bool) {
 	ctx := t.Context()
 	ids := b.accept(t, Handoff{Run: "r"}, "t1", "t2", "t3")
 	if err := b.s.SealBatch(ctx, testBatch); err != nil {
@@ -373,7 +393,7 @@ func testLegacyBatchRebuilt(t *testing.T, oneScript bool) {
 		t.Fatal(err)
 	}
 	// As the older couponq left it: the same counters, no counted states.
-	b.mr.Del(batchCountedKey(testBatch))
+	b.rdb.Del(ctx, batchCountedKey(testBatch))
 	b.check(t, ids, counters{Total: 3, Succeeded: 1, Sealed: true, InTaskSet: true})
 	var err error
 	if oneScript {
@@ -390,12 +410,12 @@ func testLegacyBatchRebuilt(t *testing.T, oneScript bool) {
 	}
 	b.check(t, ids, counters{Total: 3, Succeeded: 2, Failed: 1, Sealed: true, Finished: true, InTaskSet: true})
 	// RepairBatch rebuilds one too.
-	b.mr.Del(batchCountedKey(testBatch))
+	b.rdb.Del(ctx, batchCountedKey(testBatch))
 	if _, err := b.s.RepairBatch(ctx, testBatch); err != nil {
 		t.Fatal(err)
 	}
 	b.check(t, ids, counters{Total: 3, Succeeded: 2, Failed: 1, Sealed: true, Finished: true, InTaskSet: true})
-	if n, _ := b.mr.HKeys(batchCountedKey(testBatch)); len(n) != 3 {
+	if n, _ := b.rdb.HKeys(ctx, batchCountedKey(testBatch)).Result(); len(n) != 3 {
 		t.Errorf("counted states after the rebuild: %v", n)
 	}
 }
@@ -473,55 +493,58 @@ func TestFinishAndRelease(t *testing.T) {
 		{"another batch than read", "b2"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			b := setupState(t)
-			ctx := t.Context()
-			ids := b.accept(t, Handoff{Run: "r", Seq: 1}, "fr_1", "fr_2")
-			entry := func(id string) OrderEntry {
-				return OrderEntry{TaskID: id, Op: "update", BrandID: "120344", ProductCouponID: "1000000013"}
-			}
-			if err := b.s.RegisterOrder(ctx, []OrderEntry{entry(ids[0]), entry(ids[1])}, false); err != nil {
-				t.Fatal(err)
-			}
-			if chk, err := b.s.CheckOrder(ctx, entry(ids[1])); err != nil || chk.Go || chk.Pred != ids[0] {
-				t.Fatalf("CheckOrder of the second write before = %+v, %v; want it to wait for the first", chk, err)
-			}
-			// The task set lost the task (its batch step came back): the
-			// finish puts it back.
-			if err := b.rdb.SRem(ctx, BatchTasksKey(testBatch), ids[0]).Err(); err != nil {
-				t.Fatal(err)
-			}
-			hook := &ranScripts{ran: map[string]bool{}}
-			b.rdb.AddHook(hook)
-			done, wake, err := b.s.FinishAndRelease(ctx, ids[0], tc.hint, StatusSucceeded, Attempt{Calls: 1, HTTPStatus: 200}, []OrderEntry{entry(ids[0])})
-			if err != nil || !done || !slices.Equal(wake, []string{ids[1]}) {
-				t.Fatalf("FinishAndRelease = %v, %v, %v; want true, [%s]", done, wake, err, ids[1])
-			}
-			if one, two := hook.ran[finishOneScript.Hash()], hook.ran[applyBatchScript.Hash()]; one != (tc.hint != "") || two != (tc.hint != testBatch) {
-				t.Errorf("ran the one script: %v, the batch step on its own: %v", one, two)
-			}
-			if chk, err := b.s.CheckOrder(ctx, entry(ids[1])); err != nil || !chk.Go {
-				t.Fatalf("CheckOrder of the second write after = %+v, %v; want go", chk, err)
-			}
-			b.check(t, ids, counters{Total: 2, Succeeded: 1, InTaskSet: true})
-			if st, err := b.rdb.HGet(ctx, ResultKey(ids[0]), "status").Result(); err != nil || st != "succeeded" {
-				t.Fatalf("status = %q, %v; want succeeded", st, err)
-			}
-			// Again (a re-delivery): nothing more is counted, nobody woken.
-			done, wake, err = b.s.FinishAndRelease(ctx, ids[0], tc.hint, StatusSucceeded, Attempt{Calls: 1, HTTPStatus: 200}, []OrderEntry{entry(ids[0])})
-			if err != nil || done || len(wake) != 0 {
-				t.Fatalf("FinishAndRelease again = %v, %v, %v; want false, none", done, wake, err)
-			}
-			b.check(t, ids, counters{Total: 2, Succeeded: 1, InTaskSet: true})
-			// The last one finishes the sealed batch.
-			if err := b.s.SealBatch(ctx, testBatch); err != nil {
-				t.Fatal(err)
-			}
-			if _, _, err := b.s.FinishAndRelease(ctx, ids[1], tc.hint, StatusFailed, Attempt{Calls: 1, HTTPStatus: 400, ErrorCode: "PARAM_ERROR"}, []OrderEntry{entry(ids[1])}); err != nil {
-				t.Fatal(err)
-			}
-			b.check(t, ids, counters{Total: 2, Succeeded: 1, Failed: 1, Sealed: true, Finished: true, InTaskSet: true})
+			onBoth(t, func(t *testing.T, b *stateBundle) { testFinishAndRelease(t, b, tc.hint) })
 		})
 	}
+}
+
+func testFinishAndRelease(t *testing.T, b *stateBundle, hint string) {
+	ctx := t.Context()
+	ids := b.accept(t, Handoff{Run: "r", Seq: 1}, "fr_1", "fr_2")
+	entry := func(id string) OrderEntry {
+		return OrderEntry{TaskID: id, Op: "update", BrandID: "120344", ProductCouponID: "1000000013"}
+	}
+	if err := b.s.RegisterOrder(ctx, []OrderEntry{entry(ids[0]), entry(ids[1])}, false); err != nil {
+		t.Fatal(err)
+	}
+	if chk, err := b.s.CheckOrder(ctx, entry(ids[1])); err != nil || chk.Go || chk.Pred != ids[0] {
+		t.Fatalf("CheckOrder of the second write before = %+v, %v; want it to wait for the first", chk, err)
+	}
+	// The task set lost the task (its batch step came back): the finish
+	// puts it back.
+	if err := b.rdb.SRem(ctx, BatchTasksKey(testBatch), ids[0]).Err(); err != nil {
+		t.Fatal(err)
+	}
+	hook := &ranScripts{ran: map[string]bool{}}
+	b.rdb.AddHook(hook)
+	done, wake, err := b.s.FinishAndRelease(ctx, ids[0], hint, StatusSucceeded, Attempt{Calls: 1, HTTPStatus: 200}, []OrderEntry{entry(ids[0])})
+	if err != nil || !done || !slices.Equal(wake, []string{ids[1]}) {
+		t.Fatalf("FinishAndRelease = %v, %v, %v; want true, [%s]", done, wake, err, ids[1])
+	}
+	if one, two := hook.ran[finishOneScript.Hash()], hook.ran[applyBatchScript.Hash()]; one != (hint != "") || two != (hint != testBatch) {
+		t.Errorf("ran the one script: %v, the batch step on its own: %v", one, two)
+	}
+	if chk, err := b.s.CheckOrder(ctx, entry(ids[1])); err != nil || !chk.Go {
+		t.Fatalf("CheckOrder of the second write after = %+v, %v; want go", chk, err)
+	}
+	b.check(t, ids, counters{Total: 2, Succeeded: 1, InTaskSet: true})
+	if st, err := b.rdb.HGet(ctx, ResultKey(ids[0]), "status").Result(); err != nil || st != "succeeded" {
+		t.Fatalf("status = %q, %v; want succeeded", st, err)
+	}
+	// Again (a re-delivery): nothing more is counted, nobody woken.
+	done, wake, err = b.s.FinishAndRelease(ctx, ids[0], hint, StatusSucceeded, Attempt{Calls: 1, HTTPStatus: 200}, []OrderEntry{entry(ids[0])})
+	if err != nil || done || len(wake) != 0 {
+		t.Fatalf("FinishAndRelease again = %v, %v, %v; want false, none", done, wake, err)
+	}
+	b.check(t, ids, counters{Total: 2, Succeeded: 1, InTaskSet: true})
+	// The last one finishes the sealed batch.
+	if err := b.s.SealBatch(ctx, testBatch); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := b.s.FinishAndRelease(ctx, ids[1], hint, StatusFailed, Attempt{Calls: 1, HTTPStatus: 400, ErrorCode: "PARAM_ERROR"}, []OrderEntry{entry(ids[1])}); err != nil {
+		t.Fatal(err)
+	}
+	b.check(t, ids, counters{Total: 2, Succeeded: 1, Failed: 1, Sealed: true, Finished: true, InTaskSet: true})
 }
 
 // TestSingleServer tells the clients whose scripts may touch any key.
@@ -547,8 +570,9 @@ func TestSingleServer(t *testing.T) {
 // TestStart: on a single server Start begins a task nothing holds back in
 // the round trip of its reads, and only such a task; elsewhere it answers
 // nil and leaves the task to Begin.
-func TestStart(t *testing.T) {
-	b := setupState(t)
+func TestStart(t *testing.T) { onBoth(t, testStart) }
+
+func testStart(t *testing.T, b *stateBundle) {
 	ctx := t.Context()
 	ids := b.accept(t, Handoff{Run: "r", Seq: 1}, "st_1", "st_2", "st_3")
 	entry := func(id string, op string) *OrderEntry {
@@ -619,7 +643,7 @@ func TestStart(t *testing.T) {
 	if s, err := b.s.Start(ctx, id(1), "", nil, nil); s != nil || err != nil {
 		t.Errorf("Start without a batch = %+v, %v; want nil", s, err)
 	}
-	ring := redis.NewRing(&redis.RingOptions{Addrs: map[string]string{"one": b.mr.Addr()}})
+	ring := redis.NewRing(&redis.RingOptions{Addrs: map[string]string{"one": b.addr}})
 	defer ring.Close()
 	if s, err := NewStore(ring).Start(ctx, id(1), testBatch, nil, nil); s != nil || err != nil {
 		t.Errorf("Start on a ring = %+v, %v; want nil", s, err)
