@@ -52,7 +52,9 @@
 // on the batch that applies the task's state idempotently. A worker that
 // dies between the two leaves the task to be re-delivered; Begin, finding
 // it terminal, applies the batch step before the re-delivery is
-// acknowledged. Tasks asynq archives without calling the
+// acknowledged. On a single server, where one script may touch every key,
+// the two are one script (Store.FinishAndRelease), as the start's reads
+// and Begin are (Store.Start): a round trip each. Tasks asynq archives without calling the
 // handler (lease expiry at the last retry) are recorded as failed with
 // error_code ARCHIVED by SweepArchived. Changes a producer accepted but
 // never handed to asynq (it was killed in between) are enqueued by Adopt
