@@ -699,7 +699,10 @@ func TestLimiterRecoversAfter429s(t *testing.T) {
 // is decided on elapsed time: the first caller finds an empty log, every
 // booked slot is within maxWait, and the stored log — whatever the loop's
 // speed — keeps consecutive slots (1 s + margin)/rate apart and any rate+1
-// consecutive slots 1 s + margin apart.
+// consecutive slots 1 s + margin apart. A host stall between a booking
+// and its wake makes the call give its slot up and book the next
+// (TestLimiterLateWakeRebooks): the log then holds one call slot more than
+// the calls booked, which the slots metric counts.
 func TestLimiterRealRedis(t *testing.T) {
 	t.Parallel()
 	srv := redistest.Start(t)
@@ -707,7 +710,10 @@ func TestLimiterRealRedis(t *testing.T) {
 	ctx := t.Context()
 	const rate = 20
 	noSleep := WithSleep(func(context.Context, time.Duration) error { return nil })
-	limiters := []*Limiter{NewLimiter(rdb, "1900000001", rate, noSleep), NewLimiter(rdb, "1900000001", rate, noSleep)}
+	m := NewMetrics(prometheus.NewRegistry())
+	slots := func() int { return int(testutil.ToFloat64(m.slots.WithLabelValues("update"))) }
+	limiters := []*Limiter{NewLimiter(rdb, "1900000001", rate, noSleep, WithLimiterMetrics(m)),
+		NewLimiter(rdb, "1900000001", rate, noSleep, WithLimiterMetrics(m))}
 
 	const maxWait = 1100 * time.Millisecond
 	booked, refused := 0, 0
@@ -724,7 +730,7 @@ func TestLimiterRealRedis(t *testing.T) {
 			t.Fatal(err)
 		default:
 			booked++
-			if i == 0 && waited != 0 {
+			if i == 0 && waited != 0 && slots() == 1 {
 				t.Errorf("first call waited %v", waited)
 			}
 			if waited > maxWait {
@@ -740,8 +746,9 @@ func TestLimiterRealRedis(t *testing.T) {
 		}
 	}
 	calls, empty := logSlots(t, rdb, "couponq:rate:{1900000001}:update")
-	if len(calls) != booked || booked+refused != 60 || len(empty) != 1 {
-		t.Fatalf("%d call slots stored, %d booked, %d refused, %d empty", len(calls), booked, refused, len(empty))
+	if len(calls) != slots() || booked+refused != 60 || len(empty) != 1 {
+		t.Fatalf("%d call slots stored, %d booked (%d slots, with those given up), %d refused, %d empty",
+			len(calls), booked, slots(), refused, len(empty))
 	}
 	all := append(slices.Clone(calls), empty...)
 	slices.SortFunc(all, func(a, b time.Time) int { return a.Compare(b) })
@@ -756,8 +763,8 @@ func TestLimiterRealRedis(t *testing.T) {
 			}
 		}
 	}
-	if booked < int(maxWait/(span/rate)) {
-		t.Errorf("%d slots booked, want at least the %d that fit maxWait", booked, int(maxWait/(span/rate)))
+	if len(calls) < int(maxWait/(span/rate)) {
+		t.Errorf("%d slots booked, want at least the %d that fit maxWait", len(calls), int(maxWait/(span/rate)))
 	}
 	use, err := QuotaUse(ctx, rdb, "1900000001")
 	if err != nil || use["update"] < 1 || use["update"] > rate {
