@@ -81,21 +81,19 @@ func (r *run) admit(ctx context.Context, t *asynq.Task, decodable bool) (done, b
 		fix, _ = r.w.api.EncodeDeactivate(r.c.deactivate) // an error fails the task in prepareDeactivate
 	}
 	s, err := r.w.store.Start(ctx, r.identity(), headerBatch, entry, fix)
-	switch {
-	case err != nil:
+	if err != nil {
 		return true, false, fmt.Errorf("worker: %w", err)
-	case s != nil && s.Begun:
-		r.batch, r.request, r.requestRead, r.priorCalls = s.Batch, s.Request, true, s.Attempts
-		return false, true, nil
-	case s != nil:
+	}
+	if s != nil {
 		r.batch, r.request, r.requestRead = s.Batch, s.Request, true
+		if s.Begun {
+			r.priorCalls = s.Attempts
+			return false, true, nil
+		}
 		st, canceled = s.Status, s.Canceled
 		turn = func() (results.OrderCheck, error) { return s.Order, s.OrderErr }
-	default:
-		st, canceled, turn, err = r.startState(ctx, headerBatch, ordered)
-		if err != nil {
-			return true, false, fmt.Errorf("worker: %w", err)
-		}
+	} else if st, canceled, turn, err = r.startState(ctx, headerBatch, ordered); err != nil {
+		return true, false, fmt.Errorf("worker: %w", err)
 	}
 	done, err = r.hold(ctx, st, canceled, ordered, turn)
 	return done, false, err

@@ -46,15 +46,13 @@ func tuneEnqueueGC(getenv func(string) string, size int64) (restore func()) {
 		return func() {}
 	}
 	limit := debug.SetMemoryLimit(enqueueMemoryLimit(size))
-	percent := -2 // not set
-	if getenv("GOGC") == "" {
-		percent = debug.SetGCPercent(enqueueGCPercent)
+	if getenv("GOGC") != "" {
+		return func() { debug.SetMemoryLimit(limit) }
 	}
+	percent := debug.SetGCPercent(enqueueGCPercent)
 	return func() {
 		debug.SetMemoryLimit(limit)
-		if percent != -2 {
-			debug.SetGCPercent(percent)
-		}
+		debug.SetGCPercent(percent)
 	}
 }
 

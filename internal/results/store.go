@@ -902,22 +902,14 @@ func (s *Store) finishOne(ctx context.Context, taskID, batch string, status Stat
 	// The batch step did not run (the result names another batch), or
 	// found a batch of an older couponq (-2, rebuilt first): as Finish.
 	applied, _ := res[1].([]any)
-	if rc, _ := firstInt(applied); (applied == nil && Status(st).Terminal()) || rc == -2 {
+	legacy := len(applied) > 0 && applied[0] == int64(-2)
+	if (applied == nil && Status(st).Terminal()) || legacy {
 		states := []taskState{{taskID: taskID, runs: runsOf(runs), status: st}}
 		if _, err := s.applyBatches(ctx, stateApplies([]string{b}, states)); err != nil {
 			return false, nil, fmt.Errorf("couponq: finish %s: count in the batch: %w", taskID, err)
 		}
 	}
 	return n == 1, wake, nil
-}
-
-// firstInt is the first element of a script's answer as an integer.
-func firstInt(v []any) (int64, bool) {
-	if len(v) == 0 {
-		return 0, false
-	}
-	n, ok := v[0].(int64)
-	return n, ok
 }
 
 // finish runs the result step of Finish for each task (pipelined), then
